@@ -1,0 +1,33 @@
+"""Install xswin_fast.
+
+`kernels/` is installed as the sub-package `xswin_fast.kernels` through `package_dir`; nothing
+here installs a top-level module named `kernels` (that name belongs to another PyPI package,
+which diffusers probes for).
+"""
+from setuptools import setup
+
+setup(
+    name="xswin_fast",
+    version="0.1.0",
+    description="Fast hierarchical Swin U-Net diffusion backbones (XSwin, USwin) with Triton kernels",
+    python_requires=">=3.10",
+    packages=[
+        "xswin_fast",
+        "xswin_fast.ops",
+        "xswin_fast.layers",
+        "xswin_fast.models",
+        "xswin_fast.kernels",
+    ],
+    package_dir={"xswin_fast.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.0",
+        # the Triton interpreter (CPU testing) needs numpy, and triton does not declare it
+        "numpy",
+        "diffusers>=0.30",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3"],
+        "eval": ["torch-fidelity>=0.4.0"],
+    },
+)

@@ -1,0 +1,12 @@
+"""xswin_fast: fast hierarchical Swin U-Net diffusion backbones (XSwin, USwin) with Triton kernels.
+
+    from xswin_fast import XSwin, create_model
+    model = create_model("XSwin-S/2", input_size=32, num_classes=1000)
+    out = model(x, t, y)   # x (B, 4, H, W) latents, t (B,) timesteps, y (B,) labels
+"""
+from . import ops
+from .models import DiT, USwin, UViT, XSwin, create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "XSwin", "USwin", "DiT", "UViT", "create_model", "list_models", "__version__"]

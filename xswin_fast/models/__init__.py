@@ -1,0 +1,6 @@
+from .base import DiffusionBackbone
+from .dit import DiT, UViT
+from .registry import PRESETS, create_model, list_models
+from .xswin import USwin, XSwin
+
+__all__ = ["DiffusionBackbone", "XSwin", "USwin", "DiT", "UViT", "PRESETS", "create_model", "list_models"]

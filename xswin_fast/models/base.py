@@ -1,0 +1,89 @@
+"""The interface every backbone shares: ``model(x, t, y)``, ``forward_with_cfg``, backend and
+gradient-checkpointing switches, and input checks."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers.embed import check_labels
+from ..ops.dispatch import check_backend
+
+
+class DiffusionBackbone(nn.Module):
+    """Base class of XSwin, USwin, DiT and UViT.
+
+    Subclasses set ``in_channels``, ``out_channels``, ``learn_sigma``, ``num_classes`` and
+    ``y_embedder`` and implement ``forward(x, t, y)`` with x (B, in_channels, H, W) latents,
+    t (B,) timesteps and y (B,) integer labels (``num_classes`` is the null class); the output
+    is (B, out_channels, H, W) with ``out_channels = 2 * in_channels`` under learned sigma.
+    """
+
+    grad_checkpointing: bool = False
+
+    def set_backend(self, backend: Optional[str]) -> "DiffusionBackbone":
+        """Run every op of the model on ``backend``: None (automatic), "torch" or "triton"."""
+        check_backend(backend)
+        for m in self.modules():
+            if hasattr(m, "backend"):
+                m.backend = backend
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> "DiffusionBackbone":
+        """Recompute each transformer block in the backward pass instead of storing activations."""
+        self.grad_checkpointing = bool(enable)
+        return self
+
+    def run_block(self, block: nn.Module, *args):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        B = x.shape[0]
+        if not isinstance(t, torch.Tensor) or t.shape != (B,):
+            raise ValueError(f"t must be a tensor of shape (B,) = ({B},), got {getattr(t, 'shape', t)}")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t must be a real-valued tensor of timesteps, got dtype {t.dtype}")
+        if not isinstance(y, torch.Tensor) or y.shape != (B,):
+            raise ValueError(f"y must be a tensor of shape (B,) = ({B},), got {getattr(y, 'shape', y)}")
+        check_labels(y, self.num_classes, self.y_embedder.dropout_prob > 0)
+        self.check_size(x.shape[-2], x.shape[-1])
+
+    def check_size(self, H: int, W: int) -> None:
+        """Raise ValueError if the model cannot run on an (H, W) latent."""
+
+    def forward_with_cfg(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        cfg_scale: float,
+        guided_channels: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Classifier-free guidance in one batched forward.
+
+        x, t, y hold the conditional half followed by the unconditional half (labels
+        ``num_classes``); only the first half of x is used, duplicated. The guided
+        ``eps = uncond + cfg_scale * (cond - uncond)`` is returned for both halves.
+        ``guided_channels`` defaults to all ``in_channels`` eps channels (DiT guided only 3,
+        "for exact reproducibility"; pass 3 to reproduce that); learned-sigma channels are
+        passed through unguided.
+        """
+        if x.shape[0] % 2:
+            raise ValueError(f"forward_with_cfg needs an even batch (cond + uncond halves), got {x.shape[0]}")
+        n = self.in_channels if guided_channels is None else int(guided_channels)
+        if not 0 < n <= self.in_channels:
+            raise ValueError(f"guided_channels must be in [1, {self.in_channels}], got {guided_channels}")
+        half = x[: len(x) // 2]
+        combined = torch.cat([half, half], dim=0)
+        model_out = self(combined, t, y)
+        eps, rest = model_out[:, :n], model_out[:, n:]
+        cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+        half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        eps = torch.cat([half_eps, half_eps], dim=0)
+        return torch.cat([eps, rest], dim=1)

@@ -1,0 +1,98 @@
+"""Adaptive-LayerNorm modulation ops (DESIGN.md §3.2) and the fused forms the XSwin blocks need.
+
+x, y: (B, ..., C) with any number of token dims; shift, scale, gate: (B, C), broadcast over the
+tokens of each sample. Gradients flow to every tensor argument.
+"""
+from typing import Optional
+
+import torch
+
+from . import checks, reference
+from .dispatch import resolve
+
+__all__ = ["modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm", "residual_layernorm"]
+
+
+def _tokens(name: str, x: torch.Tensor) -> None:
+    checks.floating(name, x)
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have shape (B, ..., C), got {tuple(x.shape)}")
+
+
+def _affine(x, weight, bias) -> None:
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            checks.floating(name, t)
+            if tuple(t.shape) != (x.shape[-1],):
+                raise ValueError(f"{name} must have shape (C,) = ({x.shape[-1]},), got {tuple(t.shape)}")
+
+
+def _eps(eps) -> float:
+    if not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    return float(eps)
+
+
+def _run(op: str, backend, tensors: dict, args: tuple):
+    checks.same_device(**tensors)
+    kernel = resolve(op, backend, *(t for t in tensors.values() if t is not None))
+    fn = kernel if kernel is not None else getattr(reference, op)
+    return fn(*args)
+
+
+def modulate(x, shift, scale, backend: Optional[str] = None) -> torch.Tensor:
+    """x * (1 + scale) + shift. x (B, ..., C); shift, scale (B, C). Returns x's shape and dtype."""
+    _tokens("x", x)
+    checks.per_sample("shift", shift, x)
+    checks.per_sample("scale", scale, x)
+    return _run("modulate", backend, dict(x=x, shift=shift, scale=scale), (x, shift, scale))
+
+
+def layernorm_modulate(x, shift, scale, eps: float = 1e-6, backend: Optional[str] = None) -> torch.Tensor:
+    """LayerNorm(x) without affine over C, then modulate (DiT). Statistics in fp32."""
+    _tokens("x", x)
+    checks.per_sample("shift", shift, x)
+    checks.per_sample("scale", scale, x)
+    return _run("layernorm_modulate", backend, dict(x=x, shift=shift, scale=scale), (x, shift, scale, _eps(eps)))
+
+
+def gated_residual(x, y, gate, backend: Optional[str] = None) -> torch.Tensor:
+    """x + gate * y (DiT adaLN-Zero). x, y (B, ..., C) of one shape; gate (B, C)."""
+    _tokens("x", x)
+    _tokens("y", y)
+    if y.shape != x.shape:
+        raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    checks.per_sample("gate", gate, x)
+    return _run("gated_residual", backend, dict(x=x, y=y, gate=gate), (x, y, gate))
+
+
+def modulate_layernorm(
+    x, shift, scale, weight=None, bias=None, eps: float = 1e-5, backend: Optional[str] = None
+) -> torch.Tensor:
+    """LayerNorm(x * (1 + scale) + shift) with optional affine (C,): the XSwin ViT bottleneck."""
+    _tokens("x", x)
+    checks.per_sample("shift", shift, x)
+    checks.per_sample("scale", scale, x)
+    _affine(x, weight, bias)
+    tensors = dict(x=x, shift=shift, scale=scale, weight=weight, bias=bias)
+    return _run("modulate_layernorm", backend, tensors, (x, shift, scale, weight, bias, _eps(eps)))
+
+
+def residual_layernorm(
+    x, y, weight=None, bias=None, keep=None, eps: float = 1e-5, backend: Optional[str] = None
+) -> torch.Tensor:
+    """x + keep * LayerNorm(y) with optional affine (C,): the post-norm SwinV2 residual.
+
+    keep (B,) is an optional per-sample multiplier (stochastic depth: 0 or 1/(1-p)).
+    """
+    _tokens("x", x)
+    _tokens("y", y)
+    if y.shape != x.shape:
+        raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
+    _affine(x, weight, bias)
+    if keep is not None:
+        checks.floating("keep", keep)
+        if tuple(keep.shape) != (x.shape[0],):
+            raise ValueError(f"keep must have shape (B,) = ({x.shape[0]},), got {tuple(keep.shape)}")
+    tensors = dict(x=x, y=y, weight=weight, bias=bias, keep=keep)
+    return _run("residual_layernorm", backend, tensors, (x, y, weight, bias, keep, _eps(eps)))
