@@ -1,0 +1,63 @@
+"""Honest forward FLOPs per image and the preset table of the README.
+
+``torch.utils.flop_counter.FlopCounterMode`` does not count the CPU flash path of
+``scaled_dot_product_attention``, so counting runs under the MATH backend, where attention
+decomposes into counted matmuls (DESIGN.md §5). Counting runs on the meta device: no memory,
+no compute.
+
+    python -m xswin_fast.flops            # markdown table of every preset at 256 px
+"""
+import argparse
+from typing import Optional
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def forward_flops(model: torch.nn.Module, latent_size: int, batch: int = 2) -> float:
+    """Forward FLOPs per image (multiply-add = 2 FLOPs) at a square ``latent_size`` latent."""
+    device = next(model.parameters()).device
+    x = torch.randn(batch, model.in_channels, latent_size, latent_size, device=device)
+    t = torch.zeros(batch, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(x, t, y)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / batch
+
+
+def preset_table(image_size: int = 256, names: Optional[list] = None) -> str:
+    """Markdown table: preset, parameters (M), forward GFLOPs per image at ``image_size`` px."""
+    from .models.registry import PRESETS, create_model
+
+    latent = image_size // 8
+    rows = ["| preset | params (M) | GFLOPs / image |", "|---|---:|---:|"]
+    for name in names or list(PRESETS):
+        overrides = {"input_size": latent}
+        with torch.device("meta"):
+            model = create_model(name, **overrides)
+        rows.append(
+            f"| {name} | {count_parameters(model) / 1e6:.2f} | {forward_flops(model, latent) / 1e9:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=256, help="pixels; the latent is 1/8 of it (SD VAE)")
+    parser.add_argument("--models", nargs="*", default=None, help="preset names (default: all)")
+    args = parser.parse_args()
+    print(preset_table(args.image_size, args.models))
+
+
+if __name__ == "__main__":
+    main()

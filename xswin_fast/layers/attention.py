@@ -1,0 +1,122 @@
+"""Window attention modules of XSwin: SwinV2 shifted-window self-attention with a continuous
+position bias, and the localized window cross-attention of the U-Net skips.
+
+Both call ``xswin_fast.ops.window_attention`` on strided views of one projection output.
+"""
+import functools
+import math
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from .modulation import Modulator
+
+
+def effective_window(H: int, W: int, window_size, shift_size) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Clamp the window to the map and drop the shift along an axis the window covers (as Swin)."""
+    (wh, ww), (sh, sw) = window_size, shift_size
+    wh, ww = min(wh, H), min(ww, W)
+    if wh >= H:
+        sh = 0
+    if ww >= W:
+        sw = 0
+    return (wh, ww), (sh, sw)
+
+
+@functools.lru_cache(maxsize=32)
+def _cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int]):
+    """SwinV2 log-spaced relative coordinates ((2wh-1)*(2ww-1), 2) and the (N*N,) table index.
+
+    Coordinates are normalised by the configured window, not the clamped one, so a relative
+    offset gets the same bias whatever the map size.
+    """
+    wh, ww = window
+    rh = torch.arange(-(wh - 1), wh, dtype=torch.float32) / max(reference_window[0] - 1, 1)
+    rw = torch.arange(-(ww - 1), ww, dtype=torch.float32) / max(reference_window[1] - 1, 1)
+    table = torch.stack(torch.meshgrid(rh, rw, indexing="ij"), dim=-1).reshape(-1, 2) * 8
+    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
+    index = (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
+    return table, index.reshape(-1)
+
+
+class WindowAttention(nn.Module):
+    """SwinV2 shifted-window self-attention: (B, H, W, C) -> (B, H, W, C).
+
+    Cosine attention with a learned per-head logit scale (clamped at log 100) and the continuous
+    position bias ``16 * sigmoid(cpb_mlp(log-spaced coords))``; q and v have biases, k does not.
+    """
+
+    backend = None
+
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], shift_size: Tuple[int, int]):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim, self.num_heads = dim, num_heads
+        self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.full((num_heads,), math.log(10.0)))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
+
+    def position_bias(self, window: Tuple[int, int]) -> torch.Tensor:
+        """(heads, N, N) continuous relative-position bias for an (effective) window."""
+        table, index = _cpb_inputs(tuple(window), self.window_size)
+        w = self.cpb_mlp[0].weight
+        bias = self.cpb_mlp(table.to(device=w.device, dtype=w.dtype))  # (T, heads)
+        N = window[0] * window[1]
+        bias = bias[index.to(w.device)].view(N, N, self.num_heads).permute(2, 0, 1)
+        return 16 * torch.sigmoid(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        window, shift = effective_window(H, W, self.window_size, self.shift_size)
+        # SwinV2 has no key bias (torchvision zeroes that third of the qkv bias)
+        qkv_bias = torch.cat([self.qkv.bias[:C], torch.zeros_like(self.qkv.bias[:C]), self.qkv.bias[2 * C:]])
+        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(B, H, W, 3, self.num_heads, C // self.num_heads)
+        o = ops.window_attention(
+            qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :], window, shift,
+            bias=self.position_bias(window), logit_scale=self.logit_scale, backend=self.backend,
+        )
+        return self.proj(o)
+
+
+class WindowCrossAttention(nn.Module):
+    """Localized window cross-attention of an XSwin skip: (B, H, W, C) x2 -> (B, H, W, C).
+
+    Decoder features query the encoder skip inside the stage's (non-shifted) Swin windows;
+    scaled dot-product attention, output projection, then LayerNorm. Both inputs are modulated
+    first. The windows are aligned with the Swin grid and padded keys are masked (the original
+    code padded a whole extra window and attended to zeros; DESIGN.md §4).
+    """
+
+    backend = None
+
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], cond_dim: int, eps: float = 1e-5):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.window_size = tuple(window_size)
+        self.mod_x = Modulator(cond_dim, dim)
+        self.mod_r = Modulator(cond_dim, dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if skip.shape != x.shape:
+            raise ValueError(f"skip must match the decoder map {tuple(x.shape)}, got {tuple(skip.shape)}")
+        window, _ = effective_window(H, W, self.window_size, (0, 0))
+        d = C // self.num_heads
+        q = self.q(self.mod_x(x, cond)).view(B, H, W, self.num_heads, d)
+        kv = self.kv(self.mod_r(skip, cond)).view(B, H, W, 2, self.num_heads, d)
+        o = ops.window_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], window, backend=self.backend)
+        return self.norm(self.proj(o))

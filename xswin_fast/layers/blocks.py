@@ -1,0 +1,89 @@
+"""Transformer blocks of XSwin: the modulated SwinV2 block and the modulated ViT bottleneck block."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .. import ops
+from .attention import WindowAttention
+from .modulation import Modulator
+from .transformer import Attention, Mlp
+
+
+def drop_path_keep(x: torch.Tensor, p: float, training: bool) -> Optional[torch.Tensor]:
+    """Per-sample stochastic-depth multiplier (B,): 0 for a dropped branch, 1/(1-p) for a kept one."""
+    if not training or p == 0.0:
+        return None
+    keep = torch.empty(x.shape[0], device=x.device, dtype=x.dtype).bernoulli_(1.0 - p)
+    return keep.div_(1.0 - p)
+
+
+class SwinBlock(nn.Module):
+    """Modulated SwinV2 block (res-post-norm): (B, H, W, C) -> (B, H, W, C).
+
+        x = x + DropPath(LN(attn(mod1(x))))
+        x = x + DropPath(LN(mlp(mod2(x))))
+
+    The adaLN shift/scale acts on the block input and there is no gate (the X-Swin design).
+    """
+
+    backend = None
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: Tuple[int, int],
+        shift_size: Tuple[int, int],
+        cond_dim: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.drop_path = drop_path
+        self.eps = eps
+        self.mod1 = Modulator(cond_dim, dim)
+        self.attn = WindowAttention(dim, num_heads, window_size, shift_size)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.mod2 = Modulator(cond_dim, dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        a = self.attn(self.mod1(x, cond))
+        keep = drop_path_keep(x, self.drop_path, self.training)
+        x = ops.residual_layernorm(x, a, self.norm1.weight, self.norm1.bias, keep, self.eps, backend=self.backend)
+        m = self.mlp(self.mod2(x, cond))
+        keep = drop_path_keep(x, self.drop_path, self.training)
+        return ops.residual_layernorm(x, m, self.norm2.weight, self.norm2.bias, keep, self.eps, backend=self.backend)
+
+
+class ViTBlock(nn.Module):
+    """Modulated ViT block of the global bottleneck: (B, L, C) -> (B, L, C).
+
+        x = x + attn(LN(mod1(x)))
+        x = x + mlp(LN(mod2(x)))
+
+    Modulation comes before the LayerNorm (the reverse of DiT's order), as in the original.
+    """
+
+    backend = None
+
+    def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.mod1 = Modulator(cond_dim, dim)
+        self.ln_1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.mod2 = Modulator(cond_dim, dim)
+        self.ln_2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def _mod_ln(self, mod: Modulator, ln: nn.LayerNorm, x, cond):
+        shift, scale = mod.linear(cond).chunk(2, dim=1)
+        return ops.modulate_layernorm(x, shift, scale, ln.weight, ln.bias, self.eps, backend=self.backend)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self._mod_ln(self.mod1, self.ln_1, x, cond))
+        return x + self.mlp(self._mod_ln(self.mod2, self.ln_2, x, cond))

@@ -1,0 +1,51 @@
+"""Modulated convolution layers of XSwin's outer blocks, on (B, C, H, W) feature maps."""
+import torch
+import torch.nn as nn
+
+from .modulation import Modulator
+
+
+class ConvTriplet(nn.Module):
+    """Three times [modulate -> Conv3x3 -> BatchNorm -> LeakyReLU(0.01)]: (B, C_in, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int = 3):
+        super().__init__()
+        chans = [in_channels, out_channels, out_channels]
+        self.mods = nn.ModuleList([Modulator(cond_dim, c, channels_last=False) for c in chans])
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(c, out_channels, kernel_size, padding=(kernel_size - 1) // 2) for c in chans]
+        )
+        self.norms = nn.ModuleList([nn.BatchNorm2d(out_channels) for _ in chans])
+        self.act = nn.LeakyReLU(0.01)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        for mod, conv, norm in zip(self.mods, self.convs, self.norms):
+            x = self.act(norm(conv(mod(x, cond))))
+        return x
+
+
+class PointwiseProjection(nn.Module):
+    """Modulate -> Linear over channels-last tokens (B, ..., C_in) -> (B, ..., C_out).
+
+    Used after the first, double-width block of each decoder stage (2C -> C).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, cond_dim: int):
+        super().__init__()
+        self.mod = Modulator(cond_dim, in_dim)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.mod(x, cond))
+
+
+class OutputHead(nn.Module):
+    """Modulate -> Conv1x1: (B, C, H, W) -> (B, C_out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int, cond_dim: int):
+        super().__init__()
+        self.mod = Modulator(cond_dim, in_channels, channels_last=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.mod(x, cond))
