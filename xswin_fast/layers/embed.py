@@ -77,14 +77,17 @@ def check_labels(y: torch.Tensor, num_classes: int, has_null: bool) -> None:
     if y.device.type != "cpu" or torch.compiler.is_compiling():
         return
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= high):
-        raise ValueError(f"y must hold labels in [0, {high}) (label {num_classes} is the null class), got {y.tolist()}")
+        raise ValueError(
+            f"y must hold labels in [0, {high}) (label {num_classes} is the null class), "
+            f"got values in [{int(y.min())}, {int(y.max())}]"
+        )
 
 
 def sincos_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
     """(M,) positions -> (M, embed_dim) [sin, cos] features (MAE / DiT), computed in float64."""
     if embed_dim % 2:
         raise ValueError(f"embed_dim must be even for sin-cos embeddings, got {embed_dim}")
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64, device=pos.device) / (embed_dim / 2.0)
     omega = 1.0 / 10000 ** omega
     out = pos.reshape(-1).to(torch.float64)[:, None] * omega[None]
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
@@ -94,8 +97,9 @@ def sincos_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
 def _sincos_2d_cpu(embed_dim: int, H: int, W: int) -> torch.Tensor:
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for 2-D sin-cos embeddings, got {embed_dim}")
-    grid_h = torch.arange(H, dtype=torch.float64)
-    grid_w = torch.arange(W, dtype=torch.float64)
+    # explicit device: a cached tensor must not inherit a meta/cuda default-device context
+    grid_h = torch.arange(H, dtype=torch.float64, device="cpu")
+    grid_w = torch.arange(W, dtype=torch.float64, device="cpu")
     # as in MAE/DiT: the first half encodes the column (w) coordinate, the second the row (h)
     gw, gh = torch.meshgrid(grid_w, grid_h, indexing="xy")
     emb = torch.cat([sincos_1d(embed_dim // 2, gw), sincos_1d(embed_dim // 2, gh)], dim=1)
@@ -107,4 +111,5 @@ def sincos_2d(embed_dim: int, H: int, W: int, device=None, dtype=torch.float32) 
 
     Identical to DiT's ``get_2d_sincos_pos_embed`` for square grids, defined for any (H, W).
     """
-    return _sincos_2d_cpu(embed_dim, H, W).to(device=device, dtype=dtype)
+    # copy=True: callers may modify the result in place without corrupting the cache
+    return _sincos_2d_cpu(embed_dim, H, W).to(device=device, dtype=dtype, copy=True)
