@@ -62,6 +62,16 @@ def window_mask(
     return allowed
 
 
+@functools.lru_cache(maxsize=64)
+def _additive_mask(H, W, window_size, shift_size, device, dtype) -> Optional[torch.Tensor]:
+    """``window_mask`` as an additive (nW, 1, N, N) mask on ``device``: 0 allowed, -inf masked."""
+    allowed = window_mask(H, W, window_size, shift_size)
+    if allowed is None:
+        return None
+    neg = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+    return neg.to(device)[:, None]
+
+
 def _to_windows(x: torch.Tensor, window_size, shift_size) -> torch.Tensor:
     """(B, H, W, heads, d) -> (B, nW * heads, N, d), padded bottom/right and cyclically shifted."""
     B, H, W, nh, d = x.shape
@@ -120,11 +130,7 @@ def window_attention(
     N = qw.shape[2]
     nW = qw.shape[1] // nh
 
-    attn_mask = None
-    allowed = window_mask(H, W, window_size, shift_size)
-    if allowed is not None:
-        neg = torch.zeros(allowed.shape, dtype=q.dtype).masked_fill_(~allowed, float("-inf"))
-        attn_mask = neg.to(q.device)[:, None]  # (nW, 1, N, N)
+    attn_mask = _additive_mask(H, W, window_size, shift_size, q.device, q.dtype)  # (nW, 1, N, N)
     if bias is not None:
         b = bias.to(q.dtype)[None]  # (1, heads, N, N)
         attn_mask = b if attn_mask is None else attn_mask + b
