@@ -16,4 +16,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 IMPLEMENTATIONS: Dict[str, Callable] = {}
 
+from . import adaln  # noqa: E402
+
+IMPLEMENTATIONS.update({op: getattr(adaln, op) for op in adaln.OPS})
+
 __all__ = ["INTERPRET", "IMPLEMENTATIONS"]

@@ -81,7 +81,7 @@ class ViTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def _mod_ln(self, mod: Modulator, ln: nn.LayerNorm, x, cond):
-        shift, scale = mod.linear(cond).chunk(2, dim=1)
+        shift, scale = mod.shift_scale(cond)
         return ops.modulate_layernorm(x, shift, scale, ln.weight, ln.bias, self.eps, backend=self.backend)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..layers.attention import WindowCrossAttention
 from ..layers.blocks import SwinBlock, ViTBlock
 from ..layers.conv import ConvTriplet, OutputHead, PointwiseProjection
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
-from ..layers.modulation import Modulator
+from ..layers.modulation import BatchedModulation, Modulator
 from ..layers.sampling import PatchExpanding, PatchMerging, Patching, UnPatching
 from .base import DiffusionBackbone
 
@@ -181,6 +181,8 @@ class XSwin(DiffusionBackbone):
             self.conv_out = ConvTriplet(2 * embed_dim, embed_dim, cond_dim)
         self.head = OutputHead(embed_dim, self.out_channels, cond_dim)
         self.initialize_weights()
+        # every modulator's (shift, scale) from one GEMM per forward; parameters stay in the modulators
+        self._adaln = BatchedModulation([(m, m.linear, 2) for m in self.modules() if isinstance(m, Modulator)])
 
     def initialize_weights(self) -> None:
         """The original's init: xavier Linears, ~0 biases, unit norms; modulators zero (identity)."""
@@ -210,6 +212,7 @@ class XSwin(DiffusionBackbone):
         self.check_inputs(x, t, y)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, C)
         cond = F.silu(c)  # shared input of every modulator
+        cond = self._adaln(cond, cond)  # ModulationBank: each layer takes its (shift, scale) slices
 
         if self.conv_blocks:
             x = self.conv_in(x, cond)  # (B, C, H, W)
@@ -236,6 +239,8 @@ class XSwin(DiffusionBackbone):
                 h = stage.upsample(h, cond, target=skip.shape[1:3])
             if stage.skip_attn is not None:
                 skip = stage.skip_attn(h, skip, cond)
+            # the skip branch ends in proj + LayerNorm (as the original), so the attention kernel's
+            # out= cannot write this half in place (docs/window_attention.md)
             h = torch.cat([h, skip], dim=-1)  # (B, H_s, W_s, 2 C_s)
             h = self.run_block(stage.blocks[0], h, cond)
             h = stage.reduce(h, cond)

@@ -5,7 +5,6 @@ on a CUDA device or Triton's interpreter is active (``TRITON_INTERPRET=1``), the
 otherwise. ``"triton"`` and ``"torch"`` force one; forcing ``"triton"`` where it cannot run is
 an error, never a silent fallback.
 """
-import functools
 import os
 from typing import Callable, Optional, Tuple
 
@@ -23,13 +22,20 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_STATUS: Optional[Tuple[bool, str]] = None
+
+
 def _triton_importable() -> Tuple[bool, str]:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        return False, f"triton cannot be imported ({exc})"
-    return True, ""
+    # a module-level flag rather than lru_cache, which Dynamo warns about in every compiled graph
+    global _TRITON_STATUS
+    if _TRITON_STATUS is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_STATUS = (True, "")
+        except Exception as exc:  # pragma: no cover - depends on the environment
+            _TRITON_STATUS = (False, f"triton cannot be imported ({exc})")
+    return _TRITON_STATUS
 
 
 def triton_kernel(op: str, *tensors: torch.Tensor) -> Tuple[Optional[Callable], str]:

@@ -1,0 +1,918 @@
+"""Fused adaptive-LayerNorm modulation kernels (DESIGN.md §3.2), forward and backward.
+
+Five fused forms, each one read of its token inputs and one write of its output:
+
+    modulate            out = x * (1 + scale) + shift
+    layernorm_modulate  out = LN(x) * (1 + scale) + shift                        (DiT)
+    gated_residual      out = x + gate * y                                       (DiT adaLN-Zero)
+    modulate_layernorm  out = LN(x * (1 + scale) + shift) * weight + bias        (XSwin ViT bottleneck)
+    residual_layernorm  out = x + keep * (LN(y) * weight + bias)                 (post-norm SwinV2 blocks)
+
+Token tensors are (B, ..., C), seen by the kernels as (B, T, C) through their strides, so the
+channels-first conv maps that ``Modulator`` permutes to (B, H, W, C) are read in place; shift,
+scale and gate are (B, C) rows (any row stride: slices of one batched projection need no copy),
+keep is (B,), weight and bias are (C,). Math and statistics are fp32; ``1 + scale`` is formed in
+fp32; outputs take the promoted dtype of the inputs, as the reference does.
+
+Programs never straddle samples: program (b, p) walks tokens [p*TPP, (p+1)*TPP) of sample b in
+tiles of BT full rows. Backward kernels keep the per-sample (dshift, dscale, dgate, dkeep) and
+per-channel (dweight, dbias) sums of their tokens in fp32 registers and write one partial per
+program; ``sum_partials_kernel`` then reduces the partials in a fixed order. No atomics, so the
+gradients are bitwise reproducible. LayerNorm statistics are recomputed in the backward pass
+(x is read there anyway) instead of being saved.
+
+Layout: jit kernels -> launchers -> ``torch.library.custom_op`` registration of the launchers
+(with fake implementations, so ``torch.compile(fullgraph=True)`` traces them as opaque ops) ->
+``torch.autograd.Function`` wrappers -> the entry points registered in ``IMPLEMENTATIONS``.
+"""
+import functools
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+__all__ = [
+    "OPS",
+    "MAX_CHANNELS",
+    "modulate",
+    "layernorm_modulate",
+    "gated_residual",
+    "modulate_layernorm",
+    "residual_layernorm",
+    "ModulateFunction",
+    "LayerNormModulateFunction",
+    "GatedResidualFunction",
+    "ModulateLayerNormFunction",
+    "ResidualLayerNormFunction",
+]
+
+# the ops of xswin_fast.ops implemented here, registered in xswin_fast.kernels.IMPLEMENTATIONS
+OPS = ("modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm", "residual_layernorm")
+# whole rows live in one tile (the LayerNorm forms reduce over C)
+MAX_CHANNELS = 8192
+# elements of one [BT, BC] tile; the interpreter pays per program and per op, not per element
+TILE_ELEMENTS = 16384 if INTERPRET else 4096
+
+
+@triton.jit
+def _ptrs(base, i_b, o_t, o_c, s_b, s_t, s_c):
+    # [BT, BC] pointers of tokens o_t, channels o_c of sample i_b; int64 offsets
+    return base + i_b * s_b + o_t[:, None].to(tl.int64) * s_t + o_c[None, :].to(tl.int64) * s_c
+
+
+@triton.jit
+def _normalize(b_x, m, C, eps):
+    # [BT, BC] rows of b_x (zero where masked) -> (x - mean) * rstd (zero where masked), [BT] rstd
+    b_mean = tl.sum(b_x, axis=1) / C
+    b_d = tl.where(m, b_x - b_mean[:, None], 0.0)
+    b_rstd = tl.rsqrt(tl.sum(b_d * b_d, axis=1) / C + eps)
+    return b_d * b_rstd[:, None], b_rstd
+
+
+@triton.jit
+def _normalize_bwd(b_g, b_xhat, b_rstd, m, C):
+    # gradient through xhat = LN(x) given b_g = dL/dxhat (zero where masked)
+    b_c1 = tl.sum(b_g * b_xhat, axis=1) / C
+    b_c2 = tl.sum(b_g, axis=1) / C
+    return tl.where(m, (b_g - b_c2[:, None] - b_xhat * b_c1[:, None]) * b_rstd[:, None], 0.0)
+
+
+@triton.jit
+def modulate_fwd_kernel(
+    x, shift, scale, o,
+    T, C, eps, TPP,
+    s_xb, s_xt, s_xc,
+    s_ob, s_ot, s_oc,
+    s_shift, s_scale,
+    NORM: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # o = (LN(x) if NORM else x) * (1 + scale) + shift
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
+    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
+        if NORM:
+            b_x, _ = _normalize(b_x, m, C, eps)
+        b_o = b_x * b_scale1[None, :] + b_shift[None, :]
+        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def modulate_bwd_kernel(
+    x, scale, do, dx, part,
+    T, C, eps, TPP,
+    s_xb, s_xt, s_xc,
+    s_dob, s_dot, s_doc,
+    s_dxb, s_dxt, s_dxc,
+    s_scale,
+    NORM: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # dx; per-program partials part[0] = sum_t do (dshift), part[1] = sum_t do * xhat (dscale)
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    NB, NP = tl.num_programs(0), tl.num_programs(1)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
+    b_dshift = tl.zeros([BC], dtype=tl.float32)
+    b_dscale = tl.zeros([BC], dtype=tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
+        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
+        b_g = b_do * b_scale1[None, :]
+        if NORM:
+            b_xhat, b_rstd = _normalize(b_x, m, C, eps)
+            b_dx = _normalize_bwd(b_g, b_xhat, b_rstd, m, C)
+        else:
+            b_xhat = b_x
+            b_dx = b_g
+        tl.store(_ptrs(dx, i_b, o_t, o_c, s_dxb, s_dxt, s_dxc), b_dx.to(dx.dtype.element_ty), mask=m)
+        b_dshift += tl.sum(b_do, axis=0)
+        b_dscale += tl.sum(b_do * b_xhat, axis=0)
+    p_part = part + (i_b * NP + i_p) * C + o_c
+    tl.store(p_part, b_dshift, mask=m_c)
+    tl.store(p_part + NB * NP * C, b_dscale, mask=m_c)
+
+
+@triton.jit
+def gated_residual_fwd_kernel(
+    x, y, gate, o,
+    T, C, TPP,
+    s_xb, s_xt, s_xc,
+    s_yb, s_yt, s_yc,
+    s_ob, s_ot, s_oc,
+    s_gate,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # o = x + gate * y
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    b_gate = tl.load(gate + i_b * s_gate + o_c, mask=m_c, other=0.0).to(tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
+        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
+        b_o = b_x + b_gate[None, :] * b_y
+        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def gated_residual_bwd_kernel(
+    y, gate, do, dy, part,
+    T, C, TPP,
+    s_yb, s_yt, s_yc,
+    s_dob, s_dot, s_doc,
+    s_dyb, s_dyt, s_dyc,
+    s_gate,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # dy = gate * do; per-program partial part[0] = sum_t do * y (dgate); dx = do needs no kernel
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    NP = tl.num_programs(1)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    b_gate = tl.load(gate + i_b * s_gate + o_c, mask=m_c, other=0.0).to(tl.float32)
+    b_dgate = tl.zeros([BC], dtype=tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
+        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
+        b_dy = b_do * b_gate[None, :]
+        tl.store(_ptrs(dy, i_b, o_t, o_c, s_dyb, s_dyt, s_dyc), b_dy.to(dy.dtype.element_ty), mask=m)
+        b_dgate += tl.sum(b_do * b_y, axis=0)
+    tl.store(part + (i_b * NP + i_p) * C + o_c, b_dgate, mask=m_c)
+
+
+@triton.jit
+def modulate_layernorm_fwd_kernel(
+    x, shift, scale, w, b, o,
+    T, C, eps, TPP,
+    s_xb, s_xt, s_xc,
+    s_ob, s_ot, s_oc,
+    s_shift, s_scale,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # o = LN(x * (1 + scale) + shift) * w + b
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
+    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_W:
+        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_B:
+        b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
+        b_z = tl.where(m, b_x * b_scale1[None, :] + b_shift[None, :], 0.0)
+        b_o, _ = _normalize(b_z, m, C, eps)
+        if HAS_W:
+            b_o = b_o * b_w[None, :]
+        if HAS_B:
+            b_o = b_o + b_b[None, :]
+        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def modulate_layernorm_bwd_kernel(
+    x, shift, scale, w, do, dx, part,
+    T, C, eps, TPP,
+    s_xb, s_xt, s_xc,
+    s_dob, s_dot, s_doc,
+    s_dxb, s_dxt, s_dxc,
+    s_shift, s_scale,
+    HAS_W: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # dx; partials part[0] = sum_t dz (dshift), part[1] = sum_t dz * x (dscale),
+    # part[2] = sum_t do * zhat (dweight), part[3] = sum_t do (dbias)
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    NB, NP = tl.num_programs(0), tl.num_programs(1)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
+    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_W:
+        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
+    b_dshift = tl.zeros([BC], dtype=tl.float32)
+    b_dscale = tl.zeros([BC], dtype=tl.float32)
+    b_dw = tl.zeros([BC], dtype=tl.float32)
+    b_db = tl.zeros([BC], dtype=tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
+        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
+        b_z = tl.where(m, b_x * b_scale1[None, :] + b_shift[None, :], 0.0)
+        b_zhat, b_rstd = _normalize(b_z, m, C, eps)
+        if HAS_W:
+            b_g = b_do * b_w[None, :]
+        else:
+            b_g = b_do
+        b_dz = _normalize_bwd(b_g, b_zhat, b_rstd, m, C)
+        b_dx = b_dz * b_scale1[None, :]
+        tl.store(_ptrs(dx, i_b, o_t, o_c, s_dxb, s_dxt, s_dxc), b_dx.to(dx.dtype.element_ty), mask=m)
+        b_dshift += tl.sum(b_dz, axis=0)
+        b_dscale += tl.sum(b_dz * b_x, axis=0)
+        b_dw += tl.sum(b_do * b_zhat, axis=0)
+        b_db += tl.sum(b_do, axis=0)
+    p_part = part + (i_b * NP + i_p) * C + o_c
+    n_part = NB * NP * C
+    tl.store(p_part, b_dshift, mask=m_c)
+    tl.store(p_part + n_part, b_dscale, mask=m_c)
+    tl.store(p_part + 2 * n_part, b_dw, mask=m_c)
+    tl.store(p_part + 3 * n_part, b_db, mask=m_c)
+
+
+@triton.jit
+def residual_layernorm_fwd_kernel(
+    x, y, w, b, keep, o,
+    T, C, eps, TPP,
+    s_xb, s_xt, s_xc,
+    s_yb, s_yt, s_yc,
+    s_ob, s_ot, s_oc,
+    s_keep,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # o = x + keep * (LN(y) * w + b)
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    if HAS_W:
+        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_B:
+        b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_KEEP:
+        b_keep = tl.load(keep + i_b * s_keep).to(tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
+        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
+        b_n, _ = _normalize(b_y, m, C, eps)
+        if HAS_W:
+            b_n = b_n * b_w[None, :]
+        if HAS_B:
+            b_n = b_n + b_b[None, :]
+        if HAS_KEEP:
+            b_n = b_n * b_keep
+        b_o = b_x + b_n
+        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def residual_layernorm_bwd_kernel(
+    y, w, b, keep, do, dy, part, part_keep,
+    T, C, eps, TPP,
+    s_yb, s_yt, s_yc,
+    s_dob, s_dot, s_doc,
+    s_dyb, s_dyt, s_dyc,
+    s_keep,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_KEEP: tl.constexpr,
+    KEEP_GRAD: tl.constexpr,
+    BT: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # dy; partials part[0] = sum_t dn * yhat (dweight), part[1] = sum_t dn (dbias) with
+    # dn = keep * do, and part_keep = sum_{t,c} do * (yhat * w + b) (dkeep); dx = do needs no kernel
+    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    NB, NP = tl.num_programs(0), tl.num_programs(1)
+    o_c = tl.arange(0, BC)
+    m_c = o_c < C
+    # [BC]
+    if HAS_W:
+        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_B:
+        b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
+    if HAS_KEEP:
+        b_keep = tl.load(keep + i_b * s_keep).to(tl.float32)
+    b_dw = tl.zeros([BC], dtype=tl.float32)
+    b_db = tl.zeros([BC], dtype=tl.float32)
+    b_dkeep = tl.zeros([BC], dtype=tl.float32)
+    for i_t in range(0, TPP, BT):
+        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+        m = (o_t < T)[:, None] & m_c[None, :]
+        # [BT, BC]
+        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
+        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
+        b_yhat, b_rstd = _normalize(b_y, m, C, eps)
+        if KEEP_GRAD:
+            b_n = b_yhat
+            if HAS_W:
+                b_n = b_n * b_w[None, :]
+            if HAS_B:
+                b_n = b_n + b_b[None, :]
+            b_dkeep += tl.sum(b_do * b_n, axis=0)
+        if HAS_KEEP:
+            b_dn = b_do * b_keep
+        else:
+            b_dn = b_do
+        if HAS_W:
+            b_g = b_dn * b_w[None, :]
+        else:
+            b_g = b_dn
+        b_dy = _normalize_bwd(b_g, b_yhat, b_rstd, m, C)
+        tl.store(_ptrs(dy, i_b, o_t, o_c, s_dyb, s_dyt, s_dyc), b_dy.to(dy.dtype.element_ty), mask=m)
+        b_dw += tl.sum(b_dn * b_yhat, axis=0)
+        b_db += tl.sum(b_dn, axis=0)
+    p_part = part + (i_b * NP + i_p) * C + o_c
+    tl.store(p_part, b_dw, mask=m_c)
+    tl.store(p_part + NB * NP * C, b_db, mask=m_c)
+    if KEEP_GRAD:
+        tl.store(part_keep + i_b * NP + i_p, tl.sum(b_dkeep, axis=0))
+
+
+@triton.jit
+def sum_partials_kernel(
+    part, o1, o2,
+    R, P, C,
+    BP: tl.constexpr,
+    BC: tl.constexpr,
+):
+    # o_k[r, c] = sum_p part[k, r, p, c] for k = program_id(2) in {0, 1}, summed in a fixed order
+    i_r, i_c, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m_c = o_c < C
+    # [BP, BC]
+    b_acc = tl.zeros([BP, BC], dtype=tl.float32)
+    for i_p in range(0, P, BP):
+        o_p = i_p + tl.arange(0, BP)
+        m = (o_p < P)[:, None] & m_c[None, :]
+        p_part = part + ((i_k * R + i_r) * P + o_p[:, None].to(tl.int64)) * C + o_c[None, :]
+        b_acc += tl.load(p_part, mask=m, other=0.0)
+    # [BC]
+    b_sum = tl.sum(b_acc, axis=0)
+    if i_k == 0:
+        tl.store(o1 + i_r * C + o_c, b_sum.to(o1.dtype.element_ty), mask=m_c)
+    else:
+        tl.store(o2 + i_r * C + o_c, b_sum.to(o2.dtype.element_ty), mask=m_c)
+
+
+# launchers
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _programs_per_sample(B: int, n_tiles: int, device: torch.device) -> int:
+    """Programs that share one sample's tokens: enough to fill the GPU, one under the interpreter."""
+    if INTERPRET or device.type != "cuda":
+        return 1
+    target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return max(1, min(n_tiles, triton.cdiv(target, max(B, 1))))
+
+
+def _config(B: int, T: int, C: int, device: torch.device) -> dict:
+    """Tile (BT rows x BC channels), tokens per program and the (B, P) grid."""
+    if C > MAX_CHANNELS:
+        raise ValueError(f"the fused adaLN kernels support C <= {MAX_CHANNELS} channels, got C = {C}")
+    BC = triton.next_power_of_2(C)
+    BT = max(1, min(TILE_ELEMENTS // BC, triton.next_power_of_2(max(T, 1))))
+    n_tiles = triton.cdiv(T, BT)
+    P = _programs_per_sample(B, n_tiles, device)
+    TPP = triton.cdiv(n_tiles, P) * BT
+    P = triton.cdiv(T, TPP)
+    # 4 warps up to 2048 elements, 16 for 8192-wide rows (the backward holds ~7 tiles live)
+    return dict(grid=(B, P), TPP=TPP, BT=BT, BC=BC, num_warps=min(16, max(4, BT * BC // 512)))
+
+
+def _token_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
+    """(B, T, C) strides of t (B, ..., C), or None when its token dims do not fold into one stride."""
+    dims = [(n, s) for n, s in zip(t.shape[1:-1], t.stride()[1:-1]) if n != 1]
+    for (_, s0), (n1, s1) in zip(dims, dims[1:]):
+        if s0 != s1 * n1:
+            return None
+    return t.stride(0), (dims[-1][1] if dims else 0), t.stride(-1)
+
+
+def _btc(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+    """t and its (B, T, C) strides; copied to contiguous only if its token dims do not fold."""
+    strides = _token_strides(t)
+    if strides is None:
+        t = t.contiguous()
+        strides = _token_strides(t)
+    return t, strides
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A (B, C) or (C,) or (B,) parameter with unit innermost stride (row slices are used in place)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _new_tokens(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor of like's shape: channels-first if like is a permuted (B, C, ...) map."""
+    if like.dim() > 2 and like.stride(-1) != 1 and like.movedim(-1, 1).is_contiguous():
+        shape = (like.shape[0], like.shape[-1], *like.shape[1:-1])
+        return torch.empty(shape, dtype=dtype, device=like.device).movedim(1, -1)
+    return torch.empty(like.shape, dtype=dtype, device=like.device)
+
+
+def _promote(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    dtype = None
+    for t in tensors:
+        if t is not None:
+            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _dims(x: torch.Tensor) -> Tuple[int, int, int]:
+    B, C = x.shape[0], x.shape[-1]
+    return B, (x.numel() // (B * C) if B * C else 0), C
+
+
+def _sum_partials(part: torch.Tensor, outs: List[torch.Tensor]) -> None:
+    """outs[k] (R, C) = part[k] (R, P, C) summed over P, for one or two outs."""
+    K, R, P, C = part.shape
+    BC = min(triton.next_power_of_2(C), 1024 if INTERPRET else 128)
+    BP = max(1, min(triton.next_power_of_2(P), TILE_ELEMENTS // BC))
+    o1, o2 = outs[0], outs[-1]
+    sum_partials_kernel[(R, triton.cdiv(C, BC), K)](part, o1, o2, R, P, C, BP=BP, BC=BC)
+
+
+def _reduce_per_sample(part: torch.Tensor, like: List[torch.Tensor]) -> List[torch.Tensor]:
+    """(K, B, P, C) partials -> K tensors (B, C) in the dtypes of like."""
+    outs = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in like]
+    for k in range(0, len(outs), 2):
+        _sum_partials(part[k:k + 2], outs[k:k + 2])
+    return outs
+
+
+def _reduce_affine(part: torch.Tensor, weight, bias) -> List[torch.Tensor]:
+    """(2, B, P, C) partials of (dweight, dbias) -> [dweight] if weight + [dbias] if bias, (C,) each."""
+    _, B, P, C = part.shape
+    present = [t for t in (weight, bias) if t is not None]
+    outs = [torch.empty((1, C), dtype=t.dtype, device=t.device) for t in present]
+    # a lone weight or bias reduces only its own partials
+    _sum_partials(part.view(2, 1, B * P, C)[0 if weight is not None else 1:2 if bias is not None else 1], outs)
+    return [o.view(C) for o in outs]
+
+
+def modulate_fwd(x, shift, scale, eps: float = 0.0, norm: bool = False) -> torch.Tensor:
+    """(LN(x) if norm else x) * (1 + scale) + shift; x (B, ..., C), shift/scale (B, C)."""
+    o = _new_tokens(x, _promote(x, shift, scale))
+    if o.numel() == 0:
+        return o
+    B, T, C = _dims(x)
+    cfg = _config(B, T, C, x.device)
+    x, s_x = _btc(x)
+    _, s_o = _btc(o)
+    shift, scale = _rows(shift), _rows(scale)
+    modulate_fwd_kernel[cfg["grid"]](
+        x, shift, scale, o, T, C, eps, cfg["TPP"], *s_x, *s_o, shift.stride(0), scale.stride(0),
+        NORM=norm, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    return o
+
+
+def modulate_bwd(x, shift, scale, do, eps: float = 0.0, norm: bool = False) -> List[torch.Tensor]:
+    """[dx, dshift, dscale] of modulate_fwd."""
+    dx = _new_tokens(x, x.dtype)
+    B, T, C = _dims(x)
+    if dx.numel() == 0:
+        return [dx, torch.zeros_like(shift), torch.zeros_like(scale)]
+    cfg = _config(B, T, C, x.device)
+    part = torch.empty((2, B, cfg["grid"][1], C), dtype=torch.float32, device=x.device)
+    x, s_x = _btc(x)
+    do, s_do = _btc(do)
+    _, s_dx = _btc(dx)
+    scale_rows = _rows(scale)
+    modulate_bwd_kernel[cfg["grid"]](
+        x, scale_rows, do, dx, part, T, C, eps, cfg["TPP"], *s_x, *s_do, *s_dx, scale_rows.stride(0),
+        NORM=norm, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    return [dx, *_reduce_per_sample(part, [shift, scale])]
+
+
+def gated_residual_fwd(x, y, gate) -> torch.Tensor:
+    """x + gate * y; x, y (B, ..., C), gate (B, C)."""
+    o = _new_tokens(x, _promote(x, y, gate))
+    if o.numel() == 0:
+        return o
+    B, T, C = _dims(x)
+    cfg = _config(B, T, C, x.device)
+    x, s_x = _btc(x)
+    y, s_y = _btc(y)
+    _, s_o = _btc(o)
+    gate = _rows(gate)
+    gated_residual_fwd_kernel[cfg["grid"]](
+        x, y, gate, o, T, C, cfg["TPP"], *s_x, *s_y, *s_o, gate.stride(0),
+        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    return o
+
+
+def gated_residual_bwd(y, gate, do) -> List[torch.Tensor]:
+    """[dy, dgate] of gated_residual_fwd (dx is do itself)."""
+    dy = _new_tokens(y, y.dtype)
+    B, T, C = _dims(y)
+    if dy.numel() == 0:
+        return [dy, torch.zeros_like(gate)]
+    cfg = _config(B, T, C, y.device)
+    part = torch.empty((1, B, cfg["grid"][1], C), dtype=torch.float32, device=y.device)
+    y, s_y = _btc(y)
+    do, s_do = _btc(do)
+    _, s_dy = _btc(dy)
+    gate_rows = _rows(gate)
+    gated_residual_bwd_kernel[cfg["grid"]](
+        y, gate_rows, do, dy, part, T, C, cfg["TPP"], *s_y, *s_do, *s_dy, gate_rows.stride(0),
+        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    return [dy, *_reduce_per_sample(part, [gate])]
+
+
+def modulate_layernorm_fwd(x, shift, scale, weight, bias, eps: float) -> torch.Tensor:
+    """LN(x * (1 + scale) + shift) * weight + bias; weight, bias (C,) or None."""
+    o = _new_tokens(x, _promote(x, shift, scale, weight, bias))
+    if o.numel() == 0:
+        return o
+    B, T, C = _dims(x)
+    cfg = _config(B, T, C, x.device)
+    x, s_x = _btc(x)
+    _, s_o = _btc(o)
+    shift, scale = _rows(shift), _rows(scale)
+    w = _rows(weight) if weight is not None else x
+    b = _rows(bias) if bias is not None else x
+    modulate_layernorm_fwd_kernel[cfg["grid"]](
+        x, shift, scale, w, b, o, T, C, eps, cfg["TPP"], *s_x, *s_o, shift.stride(0), scale.stride(0),
+        HAS_W=weight is not None, HAS_B=bias is not None, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    return o
+
+
+def modulate_layernorm_bwd(x, shift, scale, weight, bias, do, eps: float) -> List[torch.Tensor]:
+    """[dx, dshift, dscale] + [dweight] if weight + [dbias] if bias, of modulate_layernorm_fwd."""
+    dx = _new_tokens(x, x.dtype)
+    B, T, C = _dims(x)
+    affine = [t for t in (weight, bias) if t is not None]
+    if dx.numel() == 0:
+        return [dx, torch.zeros_like(shift), torch.zeros_like(scale), *map(torch.zeros_like, affine)]
+    cfg = _config(B, T, C, x.device)
+    part = torch.empty((4, B, cfg["grid"][1], C), dtype=torch.float32, device=x.device)
+    x, s_x = _btc(x)
+    do, s_do = _btc(do)
+    _, s_dx = _btc(dx)
+    shift_rows, scale_rows = _rows(shift), _rows(scale)
+    w = _rows(weight) if weight is not None else x
+    modulate_layernorm_bwd_kernel[cfg["grid"]](
+        x, shift_rows, scale_rows, w, do, dx, part, T, C, eps, cfg["TPP"], *s_x, *s_do, *s_dx,
+        shift_rows.stride(0), scale_rows.stride(0),
+        HAS_W=weight is not None, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    grads = [dx, *_reduce_per_sample(part[:2], [shift, scale])]
+    return grads + (_reduce_affine(part[2:], weight, bias) if affine else [])
+
+
+def residual_layernorm_fwd(x, y, weight, bias, keep, eps: float) -> torch.Tensor:
+    """x + keep * (LN(y) * weight + bias); weight, bias (C,), keep (B,), each optional."""
+    o = _new_tokens(x, _promote(x, y, weight, bias, keep))
+    if o.numel() == 0:
+        return o
+    B, T, C = _dims(x)
+    cfg = _config(B, T, C, x.device)
+    x, s_x = _btc(x)
+    y, s_y = _btc(y)
+    _, s_o = _btc(o)
+    w = _rows(weight) if weight is not None else x
+    b = _rows(bias) if bias is not None else x
+    k = keep if keep is not None else x
+    residual_layernorm_fwd_kernel[cfg["grid"]](
+        x, y, w, b, k, o, T, C, eps, cfg["TPP"], *s_x, *s_y, *s_o, k.stride(0),
+        HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None,
+        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    return o
+
+
+def residual_layernorm_bwd(y, weight, bias, keep, do, eps: float, keep_grad: bool) -> List[torch.Tensor]:
+    """[dy] + [dweight] if weight + [dbias] if bias + [dkeep] if keep_grad (dx is do itself)."""
+    keep_grad = keep_grad and keep is not None
+    dy = _new_tokens(y, y.dtype)
+    B, T, C = _dims(y)
+    wanted = [t for t in (weight, bias) if t is not None] + ([keep] if keep_grad else [])
+    if dy.numel() == 0:
+        return [dy, *map(torch.zeros_like, wanted)]
+    cfg = _config(B, T, C, y.device)
+    P = cfg["grid"][1]
+    part = torch.empty((2, B, P, C), dtype=torch.float32, device=y.device)
+    part_keep = torch.empty((1, B, P, 1), dtype=torch.float32, device=y.device) if keep_grad else part
+    y, s_y = _btc(y)
+    do, s_do = _btc(do)
+    _, s_dy = _btc(dy)
+    w = _rows(weight) if weight is not None else y
+    b = _rows(bias) if bias is not None else y
+    k = keep if keep is not None else y
+    residual_layernorm_bwd_kernel[cfg["grid"]](
+        y, w, b, k, do, dy, part, part_keep, T, C, eps, cfg["TPP"], *s_y, *s_do, *s_dy, k.stride(0),
+        HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None, KEEP_GRAD=keep_grad,
+        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    )
+    grads = [dy] + (_reduce_affine(part, weight, bias) if weight is not None or bias is not None else [])
+    if keep_grad:
+        dkeep = torch.empty((B, 1), dtype=keep.dtype, device=keep.device)
+        _sum_partials(part_keep, [dkeep])
+        grads.append(dkeep.view(B))
+    return grads
+
+
+# custom ops: opaque to torch.compile, with fake (meta) implementations for tracing
+
+_NS = "xswin_fast"
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op(f"{_NS}::modulate_fwd", mutates_args=())
+def _modulate_fwd_op(x: Tensor, shift: Tensor, scale: Tensor, eps: float, norm: bool) -> Tensor:
+    return modulate_fwd(x, shift, scale, eps, norm)
+
+
+@_modulate_fwd_op.register_fake
+def _(x, shift, scale, eps, norm):
+    return _new_tokens(x, _promote(x, shift, scale))
+
+
+@torch.library.custom_op(f"{_NS}::modulate_bwd", mutates_args=())
+def _modulate_bwd_op(x: Tensor, shift: Tensor, scale: Tensor, do: Tensor, eps: float, norm: bool) -> List[Tensor]:
+    return modulate_bwd(x, shift, scale, do, eps, norm)
+
+
+@_modulate_bwd_op.register_fake
+def _(x, shift, scale, do, eps, norm):
+    return [_new_tokens(x, x.dtype), torch.empty_like(shift), torch.empty_like(scale)]
+
+
+@torch.library.custom_op(f"{_NS}::gated_residual_fwd", mutates_args=())
+def _gated_residual_fwd_op(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    return gated_residual_fwd(x, y, gate)
+
+
+@_gated_residual_fwd_op.register_fake
+def _(x, y, gate):
+    return _new_tokens(x, _promote(x, y, gate))
+
+
+@torch.library.custom_op(f"{_NS}::gated_residual_bwd", mutates_args=())
+def _gated_residual_bwd_op(y: Tensor, gate: Tensor, do: Tensor) -> List[Tensor]:
+    return gated_residual_bwd(y, gate, do)
+
+
+@_gated_residual_bwd_op.register_fake
+def _(y, gate, do):
+    return [_new_tokens(y, y.dtype), torch.empty_like(gate)]
+
+
+@torch.library.custom_op(f"{_NS}::modulate_layernorm_fwd", mutates_args=())
+def _modulate_layernorm_fwd_op(
+    x: Tensor, shift: Tensor, scale: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> Tensor:
+    return modulate_layernorm_fwd(x, shift, scale, weight, bias, eps)
+
+
+@_modulate_layernorm_fwd_op.register_fake
+def _(x, shift, scale, weight, bias, eps):
+    return _new_tokens(x, _promote(x, shift, scale, weight, bias))
+
+
+@torch.library.custom_op(f"{_NS}::modulate_layernorm_bwd", mutates_args=())
+def _modulate_layernorm_bwd_op(
+    x: Tensor, shift: Tensor, scale: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], do: Tensor, eps: float
+) -> List[Tensor]:
+    return modulate_layernorm_bwd(x, shift, scale, weight, bias, do, eps)
+
+
+@_modulate_layernorm_bwd_op.register_fake
+def _(x, shift, scale, weight, bias, do, eps):
+    affine = [torch.empty_like(t) for t in (weight, bias) if t is not None]
+    return [_new_tokens(x, x.dtype), torch.empty_like(shift), torch.empty_like(scale), *affine]
+
+
+@torch.library.custom_op(f"{_NS}::residual_layernorm_fwd", mutates_args=())
+def _residual_layernorm_fwd_op(
+    x: Tensor, y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], keep: Optional[Tensor], eps: float
+) -> Tensor:
+    return residual_layernorm_fwd(x, y, weight, bias, keep, eps)
+
+
+@_residual_layernorm_fwd_op.register_fake
+def _(x, y, weight, bias, keep, eps):
+    return _new_tokens(x, _promote(x, y, weight, bias, keep))
+
+
+@torch.library.custom_op(f"{_NS}::residual_layernorm_bwd", mutates_args=())
+def _residual_layernorm_bwd_op(
+    y: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], keep: Optional[Tensor], do: Tensor, eps: float,
+    keep_grad: bool,
+) -> List[Tensor]:
+    return residual_layernorm_bwd(y, weight, bias, keep, do, eps, keep_grad)
+
+
+@_residual_layernorm_bwd_op.register_fake
+def _(y, weight, bias, keep, do, eps, keep_grad):
+    grads = [_new_tokens(y, y.dtype)] + [torch.empty_like(t) for t in (weight, bias) if t is not None]
+    if keep_grad and keep is not None:
+        grads.append(torch.empty_like(keep))
+    return grads
+
+
+# autograd
+
+
+def _as(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return grad if grad.dtype == dtype else grad.to(dtype)
+
+
+def _needed(ctx, grads):
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
+
+
+class ModulateFunction(torch.autograd.Function):
+    """x * (1 + scale) + shift, with (B, C) shift/scale broadcast over the tokens of x (B, ..., C)."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale):
+        ctx.save_for_backward(x, shift, scale)
+        return _modulate_fwd_op(x, shift, scale, 0.0, False)
+
+    @staticmethod
+    def backward(ctx, do):
+        x, shift, scale = ctx.saved_tensors
+        return _needed(ctx, _modulate_bwd_op(x, shift, scale, do, 0.0, False))
+
+
+class LayerNormModulateFunction(torch.autograd.Function):
+    """LN(x) (no affine) * (1 + scale) + shift: DiT's adaLN."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, eps):
+        ctx.save_for_backward(x, shift, scale)
+        ctx.eps = eps
+        return _modulate_fwd_op(x, shift, scale, eps, True)
+
+    @staticmethod
+    def backward(ctx, do):
+        x, shift, scale = ctx.saved_tensors
+        return _needed(ctx, _modulate_bwd_op(x, shift, scale, do, ctx.eps, True)) + (None,)
+
+
+class GatedResidualFunction(torch.autograd.Function):
+    """x + gate * y: DiT's adaLN-Zero residual."""
+
+    @staticmethod
+    def forward(ctx, x, y, gate):
+        ctx.save_for_backward(y, gate)
+        ctx.x_dtype = x.dtype
+        return _gated_residual_fwd_op(x, y, gate)
+
+    @staticmethod
+    def backward(ctx, do):
+        y, gate = ctx.saved_tensors
+        dy, dgate = _gated_residual_bwd_op(y, gate, do)
+        return _needed(ctx, (_as(do, ctx.x_dtype), dy, dgate))
+
+
+class ModulateLayerNormFunction(torch.autograd.Function):
+    """LN(x * (1 + scale) + shift) * weight + bias: the XSwin bottleneck's modulate-then-norm."""
+
+    @staticmethod
+    def forward(ctx, x, shift, scale, weight, bias, eps):
+        ctx.save_for_backward(x, shift, scale, weight, bias)
+        ctx.eps = eps
+        return _modulate_layernorm_fwd_op(x, shift, scale, weight, bias, eps)
+
+    @staticmethod
+    def backward(ctx, do):
+        x, shift, scale, weight, bias = ctx.saved_tensors
+        grads = iter(_modulate_layernorm_bwd_op(x, shift, scale, weight, bias, do, ctx.eps))
+        dx, dshift, dscale = next(grads), next(grads), next(grads)
+        dweight = next(grads) if weight is not None else None
+        dbias = next(grads) if bias is not None else None
+        return _needed(ctx, (dx, dshift, dscale, dweight, dbias)) + (None,)
+
+
+class ResidualLayerNormFunction(torch.autograd.Function):
+    """x + keep * (LN(y) * weight + bias): the post-norm SwinV2 residual, keep (B,) drop-path."""
+
+    @staticmethod
+    def forward(ctx, x, y, weight, bias, keep, eps):
+        ctx.save_for_backward(y, weight, bias, keep)
+        ctx.eps, ctx.x_dtype = eps, x.dtype
+        return _residual_layernorm_fwd_op(x, y, weight, bias, keep, eps)
+
+    @staticmethod
+    def backward(ctx, do):
+        y, weight, bias, keep = ctx.saved_tensors
+        keep_grad = keep is not None and ctx.needs_input_grad[4]
+        grads = iter(_residual_layernorm_bwd_op(y, weight, bias, keep, do, ctx.eps, keep_grad))
+        dy = next(grads)
+        dweight = next(grads) if weight is not None else None
+        dbias = next(grads) if bias is not None else None
+        dkeep = next(grads) if keep_grad else None
+        return _needed(ctx, (_as(do, ctx.x_dtype), dy, dweight, dbias, dkeep)) + (None,)
+
+
+# entry points (the positional signatures of xswin_fast.ops.reference)
+
+
+def modulate(x, shift, scale):
+    return ModulateFunction.apply(x, shift, scale)
+
+
+def layernorm_modulate(x, shift, scale, eps=1e-6):
+    return LayerNormModulateFunction.apply(x, shift, scale, float(eps))
+
+
+def gated_residual(x, y, gate):
+    return GatedResidualFunction.apply(x, y, gate)
+
+
+def modulate_layernorm(x, shift, scale, weight=None, bias=None, eps=1e-5):
+    return ModulateLayerNormFunction.apply(x, shift, scale, weight, bias, float(eps))
+
+
+def residual_layernorm(x, y, weight=None, bias=None, keep=None, eps=1e-5):
+    return ResidualLayerNormFunction.apply(x, y, weight, bias, keep, float(eps))
