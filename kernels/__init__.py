@@ -19,5 +19,7 @@ IMPLEMENTATIONS: Dict[str, Callable] = {}
 from . import adaln  # noqa: E402
 
 IMPLEMENTATIONS.update({op: getattr(adaln, op) for op in adaln.OPS})
+from .window_attention import window_attention as _window_attention  # noqa: E402
+IMPLEMENTATIONS["window_attention"] = _window_attention
 
 __all__ = ["INTERPRET", "IMPLEMENTATIONS"]

@@ -1,0 +1,653 @@
+"""Fused shifted-window self-attention and localized window cross-attention (DESIGN.md §3.1),
+forward and backward, straight from the (B, H, W, heads, d) layouts.
+
+One kernel family serves Swin's (shifted) window self-attention and XSwin's window
+cross-attention (q from the decoder map, k and v from the encoder skip). Nothing is copied
+around the kernels: q, k and v are read through their strides (e.g. views of one qkv
+projection), the bottom/right padding, the cyclic shift and the window partition are index
+arithmetic, and each output token is written at its original position, into a caller-given
+strided ``out`` if there is one.
+
+Tile layout. A tile is the tokens of ``WPT`` consecutive windows (over (b, window row, window
+column)), ``N = wh * ww`` tokens each, laid out in a ``BN``-token block (``BN = max(16,
+next_pow2(N))``, ``tl.dot`` needs >= 16 on a GPU). Windows of up to 8 tokens are packed
+(2x2 windows: 4 per 16-token tile) with a block-diagonal mask. A window is one softmax block:
+its scores fit one tile, so there is no online-softmax rescaling. Windows of more than 64
+tokens (up to 16x16) take ``NUM_QB`` query blocks of 64 rows against all of their keys.
+
+Masks are computed in the kernel from the token coordinates, never loaded: Swin's region mask
+(the shifted frame is cut into [0, P-w), [P-w, P-s), [P-s, P) per axis), the padded keys and
+the empty slots of a tile are excluded exactly (probability 0). Padded queries are computed
+against no key and never written. When the map needs no mask (no shift, no padding, one window
+per tile) the kernel is specialised without one, and with a shift or padding only the windows
+of the last window rows/columns evaluate it (a runtime branch per window).
+
+Backward. One program walks a fixed range of tiles per head (``NUM_SPLITS`` programs per head),
+recomputes the scores and the softmax of each window (nothing but q, k, v and do is read; the
+softmax statistics are recomputed and delta = rowsum(P * dP) comes from the tile), and writes
+dq, dk and dv of its tokens once. The relative-position-bias gradient and the logit-scale
+gradient are sums over every window and batch: each program accumulates its share in fp32
+registers (fp64 for fp64 inputs) and writes one partial, and the partials are summed by torch
+in a fixed order. No atomics: gradients are bitwise reproducible.
+
+Layout of this file: jit kernels -> launchers -> ``torch.autograd.Function`` (the in-place
+``out=`` form) -> ``torch.library.custom_op`` registration (fake and autograd) -> the entry
+point registered in ``xswin_fast.kernels.IMPLEMENTATIONS``.
+"""
+import functools
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+__all__ = [
+    "window_attention",
+    "window_attention_fwd",
+    "window_attention_bwd",
+    "WindowAttentionFunction",
+    "MAX_HEAD_DIM",
+    "MAX_WINDOW_TOKENS",
+]
+
+MAX_HEAD_DIM = 128
+# 16 x 16 windows
+MAX_WINDOW_TOKENS = 256
+# windows of more tokens than this are split into query blocks of this many rows
+MAX_BLOCK_M = 64
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+LOG_MAX_LOGIT_SCALE = math.log(100.0)
+# kernel constants: the logit-scale clamp, log2(e) for exp2 softmax, F.normalize's eps
+_LOG_MAX: tl.constexpr = tl.constexpr(LOG_MAX_LOGIT_SCALE)
+_LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+_EPS: tl.constexpr = tl.constexpr(1e-12)
+
+
+@triton.jit
+def _dot(a, b, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # the interpreter multiplies bf16 bit patterns as integers: upcast there (never on a GPU)
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC, out_dtype=ACC)
+    return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _tokens(i_tile, o_t, H, W, NWH, NWW, NWIN,
+            WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+            N: tl.constexpr, WPT: tl.constexpr):
+    # token o_t of tile i_tile: window slot, index inside the window, (b, row, col) of the map
+    o_slot = o_t // N
+    o_n = o_t % N
+    o_win = i_tile * WPT + o_slot
+    m_t = (o_slot < WPT) & (o_win < NWIN)
+    o_b = o_win // (NWH * NWW)
+    o_wh = (o_win % (NWH * NWW)) // NWW
+    o_ww = o_win % NWW
+    # shifted-frame position, then the padded-map position it holds: ((f + s) mod P)
+    o_fh = o_wh * WH + o_n // WW
+    o_fw = o_ww * WW + o_n % WW
+    o_h = (o_fh + SH) % (NWH * WH)
+    o_w = (o_fw + SW) % (NWW * WW)
+    m_t = m_t & (o_h < H) & (o_w < W)
+    # Swin region along each axis: [0, P-w) -> 0, [P-w, P-s) -> 1, [P-s, P) -> 2
+    o_rh = tl.where(o_fh >= NWH * WH - WH, tl.where(o_fh >= NWH * WH - SH, 2, 1), 0)
+    o_rw = tl.where(o_fw >= NWW * WW - WW, tl.where(o_fw >= NWW * WW - SW, 2, 1), 0)
+    return o_b, o_h, o_w, o_n, o_slot, o_rh * 3 + o_rw, m_t
+
+
+@triton.jit
+def _offsets(o_b, o_h, o_w, s_b, s_h, s_w):
+    # int64: a large batch of large maps cannot overflow
+    return o_b.to(tl.int64) * s_b + o_h.to(tl.int64) * s_h + o_w.to(tl.int64) * s_w
+
+
+@triton.jit
+def _channels(i_hd, o_d, s_n, s_d):
+    # [BD] int64 offsets of head i_hd's channels
+    return i_hd.to(tl.int64) * s_n + o_d.to(tl.int64) * s_d
+
+
+@triton.jit
+def _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT: tl.constexpr, SHIFTED: tl.constexpr):
+    # [BM, BN] pairs a query may attend to: real tokens of one window and one Swin region
+    m_a = m_q[:, None] & m_k[None, :]
+    if WPT > 1:
+        m_a = m_a & (o_qs[:, None] == o_ks[None, :])
+    if SHIFTED:
+        m_a = m_a & (o_qr[:, None] == o_kr[None, :])
+    return m_a
+
+
+@triton.jit
+def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
+            m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+            WPT: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            MASK_MODE: tl.constexpr, SHIFTED: tl.constexpr,
+            ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # [BM, BN] raw products q.k (cosine: of the L2-normalised q, k)
+    b_c = _dot(b_q, tl.trans(b_k), ACC, UPCAST, PREC)
+    if COSINE:
+        b_c = b_c * b_rq[:, None] * b_rk[None, :]
+    # [BM, BN] scores in log2 units, so that the softmax runs on exp2
+    b_s = b_c * (b_scale * _LOG2E)
+    if HAS_BIAS:
+        # o_qn, o_kn < N always: the gather is in bounds without a mask
+        b_s += tl.load(bias + o_qn[:, None] * s_bi + o_kn[None, :] * s_bj).to(ACC) * _LOG2E
+    if MASK_MODE == 2:
+        b_s = tl.where(_allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED), b_s, float("-inf"))
+    elif MASK_MODE == 1:
+        # one window per tile: only windows of the last rows/columns need the mask
+        i_w = i_tile % (NWH * NWW)
+        if (i_w // NWW >= EDGE_WH) | (i_w % NWW >= EDGE_WW):
+            b_s = tl.where(_allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED), b_s, float("-inf"))
+    # [BM, BN] probabilities; a row without any allowed key (padded queries) becomes 0
+    b_m = tl.max(b_s, 1)
+    b_m = tl.where(b_m == float("-inf"), 0.0, b_m)
+    b_p = tl.exp2(b_s - b_m[:, None])
+    b_l = tl.sum(b_p, 1)
+    b_l = tl.where(b_l == 0.0, 1.0, b_l)
+    return b_c, b_p / b_l[:, None]
+
+
+@triton.jit
+def window_attn_fwd_kernel(
+    q, k, v, o, bias, logit_scale,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_ob, s_oh, s_ow, s_on, s_od,
+    s_bn, s_bi, s_bj,
+    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
+    D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    NUM_QB: tl.constexpr, TILES: tl.constexpr, MASK_MODE: tl.constexpr,
+    COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+):
+    i_p, i_hd = tl.program_id(0), tl.program_id(1)
+    SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    o_tk = tl.arange(0, BN)
+    # [BD]
+    o_qd = _channels(i_hd, o_d, s_qn, s_qd)
+    o_kd = _channels(i_hd, o_d, s_kn, s_kd)
+    o_vd = _channels(i_hd, o_d, s_vn, s_vd)
+    o_od = _channels(i_hd, o_d, s_on, s_od)
+    if COSINE:
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd).to(ACC), _LOG_MAX))
+    else:
+        b_scale = scale
+    bias += i_hd.to(tl.int64) * s_bn
+    for i_it in range(TILES):
+        i_tile = i_p * TILES + i_it
+        # [BN] key tokens
+        o_kb, o_kh, o_kw, o_kn, o_ks, o_kr, m_k = _tokens(i_tile, o_tk, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+        m_kd = m_k[:, None] & m_d[None, :]
+        # [BN, BD]
+        b_k = tl.load(k + _offsets(o_kb, o_kh, o_kw, s_kb, s_kh, s_kw)[:, None] + o_kd[None, :], mask=m_kd, other=0.0)
+        b_v = tl.load(v + _offsets(o_kb, o_kh, o_kw, s_vb, s_vh, s_vw)[:, None] + o_vd[None, :], mask=m_kd, other=0.0)
+        if COSINE:
+            # [BN] 1 / max(|k|, eps)
+            b_rk = 1.0 / tl.maximum(tl.sqrt(tl.sum(b_k.to(ACC) * b_k.to(ACC), 1)), _EPS)
+        else:
+            b_rk = 1.0
+        for i_qb in range(NUM_QB):
+            # [BM] query tokens
+            o_tq = i_qb * BM + tl.arange(0, BM)
+            o_qb, o_qh, o_qw, o_qn, o_qs, o_qr, m_q = _tokens(i_tile, o_tq, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+            m_qd = m_q[:, None] & m_d[None, :]
+            # [BM, BD]
+            b_q = tl.load(q + _offsets(o_qb, o_qh, o_qw, s_qb, s_qh, s_qw)[:, None] + o_qd[None, :], mask=m_qd, other=0.0)
+            if COSINE:
+                b_rq = 1.0 / tl.maximum(tl.sqrt(tl.sum(b_q.to(ACC) * b_q.to(ACC), 1)), _EPS)
+            else:
+                b_rq = 1.0
+            # [BM, BN]
+            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
+                               m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                               WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
+            # [BM, BD]
+            b_o = _dot(b_p.to(b_v.dtype), b_v, ACC, UPCAST, PREC)
+            p_o = o + _offsets(o_qb, o_qh, o_qw, s_ob, s_oh, s_ow)[:, None] + o_od[None, :]
+            tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_qd)
+
+
+@triton.jit
+def window_attn_bwd_kernel(
+    q, k, v, do, dq, dk, dv, bias, logit_scale, dbias_part, dtemp_part,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_ob, s_oh, s_ow, s_on, s_od,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_bn, s_bi, s_bj,
+    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
+    D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    NUM_QB: tl.constexpr, TILES: tl.constexpr, MASK_MODE: tl.constexpr,
+    COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+):
+    # do has strides s_o*; dq, dk and dv share the strides s_g*
+    i_p, i_hd, n_hd = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
+    SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    o_tk = tl.arange(0, BN)
+    o_m = tl.arange(0, BM)
+    # [BD]
+    o_qd = _channels(i_hd, o_d, s_qn, s_qd)
+    o_kd = _channels(i_hd, o_d, s_kn, s_kd)
+    o_vd = _channels(i_hd, o_d, s_vn, s_vd)
+    o_od = _channels(i_hd, o_d, s_on, s_od)
+    o_gd = _channels(i_hd, o_d, s_gn, s_gd)
+    if COSINE:
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd).to(ACC), _LOG_MAX))
+    else:
+        b_scale = scale
+    bias += i_hd.to(tl.int64) * s_bn
+    # this program's partial sums, written once at the end (fixed order: deterministic)
+    p_db = dbias_part + (i_p * n_hd + i_hd).to(tl.int64) * (NUM_QB * BM * BN)
+    # [BM, BN]
+    b_db = tl.zeros([BM, BN], dtype=ACC)
+    # [BM]
+    b_dt = tl.zeros([BM], dtype=ACC)
+    for i_it in range(TILES):
+        i_tile = i_p * TILES + i_it
+        # [BN] key tokens
+        o_kb, o_kh, o_kw, o_kn, o_ks, o_kr, m_k = _tokens(i_tile, o_tk, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+        m_kd = m_k[:, None] & m_d[None, :]
+        # [BN, BD]
+        b_k = tl.load(k + _offsets(o_kb, o_kh, o_kw, s_kb, s_kh, s_kw)[:, None] + o_kd[None, :], mask=m_kd, other=0.0)
+        b_v = tl.load(v + _offsets(o_kb, o_kh, o_kw, s_vb, s_vh, s_vw)[:, None] + o_vd[None, :], mask=m_kd, other=0.0)
+        if COSINE:
+            # [BN] |k| and 1 / max(|k|, eps)
+            b_nk = tl.sqrt(tl.sum(b_k.to(ACC) * b_k.to(ACC), 1))
+            b_rk = 1.0 / tl.maximum(b_nk, _EPS)
+        else:
+            b_rk = 1.0
+        # [BN, BD]
+        b_dk = tl.zeros([BN, BD], dtype=ACC)
+        b_dv = tl.zeros([BN, BD], dtype=ACC)
+        # [BN] column sums of dc * c (cosine: the key-norm term of dk)
+        b_dkn = tl.zeros([BN], dtype=ACC)
+        if COSINE:
+            b_kn = (b_k.to(ACC) * b_rk[:, None]).to(b_k.dtype)
+        for i_qb in range(NUM_QB):
+            # [BM] query tokens
+            o_tq = i_qb * BM + o_m
+            o_qb, o_qh, o_qw, o_qn, o_qs, o_qr, m_q = _tokens(i_tile, o_tq, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+            m_qd = m_q[:, None] & m_d[None, :]
+            # [BM, BD]
+            b_q = tl.load(q + _offsets(o_qb, o_qh, o_qw, s_qb, s_qh, s_qw)[:, None] + o_qd[None, :], mask=m_qd, other=0.0)
+            b_do = tl.load(do + _offsets(o_qb, o_qh, o_qw, s_ob, s_oh, s_ow)[:, None] + o_od[None, :], mask=m_qd, other=0.0)
+            if COSINE:
+                b_nq = tl.sqrt(tl.sum(b_q.to(ACC) * b_q.to(ACC), 1))
+                b_rq = 1.0 / tl.maximum(b_nq, _EPS)
+            else:
+                b_rq = 1.0
+            # [BM, BN]
+            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
+                               m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                               WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
+            # [BN, BD]
+            b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do, ACC, UPCAST, PREC)
+            # [BM, BN] dp, then ds = dL/d(score) with delta = rowsum(p * dp) from the tile
+            b_dp = _dot(b_do, tl.trans(b_v), ACC, UPCAST, PREC)
+            b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 1)[:, None])
+            if HAS_DBIAS:
+                if NUM_QB == 1:
+                    b_db += b_ds
+                else:
+                    # query blocks of large windows: read-modify-write of this program's own partial
+                    p_dbq = p_db + (i_qb * BM + o_m)[:, None] * BN + o_tk[None, :]
+                    tl.store(p_dbq, tl.load(p_dbq) + b_ds)
+                    # the next window's read of these addresses must see this write
+                    tl.debug_barrier()
+            if COSINE:
+                if HAS_DTEMP:
+                    b_dt += tl.sum(b_ds * b_c, 1)
+                # [BM, BN] gradient of the cosine c = qn . kn
+                b_dc = b_ds * b_scale
+                b_dcc = b_dc * b_c
+                b_qn = b_q.to(ACC) * b_rq[:, None]
+                # [BM, BD] dq = (dqn - qn <qn, dqn>) / max(|q|, eps); the norm term vanishes when clamped
+                b_dq = _dot(b_dc.to(b_q.dtype), b_kn, ACC, UPCAST, PREC)
+                b_dq -= b_qn * tl.where(b_nq >= _EPS, tl.sum(b_dcc, 1), 0.0)[:, None]
+                b_dq = b_dq * b_rq[:, None]
+                b_dk += _dot(tl.trans(b_dc.to(b_q.dtype)), b_qn.to(b_q.dtype), ACC, UPCAST, PREC)
+                b_dkn += tl.sum(b_dcc, 0)
+            else:
+                b_dsh = b_ds.to(b_q.dtype)
+                b_dq = _dot(b_dsh, b_k, ACC, UPCAST, PREC) * scale
+                b_dk += _dot(tl.trans(b_dsh), b_q, ACC, UPCAST, PREC) * scale
+            p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
+            tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
+        if COSINE:
+            b_dk -= b_k.to(ACC) * b_rk[:, None] * tl.where(b_nk >= _EPS, b_dkn, 0.0)[:, None]
+            b_dk = b_dk * b_rk[:, None]
+        o_kg = _offsets(o_kb, o_kh, o_kw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
+        tl.store(dk + o_kg, b_dk.to(dk.dtype.element_ty), mask=m_kd)
+        tl.store(dv + o_kg, b_dv.to(dv.dtype.element_ty), mask=m_kd)
+    if HAS_DBIAS:
+        if NUM_QB == 1:
+            tl.store(p_db + o_m[:, None] * BN + o_tk[None, :], b_db)
+    if HAS_DTEMP:
+        tl.store(dtemp_part + i_p * n_hd + i_hd, tl.sum(b_dt, 0))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=256)
+def _first_masked_window(size: int, window: int, shift: int) -> int:
+    """Index of the first window along one axis that holds a padded token or a Swin region boundary."""
+    padded = _cdiv(size, window) * window
+    for f in range(padded):
+        if (shift > 0 and f >= padded - window) or (f + shift) % padded >= size:
+            return f // window
+    return padded // window
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int]) -> dict:
+    """Tile geometry: constexprs and runtime ints shared by the forward and backward launches."""
+    (wh, ww), (sh, sw) = window, shift
+    N = wh * ww
+    nwh, nww = _cdiv(H, wh), _cdiv(W, ww)
+    BN = max(16, triton.next_power_of_2(N))
+    # small windows share a tile (block-diagonal mask); large ones are split into query blocks
+    WPT = BN // N
+    BM = min(BN, MAX_BLOCK_M)
+    padded = (nwh * wh, nww * ww) != (H, W)
+    if WPT > 1 or N < BN:
+        mask_mode = 2
+    elif padded or sh > 0 or sw > 0:
+        mask_mode = 1
+    else:
+        mask_mode = 0
+    return dict(
+        nwin=B * nwh * nww,
+        num_tiles=_cdiv(B * nwh * nww, WPT),
+        runtime=dict(
+            H=H, W=W, NWH=nwh, NWW=nww, NWIN=B * nwh * nww,
+            EDGE_WH=_first_masked_window(H, wh, sh), EDGE_WW=_first_masked_window(W, ww, sw),
+        ),
+        constexprs=dict(
+            WH=wh, WW=ww, SH=sh, SW=sw, N=N, WPT=WPT, BM=BM, BN=BN,
+            NUM_QB=_cdiv(WPT * N, BM), MASK_MODE=mask_mode,
+        ),
+        num_warps=4 if BN <= 64 else 8,
+    )
+
+
+def _precision(q: torch.Tensor) -> dict:
+    """Accumulator dtype, dot precision and the interpreter's bf16 upcast for q's dtype."""
+    return dict(
+        ACC=tl.float64 if q.dtype == torch.float64 else tl.float32,
+        UPCAST=INTERPRET and q.dtype == torch.bfloat16,
+        # fp32 products follow torch's matmul setting (default: no tf32); 16-bit inputs keep
+        # Triton's default (the setting only applies to fp32 operands)
+        PREC="ieee" if q.dtype == torch.float64 or (q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32) else "tf32",
+    )
+
+
+def _bias_args(q: torch.Tensor, bias: Optional[torch.Tensor], logit_scale: Optional[torch.Tensor]):
+    # unused pointers get a placeholder tensor (never dereferenced)
+    strides = tuple(bias.stride()) if bias is not None else (0, 0, 0)
+    return (bias if bias is not None else q), (logit_scale if logit_scale is not None else q), strides
+
+
+def window_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    logit_scale: Optional[torch.Tensor],
+    window: Sequence[int],
+    shift: Sequence[int],
+    scale: float,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Forward launch: (B, H, W, heads, d) q, k, v -> (B, H, W, heads*d), into ``out`` if given.
+
+    Inputs are assumed valid (``window_attention`` checks them); ``scale`` is the dot-product
+    scale, unused in cosine mode (``logit_scale`` given).
+    """
+    B, H, W, nh, d = q.shape
+    plan = _plan(B, H, W, tuple(window), tuple(shift))
+    if out is None:
+        out = torch.empty((B, H, W, nh * d), dtype=q.dtype, device=q.device)
+    o = out.unflatten(-1, (nh, d))
+    bias_t, ls_t, s_bias = _bias_args(q, bias, logit_scale)
+    tiles = max(1, 64 // plan["constexprs"]["BN"])
+    grid = (_cdiv(plan["num_tiles"], tiles), nh)
+    window_attn_fwd_kernel[grid](
+        q, k, v, o, bias_t, ls_t,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *s_bias,
+        **plan["runtime"], scale=float(scale),
+        D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
+        COSINE=logit_scale is not None, HAS_BIAS=bias is not None,
+        **plan["constexprs"], **_precision(q), num_warps=plan["num_warps"],
+    )
+    return out
+
+
+def _num_splits(device: torch.device, num_tiles: int, heads: int) -> int:
+    """Backward programs per head: enough to fill the device, few enough that each walks several
+    windows and the bias-gradient partials stay small. A function of the device and the shapes
+    only, so the reduction order (and the gradients' bits) is fixed."""
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    return max(1, min(num_tiles, target // heads))
+
+
+def window_attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    logit_scale: Optional[torch.Tensor],
+    window: Sequence[int],
+    shift: Sequence[int],
+    scale: float,
+    need_dbias: bool,
+    need_dlogit_scale: bool,
+    num_splits: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward launch: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
+    dlogit_scale (heads,); the last two are empty tensors when not requested."""
+    B, H, W, nh, d = q.shape
+    plan = _plan(B, H, W, tuple(window), tuple(shift))
+    cx = plan["constexprs"]
+    N, WPT, BM, BN, NUM_QB = cx["N"], cx["WPT"], cx["BM"], cx["BN"], cx["NUM_QB"]
+    need_dbias = need_dbias and bias is not None
+    need_dlogit_scale = need_dlogit_scale and logit_scale is not None
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    num_tiles = plan["num_tiles"]
+    splits = num_splits or _num_splits(q.device, num_tiles, nh)
+    tiles = _cdiv(num_tiles, min(splits, num_tiles))
+    splits = _cdiv(num_tiles, tiles)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # per-program partial sums: [splits, heads, query rows, keys] and [splits, heads]
+    if need_dbias:
+        alloc = torch.zeros if NUM_QB > 1 else torch.empty
+        dbias_part = alloc((splits, nh, NUM_QB * BM, BN), dtype=acc, device=q.device)
+    else:
+        dbias_part = q
+    dtemp_part = torch.empty((splits, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
+    bias_t, ls_t, s_bias = _bias_args(q, bias, logit_scale)
+    do5 = do.unflatten(-1, (nh, d))
+    window_attn_bwd_kernel[(splits, nh)](
+        q, k, v, do5, dq, dk, dv, bias_t, ls_t, dbias_part, dtemp_part,
+        *q.stride(), *k.stride(), *v.stride(), *do5.stride(), *dq.stride(), *s_bias,
+        **plan["runtime"], scale=float(scale),
+        D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
+        COSINE=logit_scale is not None, HAS_BIAS=bias is not None,
+        HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
+        **cx, **_precision(q), num_warps=plan["num_warps"],
+    )
+    # second stage of the deterministic reductions: fixed-order sums over the programs
+    if need_dbias:
+        db = dbias_part.sum(0)
+        if WPT > 1:
+            # packed windows: the diagonal [N, N] blocks of the tile, summed over the slots
+            db = db[:, : WPT * N, : WPT * N].reshape(nh, WPT, N, WPT, N).diagonal(dim1=1, dim2=3).sum(-1)
+        dbias = db[:, :N, :N].to(bias.dtype).contiguous()
+    else:
+        dbias = q.new_empty(0)
+    if need_dlogit_scale:
+        ls = logit_scale.to(acc)
+        dls = dtemp_part.sum(0) * torch.exp(ls.clamp(max=LOG_MAX_LOGIT_SCALE)) * (ls <= LOG_MAX_LOGIT_SCALE)
+        dls = dls.to(logit_scale.dtype)
+    else:
+        dls = q.new_empty(0)
+    return dq, dk, dv, dbias, dls
+
+
+def _save(ctx, q, k, v, bias, logit_scale, window, shift, scale) -> None:
+    ctx.save_for_backward(q, k, v, bias, logit_scale)
+    ctx.geometry = (list(window), list(shift), float(scale))
+
+
+def _grads(ctx, do: torch.Tensor, first: int):
+    """(dq, dk, dv, dbias, dlogit_scale) for inputs q, k, v, bias, logit_scale at needs_input_grad[first:]."""
+    q, k, v, bias, logit_scale = ctx.saved_tensors
+    need = ctx.needs_input_grad[first:first + 5]
+    dq, dk, dv, dbias, dls = torch.ops.xswin_fast.window_attention_backward(
+        do, q, k, v, bias, logit_scale, *ctx.geometry, bias is not None and need[3], logit_scale is not None and need[4],
+    )
+    return dq, dk, dv, dbias if bias is not None and need[3] else None, dls if logit_scale is not None and need[4] else None
+
+
+class WindowAttentionFunction(torch.autograd.Function):
+    """Window attention written in place into ``out`` (e.g. one half of a concatenation buffer).
+
+    ``out`` comes first: autograd rebases the history of an in-place op's base on its first
+    input. Eager only; under ``torch.compile`` the functional op plus ``copy_`` is used.
+    """
+
+    @staticmethod
+    def forward(ctx, out, q, k, v, bias, logit_scale, window, shift, scale):
+        window_attention_fwd(q, k, v, bias, logit_scale, window, shift, scale, out=out)
+        ctx.mark_dirty(out)
+        _save(ctx, q, k, v, bias, logit_scale, window, shift, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        # the old contents of out are overwritten: their gradient is zero (None would drop the
+        # gradient of the rest of out's base)
+        return (torch.zeros_like(do), *_grads(ctx, do, first=1), None, None, None)
+
+
+@torch.library.custom_op("xswin_fast::window_attention", mutates_args=())
+def _window_attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    logit_scale: Optional[torch.Tensor],
+    window: List[int],
+    shift: List[int],
+    scale: float,
+) -> torch.Tensor:
+    return window_attention_fwd(q, k, v, bias, logit_scale, window, shift, scale)
+
+
+@_window_attention_op.register_fake
+def _(q, k, v, bias, logit_scale, window, shift, scale):
+    B, H, W, nh, d = q.shape
+    return q.new_empty((B, H, W, nh * d))
+
+
+@torch.library.custom_op("xswin_fast::window_attention_backward", mutates_args=())
+def _window_attention_backward_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    logit_scale: Optional[torch.Tensor],
+    window: List[int],
+    shift: List[int],
+    scale: float,
+    need_dbias: bool,
+    need_dlogit_scale: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_bwd(do, q, k, v, bias, logit_scale, window, shift, scale, need_dbias, need_dlogit_scale)
+
+
+@_window_attention_backward_op.register_fake
+def _(do, q, k, v, bias, logit_scale, window, shift, scale, need_dbias, need_dlogit_scale):
+    dbias = bias.new_empty(bias.shape) if need_dbias and bias is not None else q.new_empty(0)
+    dls = logit_scale.new_empty(logit_scale.shape) if need_dlogit_scale and logit_scale is not None else q.new_empty(0)
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape), dbias, dls
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _save(ctx, *inputs)
+
+
+def _backward(ctx, do):
+    return (*_grads(ctx, do, first=0), None, None, None)
+
+
+_window_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_limits(q: torch.Tensor, window: Tuple[int, int]) -> None:
+    """The kernel's own limits (``xswin_fast.ops.window_attention`` has checked everything else)."""
+    B, H, W, nh, d = q.shape
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the Triton window attention supports float16, bfloat16, float32 and float64, got q of dtype {q.dtype}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head dim d = {d} of q (B, H, W, heads, d) = {tuple(q.shape)} exceeds the Triton kernel's "
+            f"limit of {MAX_HEAD_DIM}; use backend='torch'"
+        )
+    wh, ww = window
+    if wh * ww > MAX_WINDOW_TOKENS:
+        raise ValueError(
+            f"window_size {(wh, ww)} has {wh * ww} tokens; the Triton kernel supports at most "
+            f"{MAX_WINDOW_TOKENS} (e.g. 16x16); use backend='torch'"
+        )
+    if B * _cdiv(H, wh) * wh * _cdiv(W, ww) * ww >= 2**31:
+        raise ValueError(f"q of shape {tuple(q.shape)} has too many (padded) tokens for the kernel's int32 window indices")
+
+
+def window_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: Sequence[int],
+    shift_size: Sequence[int] = (0, 0),
+    bias: Optional[torch.Tensor] = None,
+    logit_scale: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The Triton implementation of ``xswin_fast.ops.window_attention`` (same arguments and result).
+
+    Differentiable in q, k, v, bias and logit_scale. Without ``out`` it is the custom op
+    ``torch.ops.xswin_fast.window_attention`` (opaque to ``torch.compile``); with ``out`` the
+    kernel writes into that view in place and ``out`` is returned.
+    """
+    window, shift = [int(w) for w in window_size], [int(s) for s in shift_size]
+    _check_limits(q, tuple(window))
+    if logit_scale is not None:
+        scale = 1.0
+    elif scale is None:
+        scale = q.shape[-1] ** -0.5
+    args = (q, k, v, bias, logit_scale, window, shift, float(scale))
+    if out is None:
+        return torch.ops.xswin_fast.window_attention(*args)
+    if torch.compiler.is_compiling():
+        # Dynamo drops the gradient of an in-place autograd.Function on a view (torch 2.13)
+        return out.copy_(torch.ops.xswin_fast.window_attention(*args))
+    return WindowAttentionFunction.apply(out, *args)

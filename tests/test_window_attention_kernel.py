@@ -1,0 +1,327 @@
+"""The Triton window-attention kernels (``backend="triton"``, run through Triton's interpreter)
+against the PyTorch reference backend: forward, every gradient, the ``out=`` view, determinism,
+the kernel's limits, a whole XSwin, and ``torch.compile``.
+
+Every comparison runs the reference in float64 on the kernel's own (rounded) inputs. Kernel
+allocations are NaN-poisoned, so an element the kernel fails to write fails the comparison.
+"""
+import copy
+import math
+
+import pytest
+import torch
+
+from test_xswin import TINY
+from xswin_fast import XSwin, ops
+from xswin_fast.kernels import window_attention as wa
+from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
+from xswin_fast.layers.blocks import SwinBlock
+
+LOG_100 = math.log(100.0)
+
+# max |kernel - reference| / max(1, max |reference|), per tensor (output and each gradient). The
+# half-precision bounds are a few units of the output's own rounding (fp16 2^-11, bf16 2^-8);
+# fp32 leaves room for the cosine temperature (up to 100) amplifying fp32 rounding of the scores.
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 5e-3,
+    torch.bfloat16: 4e-2,
+}
+FP32, FP16, BF16, FP64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
+
+
+def check(name, got, want, dtype):
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (an unwritten element?)"
+    err = ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1)).item()
+    assert err <= TOL[dtype], f"{name}: relative error {err:.2e} > {TOL[dtype]:.0e} ({dtype})"
+
+
+class PoisonedTorch:
+    """Stands in for ``torch`` inside the kernel module: its ``empty`` returns NaN-filled tensors."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        t = torch.empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every tensor the kernel launchers allocate starts as NaN."""
+    monkeypatch.setattr(wa, "torch", PoisonedTorch())
+
+
+def make_inputs(B, H, W, window, nh, d, cross, mode, bias, dtype, seed=0):
+    """q, k, v as strided views of fused projections (self: one (B, H, W, 3, heads, d) tensor;
+    cross: q from one map, k and v from another), bias and logit_scale in the same dtype."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(B, H, W, 3, nh, d, generator=g).to(dtype)
+    q, k, v = qkv.unbind(3)
+    if cross:
+        k, v = torch.randn(B, H, W, 2, nh, d, generator=g).to(dtype).unbind(3)
+    N = window[0] * window[1]
+    b = torch.randn(nh, N, N, generator=g).to(dtype) if bias else None
+    # temperatures from just under the clamp (100) down to ~1.6, plus one above the clamp
+    ls = None
+    if mode == "cos":
+        ls = torch.linspace(LOG_100 - 0.2, 0.5, nh).to(dtype)
+        if nh > 2:
+            ls[-1] = LOG_100 + 0.5
+    scale = 0.37 if mode == "dot_scale" else None
+    return q, k, v, b, ls, scale
+
+
+def run(backend, q, k, v, window, shift, bias, ls, scale, grad, out=None):
+    """Forward and the gradients of <o, grad> with respect to every differentiable input."""
+    inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    extra = [t.detach().clone().requires_grad_() if t is not None else None for t in (bias, ls)]
+    o = ops.window_attention(*inputs, window, shift, *extra, scale, out=out, backend=backend)
+    leaves = inputs + [t for t in extra if t is not None]
+    return o, torch.autograd.grad(o, leaves, grad)
+
+
+def reference(q, k, v, window, shift, bias, ls, scale, grad):
+    f64 = lambda t: None if t is None else t.double()  # noqa: E731
+    return run("torch", f64(q), f64(k), f64(v), window, shift, f64(bias), f64(ls), scale, grad.double())
+
+
+# id: (B, H, W, window, shift, heads, d, cross, mode, bias, dtype)
+CASES = {
+    # N = 4: 2x2 windows packed 4 to a 16-token tile
+    "8x8-w2-self-dot-fp32": (2, 8, 8, (2, 2), (0, 0), 2, 16, False, "dot", False, FP32),
+    "5x7-w2-s1-pad-cross-cos-bias-fp32": (2, 5, 7, (2, 2), (1, 1), 2, 16, True, "cos", True, FP32),
+    "5x7-w2-s1-pad-cross-cos-bias-fp16": (2, 5, 7, (2, 2), (1, 1), 2, 16, True, "cos", True, FP16),
+    "6x6-w2-s1-self-dot-bias-bf16": (2, 6, 6, (2, 2), (1, 1), 2, 32, False, "dot", True, BF16),
+    # non-square windows: 2x3 (2 per tile) and 4x2 (2 per tile), non-power-of-two d
+    "6x7-w2x3-s1x2-pad-self-cos-bias-fp32": (1, 6, 7, (2, 3), (1, 2), 3, 16, False, "cos", True, FP32),
+    "7x5-w4x2-s2x1-pad-cross-dot-bias-d24-fp16": (2, 7, 5, (4, 2), (2, 1), 2, 24, True, "dot", True, FP16),
+    "4x6-w2x3-s1-cross-dot-bias-d8-fp32": (1, 4, 6, (2, 3), (1, 1), 2, 8, True, "dot", True, FP32),
+    # N = 16: mask-free (no shift, no padding), edge-window masks (shift), padding only
+    "8x8-w4-self-dotscale-bias-fp32": (2, 8, 8, (4, 4), (0, 0), 2, 32, False, "dot_scale", True, FP32),
+    "8x8-w4-s2-self-cos-bias-fp32": (1, 8, 8, (4, 4), (2, 2), 2, 32, False, "cos", True, FP32),
+    "9x9-w4-s1x3-pad-cross-cos-fp16": (1, 9, 9, (4, 4), (1, 3), 2, 64, True, "cos", False, FP16),
+    "10x8-w4-pad-self-dot-d40-fp32": (1, 10, 8, (4, 4), (0, 0), 2, 40, False, "dot", False, FP32),
+    # N = 49
+    "7x7-w7-self-dot-bias-fp32": (2, 7, 7, (7, 7), (0, 0), 2, 32, False, "dot", True, FP32),
+    "9x9-w7-s3-pad-self-cos-bias-d40-fp32": (1, 9, 9, (7, 7), (3, 3), 3, 40, False, "cos", True, FP32),
+    "9x9-w7-s3-pad-cross-dot-bias-fp16": (1, 9, 9, (7, 7), (3, 3), 2, 32, True, "dot", True, FP16),
+    "10x10-w7-s3-pad-self-cos-bias-bf16": (1, 10, 10, (7, 7), (3, 3), 2, 16, False, "cos", True, BF16),
+    # N = 64
+    "8x8-w8-self-cos-bias-d64-fp32": (2, 8, 8, (8, 8), (0, 0), 2, 64, False, "cos", True, FP32),
+    "12x12-w8-s4-pad-self-dot-bias-fp32": (1, 12, 12, (8, 8), (4, 4), 1, 32, False, "dot", True, FP32),
+    "16x16-w8-s4-cross-cos-bias-fp16": (1, 16, 16, (8, 8), (4, 4), 2, 16, True, "cos", True, FP16),
+    # windows of more than 64 tokens: query blocks of 64 rows
+    "13x12-w12-s5x6-pad-self-cos-bias-fp32": (1, 13, 12, (12, 12), (5, 6), 1, 16, False, "cos", True, FP32),
+    "16x16-w16-s8-cross-dot-bias-fp32": (1, 16, 16, (16, 16), (8, 8), 1, 32, True, "dot", True, FP32),
+    # largest head dim; float64 (rows of padded queries with no key at all: 5x5, window 4, shift 2)
+    "4x8-w2x4-s1x2-self-cos-bias-d128-fp16": (1, 4, 8, (2, 4), (1, 2), 2, 128, False, "cos", True, FP16),
+    "5x5-w4-s2-pad-self-cos-bias-fp64": (2, 5, 5, (4, 4), (2, 2), 2, 16, False, "cos", True, FP64),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_forward_and_gradients_match_reference(case, poisoned):
+    B, H, W, window, shift, nh, d, cross, mode, bias, dtype = CASES[case]
+    q, k, v, b, ls, scale = make_inputs(B, H, W, window, nh, d, cross, mode, bias, dtype)
+    grad = torch.randn(B, H, W, nh * d).to(dtype)
+    o, grads = run("triton", q, k, v, window, shift, b, ls, scale, grad)
+    ro, rgrads = reference(q, k, v, window, shift, b, ls, scale, grad)
+    assert o.dtype == dtype and o.shape == (B, H, W, nh * d)
+    check("o", o, ro, dtype)
+    names = ["dq", "dk", "dv"] + (["dbias"] if bias else []) + (["dlogit_scale"] if mode == "cos" else [])
+    assert len(grads) == len(names)
+    for name, g, rg in zip(names, grads, rgrads):
+        assert g.dtype == dtype, name
+        assert rg.abs().max() > 0, f"reference gradient {name} vanishes"
+        check(name, g, rg, dtype)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (1, 1)], ids=["noshift", "shift"])
+def test_out_view_writes_only_its_half(shift):
+    B, H, W, nh, d = 2, 5, 7, 2, 16
+    C = nh * d
+    q, k, v, b, _, _ = make_inputs(B, H, W, (2, 2), nh, d, True, "dot", True, FP32)
+    buf = torch.full((B, H, W, 2 * C), float("nan"))
+    view = buf[..., C:]
+    result = ops.window_attention(q, k, v, (2, 2), shift, b, out=view, backend="triton")
+    assert result is view
+    assert torch.isnan(buf[..., :C]).all()
+    expected = ops.window_attention(q.double(), k.double(), v.double(), (2, 2), shift, b.double(), backend="torch")
+    check("out", buf[..., C:], expected, FP32)
+    # and the left half stays untouched when the right half is written in place with gradients
+    buf[..., :C] = 7.0
+    ops.window_attention(*(t.detach().clone().requires_grad_() for t in (q, k, v)), (2, 2), shift, b, out=buf[..., C:], backend="triton")
+    assert (buf[..., :C] == 7.0).all()
+
+
+def test_out_view_passes_gradients():
+    B, H, W, nh, d = 1, 5, 5, 2, 16
+    C = nh * d
+    q, k, v, b, _, _ = make_inputs(B, H, W, (2, 2), nh, d, True, "dot", True, FP32)
+    grad = torch.randn(B, H, W, 2 * C)
+
+    def loss(backend):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, b)]
+        skip = torch.randn(B, H, W, C, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        buf = torch.empty(B, H, W, 2 * C)
+        buf[..., :C] = skip
+        ops.window_attention(*leaves[:3], (2, 2), (1, 1), leaves[3], out=buf[..., C:], backend=backend)
+        return torch.autograd.grad((buf.sin() * grad).sum(), leaves + [skip])
+
+    for name, g, rg in zip(["dq", "dk", "dv", "dbias", "dskip"], loss("triton"), loss("torch")):
+        check(name, g, rg, FP32)
+
+
+def test_gradients_are_bitwise_reproducible():
+    # 8 tiles of four 2x2 windows per head, 4 backward programs per head walking 2 tiles each
+    B, H, W, nh, d = 2, 8, 8, 2, 16
+    q, k, v, b, ls, _ = make_inputs(B, H, W, (2, 2), nh, d, False, "cos", True, FP32)
+    grad = torch.randn(B, H, W, nh * d)
+    first = run("triton", q, k, v, (2, 2), (1, 1), b, ls, None, grad)[1]
+    second = run("triton", q, k, v, (2, 2), (1, 1), b, ls, None, grad)[1]
+    for g1, g2 in zip(first, second):
+        assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("window, shift", [((2, 2), (1, 1)), ((12, 12), (5, 6))], ids=["w2-packed", "w12-query-blocks"])
+def test_bias_gradient_does_not_depend_on_the_split(window, shift):
+    # the partial sums of any number of backward programs add up to the same gradient
+    B, H, W, nh, d = 2, 13, 12, 1, 16
+    q, k, v, b, ls, _ = make_inputs(B, H, W, window, nh, d, False, "cos", True, FP32)
+    do = torch.randn(B, H, W, nh * d)
+    args = (do, q, k, v, b, ls, list(window), list(shift), 1.0, True, True)
+    ref = wa.window_attention_bwd(*args, num_splits=1)
+    for splits in (2, 3, 7):
+        got = wa.window_attention_bwd(*args, num_splits=splits)
+        for g, r in zip(got, ref):
+            torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    # dq, dk, dv do not go through any reduction: bitwise equal whatever the split
+    for g, r in zip(got[:3], ref[:3]):
+        assert torch.equal(g, r)
+
+
+def test_any_input_strides_give_identical_results():
+    B, H, W, nh, d = 2, 6, 7, 3, 16
+    window, shift = (2, 3), (1, 2)
+    q, k, v, b, ls, _ = make_inputs(B, H, W, window, nh, d, False, "cos", True, FP32)
+    assert not q.is_contiguous()
+    want = ops.window_attention(q.contiguous(), k.contiguous(), v.contiguous(), window, shift, b, ls, backend="triton")
+    got = ops.window_attention(q, k, v, window, shift, b, ls, backend="triton")
+    assert torch.equal(got, want)
+    # a spatially transposed storage, a heads/d-swapped storage, a transposed bias
+    qt = q.transpose(1, 2).contiguous().transpose(1, 2)
+    kt = k.permute(0, 1, 2, 4, 3).contiguous().permute(0, 1, 2, 4, 3)
+    bt = b.transpose(1, 2).contiguous().transpose(1, 2)
+    assert torch.equal(ops.window_attention(qt, kt, v, window, shift, bt, ls, backend="triton"), want)
+
+
+def test_gradcheck_float64():
+    q, k, v, b, ls, _ = make_inputs(1, 5, 5, (4, 4), 2, 16, True, "cos", True, FP64)
+    inputs = tuple(t.requires_grad_() for t in (q, k, v, b, ls))
+
+    def fn(q, k, v, b, ls):
+        return ops.window_attention(q, k, v, (4, 4), (2, 2), b, ls, backend="triton")
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+def test_bad_inputs_raise_clear_errors():
+    q = torch.randn(1, 4, 4, 2, 16)
+    with pytest.raises(ValueError, match="head dim d = 160"):
+        ops.window_attention(*(torch.randn(1, 4, 4, 1, 160),) * 3, (2, 2), backend="triton")
+    big = torch.randn(1, 17, 17, 1, 16)
+    with pytest.raises(ValueError, match="window_size"):
+        ops.window_attention(big, big, big, (17, 17), backend="triton")
+    with pytest.raises(ValueError, match="one shape"):
+        ops.window_attention(q, q[:, :2], q, (2, 2), backend="triton")
+    with pytest.raises(ValueError, match="shift_size"):
+        ops.window_attention(q, q, q, (2, 2), (2, 0), backend="triton")
+    with pytest.raises(TypeError, match="floating-point"):
+        ops.window_attention(q.long(), q.long(), q.long(), (2, 2), backend="triton")
+    with pytest.raises(ValueError, match="bias must have shape"):
+        ops.window_attention(q, q, q, (2, 2), bias=torch.randn(2, 4, 5), backend="triton")
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 and float64"):
+        wa.window_attention(*(q.to(torch.float8_e4m3fn),) * 3, (2, 2))
+
+
+def attention_modules(model):
+    return [m for m in model.modules() if isinstance(m, (WindowAttention, WindowCrossAttention))]
+
+
+def test_xswin_on_triton_matches_torch():
+    torch.manual_seed(0)
+    model = XSwin(**TINY).set_backend("torch")
+    with torch.no_grad():
+        # leave the zero-initialised modulators' identity so every path carries signal
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    fast = copy.deepcopy(model)
+    for m in attention_modules(fast):
+        m.backend = "triton"
+    assert len(attention_modules(fast)) == 8
+    g = torch.Generator().manual_seed(0)
+    x, t, y = torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 1000, (2,), generator=g), torch.tensor([1, 7])
+    outs = []
+    for m in (model, fast):
+        torch.manual_seed(1)  # same stochastic depth and label dropout
+        out = m(x, t, y)
+        out.square().mean().backward()
+        outs.append(out)
+    check("output", outs[1], outs[0], FP32)
+    for (name, p), pf in zip(model.named_parameters(), fast.parameters()):
+        assert (p.grad is None) == (pf.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(pf.grad, p.grad, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_torch_compile_swin_block_fullgraph():
+    torch.manual_seed(0)
+    block = SwinBlock(32, 2, (2, 2), (1, 1), cond_dim=16)
+    for m in block.modules():
+        if hasattr(m, "backend"):
+            m.backend = "torch"
+    block.attn.backend = "triton"
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, cond = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
+
+    def step(fn):
+        out = fn(x, cond)
+        grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+        return out, grads
+
+    want = step(block)
+    torch._dynamo.reset()
+    got = step(torch.compile(block, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_out_view_fullgraph():
+    B, H, W, nh, d = 1, 4, 6, 2, 16
+    C = nh * d
+    q, k, v, b, _, _ = make_inputs(B, H, W, (2, 3), nh, d, True, "dot", True, FP32)
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+
+    def concat(h, q, k, v):
+        buf = torch.empty(B, H, W, 2 * C)
+        buf[..., :C] = h
+        ops.window_attention(q, k, v, (2, 3), (1, 1), b, out=buf[..., C:], backend="triton")
+        return buf.sin()
+
+    h = torch.randn(B, H, W, C, requires_grad=True)
+    want = concat(h, q, k, v)
+    want_grads = torch.autograd.grad(want.sum(), [h, q, k, v])
+    torch._dynamo.reset()
+    got = torch.compile(concat, fullgraph=True, backend="aot_eager")(h, q, k, v)
+    got_grads = torch.autograd.grad(got.sum(), [h, q, k, v])
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
