@@ -16,10 +16,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 IMPLEMENTATIONS: Dict[str, Callable] = {}
 
-from . import adaln  # noqa: E402
+from . import adaln, window_attention  # noqa: E402  (after INTERPRET: they read it at import)
 
 IMPLEMENTATIONS.update({op: getattr(adaln, op) for op in adaln.OPS})
-from .window_attention import window_attention as _window_attention  # noqa: E402
-IMPLEMENTATIONS["window_attention"] = _window_attention
+IMPLEMENTATIONS["window_attention"] = window_attention.window_attention
 
 __all__ = ["INTERPRET", "IMPLEMENTATIONS"]
