@@ -116,6 +116,12 @@ def window_attention(
     """
     B, H, W, nh, d = q.shape
     window_size, shift_size = tuple(window_size), tuple(shift_size)
+    if logit_scale is not None and q.dtype in (torch.float16, torch.bfloat16):
+        # scores reach the temperature (up to 100): normalising and scaling in half precision
+        # would err by ~temperature * 2^-mantissa, far above the output's rounding
+        out = window_attention(q.float(), k.float(), v.float(), window_size, shift_size,
+                               None if bias is None else bias.float(), logit_scale, scale)
+        return out.to(q.dtype)
     if logit_scale is not None:
         # cosine attention (SwinV2): the per-head temperature is folded into q
         temp = torch.clamp(logit_scale, max=LOG_MAX_LOGIT_SCALE).exp().to(q.dtype)
