@@ -3,9 +3,8 @@ position bias, and the localized window cross-attention of the U-Net skips.
 
 Both call ``xswin_fast.ops.window_attention`` on strided views of one projection output.
 """
-import functools
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,22 +25,30 @@ def effective_window(H: int, W: int, window_size, shift_size) -> Tuple[Tuple[int
     return (wh, ww), (sh, sw)
 
 
-@functools.lru_cache(maxsize=32)
+_CPB_CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int]):
     """SwinV2 log-spaced relative coordinates ((2wh-1)*(2ww-1), 2) and the (N*N,) table index.
 
     Coordinates are normalised by the configured window, not the clamped one, so a relative
     offset gets the same bias whatever the map size.
     """
+    key = (window, reference_window)
+    if key in _CPB_CACHE:  # a dict, not lru_cache: Dynamo warns on lru_cache in compiled graphs
+        return _CPB_CACHE[key]
     wh, ww = window
-    rh = torch.arange(-(wh - 1), wh, dtype=torch.float32) / max(reference_window[0] - 1, 1)
-    rw = torch.arange(-(ww - 1), ww, dtype=torch.float32) / max(reference_window[1] - 1, 1)
+    # explicit device: a cached tensor must not inherit a meta/cuda default-device context
+    rh = torch.arange(-(wh - 1), wh, dtype=torch.float32, device="cpu") / max(reference_window[0] - 1, 1)
+    rw = torch.arange(-(ww - 1), ww, dtype=torch.float32, device="cpu") / max(reference_window[1] - 1, 1)
     table = torch.stack(torch.meshgrid(rh, rw, indexing="ij"), dim=-1).reshape(-1, 2) * 8
     table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    coords = torch.stack(torch.meshgrid(torch.arange(wh, device="cpu"), torch.arange(ww, device="cpu"), indexing="ij"))
+    coords = coords.flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
     index = (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
-    return table, index.reshape(-1)
+    _CPB_CACHE[key] = (table, index.reshape(-1))
+    return _CPB_CACHE[key]
 
 
 class WindowAttention(nn.Module):

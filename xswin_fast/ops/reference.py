@@ -25,8 +25,9 @@ def _axis_regions(size: int, padded: int, window: int, shift: int) -> torch.Tens
     A shifted-frame position i holds the padded-map token (i + s) mod P, which is real when it
     is < size.
     """
-    idx = torch.arange(padded)
-    region = torch.zeros(padded, dtype=torch.long)
+    # explicit device: cached masks must not inherit a meta/cuda default-device context
+    idx = torch.arange(padded, device="cpu")
+    region = torch.zeros(padded, dtype=torch.long, device="cpu")
     if shift > 0:
         region[padded - window:padded - shift] = 1
         region[padded - shift:] = 2
@@ -68,7 +69,7 @@ def _additive_mask(H, W, window_size, shift_size, device, dtype) -> Optional[tor
     allowed = window_mask(H, W, window_size, shift_size)
     if allowed is None:
         return None
-    neg = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+    neg = torch.zeros(allowed.shape, dtype=dtype, device="cpu").masked_fill_(~allowed, float("-inf"))
     return neg.to(device)[:, None]
 
 

@@ -1,0 +1,164 @@
+"""``evaluate.py``: FID, Inception Score, KID and precision/recall through torch-fidelity, offline.
+
+    python evaluate.py --ckpt results/000-XSwin-digits                 # digits: digits-cnn features
+    python evaluate.py --ckpt results/001-XSwin-paper --num-samples 10000 --cfg-scale 1.5 \\
+        --inception-weights ~/weights/weights-inception-2015-12-05-6726825d.pth
+    python evaluate.py --samples my_samples/images --ref held_out_images/ --feature-extractor inception \\
+        --inception-weights weights-inception-2015-12-05-6726825d.pth
+
+With ``--ckpt`` the held-out split recorded by train.py (``split.json``, ``--eval-fraction``) is
+the reference: it is exported once to ``RUN_DIR/eval/reference/``; generated images follow its
+label distribution and are written to ``--out``/images. Results go to ``--out``/metrics.json.
+"""
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .metrics import ImageListDataset, TensorImageDataset, compute_metrics
+
+
+def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
+    """Write the run's held-out images (from split.json) as PNGs; reuse them if already there."""
+    from ..training.data import DigitsDataset, ImageFolderDataset, scan_image_folder
+    from ..training.images import save_pngs
+
+    split_path = run_dir / "split.json"
+    if not split_path.is_file():
+        raise FileNotFoundError(f"{split_path} not found: evaluate needs a run trained with --eval-fraction > 0, or --ref DIR")
+    split = json.loads(split_path.read_text())
+    if not split["eval"]:
+        raise SystemExit(f"the run in {run_dir} has no held-out split (--eval-fraction 0): pass --ref DIR")
+    out = out or run_dir / "eval" / "reference"
+    done = out / ".complete"
+    if done.is_file() and done.read_text() == str(len(split["eval"])):
+        return out
+    if split["kind"] == "digits":
+        ds = DigitsDataset([int(i) for i in split["eval"]], image_size=split["image_size"])
+        imgs = torch.stack([torch.from_numpy(ds.uint8_image(i)) for i in range(len(ds))]).unsqueeze(1)
+        save_pngs(imgs, out, names=[f"{i}_c{lab}.png" for i, lab in zip(split["eval"], ds.targets)])
+    else:
+        classes, samples = scan_image_folder(split["root"])
+        index = {p: k for k, (p, _) in enumerate(samples)}
+        full = ImageFolderDataset(split["root"], split["image_size"], scan=(classes, samples))
+        wanted = [index[str(Path(full.root) / rel)] for rel in split["eval"] if str(Path(full.root) / rel) in index]
+        ds = ImageFolderDataset(split["root"], split["image_size"], indices=wanted, scan=(classes, samples))
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(len(ds)):
+            try:
+                arr = ds.load_uint8(i)
+            except Exception as exc:
+                ds.report(i, exc)
+                continue
+            save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[f"{i:06d}_c{ds.samples[i][1]}.png"])
+    done.write_text(str(len(split["eval"])))
+    return out
+
+
+def reference_labels(ref_dir: Path) -> List[int]:
+    """Class labels of exported reference images (file names end in _c<label>.png)."""
+    labels = []
+    for p in sorted(ref_dir.glob("*.png")):
+        stem = p.stem
+        if "_c" in stem:
+            try:
+                labels.append(int(stem.rsplit("_c", 1)[1]))
+            except ValueError:
+                pass
+    return labels
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("what to evaluate")
+    src.add_argument("--ckpt", help="train.py checkpoint (file, or run dir = newest): generate samples from it")
+    src.add_argument("--samples", help="instead of --ckpt: a folder of generated images")
+    src.add_argument("--ref", help="reference images folder (default: the run's held-out split)")
+    gen = p.add_argument_group("generation (with --ckpt)")
+    gen.add_argument("--num-samples", type=int, default=None, help="default: as many as reference images")
+    gen.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    gen.add_argument("--steps", type=int, default=250)
+    gen.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (DiT's FID runs: 1.5; 1 = off)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=256)
+    gen.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
+    gen.add_argument("--device", default=None)
+    gen.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    met = p.add_argument_group("metrics")
+    met.add_argument("--feature-extractor", default="auto", choices=["auto", "digits", "inception"],
+                     help="auto: digits-cnn for digits runs, inception otherwise")
+    met.add_argument("--inception-weights", help="local torch-fidelity Inception file (default: the torch hub cache)")
+    met.add_argument("--digits-extractor-weights", help="digits-cnn weights (default cache path; trained if missing)")
+    met.add_argument("--metrics", default="fid,isc,kid,prc", help="comma-separated subset of fid,isc,kid,prc")
+    met.add_argument("--kid-subset-size", type=int, default=1000)
+    met.add_argument("--isc-splits", type=int, default=10)
+    met.add_argument("--prc-neighborhood", type=int, default=3)
+    p.add_argument("--out", help="output folder (default RUN_DIR/eval/<step>-<sampler><steps>-cfg<scale>-seed<seed>)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if bool(args.ckpt) == bool(args.samples):
+        raise SystemExit("pass exactly one of --ckpt (generate) or --samples (a folder of images)")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    kind = None
+    run_dir = None
+    if args.ckpt:
+        from ..training.checkpoint import CheckpointError
+        from ..training.sampling import generate, load_run
+
+        try:
+            run = load_run(args.ckpt, args.device, use_ema=not args.no_ema)
+        except CheckpointError as exc:
+            raise SystemExit(f"cannot evaluate: {exc}")
+        run_dir, kind = run.run_dir, run.data["kind"]
+        ref_dir = Path(args.ref) if args.ref else export_reference(run_dir)
+        ref = ImageListDataset.from_folder(ref_dir)
+        n = args.num_samples or len(ref)
+        ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
+        rng = np.random.default_rng(args.seed)
+        labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and run.device.type == "cuda")
+        images = generate(run, labels, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size,
+                          torch.bfloat16 if bf16 else None, progress)
+        tag = f"{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
+        out = Path(args.out) if args.out else run_dir / "eval" / tag
+        from ..training.images import save_grid, save_pngs
+
+        save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
+        save_grid(images[:100], out / "grid.png")
+        generated = TensorImageDataset(images)
+        info = {"checkpoint": str(run.checkpoint), "step": run.step, "sampler": args.sampler, "steps": args.steps,
+                "cfg_scale": args.cfg_scale, "seed": args.seed, "ema": not args.no_ema}
+    else:
+        if not args.ref:
+            raise SystemExit("--samples needs --ref (a folder of reference images)")
+        generated = ImageListDataset.from_folder(args.samples)
+        ref = ImageListDataset.from_folder(args.ref)
+        out = Path(args.out) if args.out else Path(args.samples).parent / "eval"
+        info = {"samples": str(args.samples)}
+    fe = args.feature_extractor
+    if fe == "auto":
+        fe = "digits" if kind == "digits" else "inception"
+    weights = args.digits_extractor_weights if fe == "digits" else args.inception_weights
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    result = compute_metrics(
+        generated, ref, feature_extractor=fe, weights_path=weights, metrics=metrics,
+        kid_subset_size=args.kid_subset_size, isc_splits=args.isc_splits, prc_neighborhood=args.prc_neighborhood,
+        device=args.device, verbose=progress,
+    )
+    result.update(info)
+    result["reference"] = str(args.ref or (run_dir / "eval" / "reference"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    shown = ", ".join(f"{k} {result[k]:.4g}" for k in ("fid", "isc_mean", "kid_mean", "precision", "recall") if k in result)
+    print(f"{shown} ({result['num_generated']} generated vs {result['num_reference']} reference, "
+          f"{result['feature_extractor']} features) -> {out / 'metrics.json'}")
+    return 0

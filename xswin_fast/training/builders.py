@@ -1,0 +1,105 @@
+"""Build the backbone and the VAE of a run from plain (checkpoint-storable) settings."""
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..models import XSwin, create_model, list_models
+from .compat import ensure_torchvision_importable
+
+# The built-in digits run: sklearn's 8x8 digits at their native size, 1 channel, 10 classes.
+# Patch 1 and 2x2 windows over an 8x8 map with the global bottleneck at 4x4 tokens: the token
+# geometry of the X-Swin paper's 8x8x4 latents, at a width that trains in minutes on a CPU.
+TRAINING_PRESETS: Dict[str, Tuple[type, dict]] = {
+    "XSwin-digits": (
+        XSwin,
+        dict(
+            input_size=8, patch_size=1, in_channels=1, embed_dim=64, depths=(2, 2), num_heads=(2, 4),
+            window_size=2, bottleneck_depth=1, num_classes=10, stochastic_depth_prob=0.0,
+        ),
+    ),
+}
+
+# DiT's --vae choices
+VAE_ALIASES = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
+
+
+def model_names():
+    return list(TRAINING_PRESETS) + list_models()
+
+
+def build_model(name: str, kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """Preset ``name`` (``xswin_fast.list_models()`` or a training preset) with ``kwargs`` overrides."""
+    kwargs = dict(kwargs or {})
+    if name in TRAINING_PRESETS:
+        cls, base = TRAINING_PRESETS[name]
+        return cls(**{**base, **kwargs})
+    if name not in list_models():
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    return create_model(name, **kwargs)
+
+
+class LatentCodec:
+    """A diffusers ``AutoencoderKL`` seen as pixels <-> scaled latents.
+
+    ``encode_dist`` returns the posterior's mean and std (unscaled); ``to_latent`` applies DiT's
+    ``(z - shift) * scaling_factor``; ``decode`` inverts it.
+    """
+
+    def __init__(self, vae: nn.Module, spec: str):
+        self.vae = vae
+        self.spec = spec
+        cfg = vae.config
+        self.scaling_factor = float(cfg.scaling_factor)
+        self.shift_factor = float(getattr(cfg, "shift_factor", None) or 0.0)
+        self.latent_channels = int(cfg.latent_channels)
+        self.image_channels = int(cfg.in_channels)
+        self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @torch.no_grad()
+    def encode_dist(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(x.to(self.device, torch.float32)).latent_dist
+        return dist.mean, dist.std
+
+    def to_latent(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.shift_factor) * self.scaling_factor
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.encode_dist(x)
+        return self.to_latent(mean + std * torch.randn_like(mean))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.float() / self.scaling_factor + self.shift_factor
+        return self.vae.decode(z.to(self.device)).sample
+
+
+def load_vae(spec: str, device: torch.device, subfolder: Optional[str] = None) -> LatentCodec:
+    """``spec``: a local directory (``save_pretrained`` layout), a hub id, or "ema"/"mse" (DiT's).
+
+    Hub ids resolve through the local Hugging Face cache; set ``HF_HUB_OFFLINE=1`` to forbid
+    network access.
+    """
+    ensure_torchvision_importable()
+    from diffusers import AutoencoderKL
+
+    repo = VAE_ALIASES.get(spec, spec)
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    if os.path.isdir(repo) and subfolder is None and not os.path.isfile(os.path.join(repo, "config.json")):
+        if os.path.isfile(os.path.join(repo, "vae", "config.json")):  # a whole pipeline directory
+            kwargs["subfolder"] = "vae"
+    try:
+        vae = AutoencoderKL.from_pretrained(repo, **kwargs)
+    except Exception as exc:
+        raise RuntimeError(
+            f"could not load the VAE {spec!r} ({type(exc).__name__}: {exc}). Pass a local directory written by "
+            "AutoencoderKL.save_pretrained, or a hub id that is in the Hugging Face cache (or reachable)."
+        ) from exc
+    vae.eval().requires_grad_(False).to(device)
+    return LatentCodec(vae, spec)

@@ -1,0 +1,162 @@
+"""Checkpoints: atomic writes, data-only loads, RNG capture, newest-good lookup.
+
+* ``save_checkpoint`` writes to a temporary file in the same directory, flushes and fsyncs it,
+  then ``os.replace``-s it onto the final name and fsyncs the directory: a crash or kill at any
+  moment leaves either the old file or the complete new one, never a torn file.
+* ``load_checkpoint`` uses ``torch.load(weights_only=True)``: a checkpoint is data (tensors,
+  dicts, lists, numbers, strings), never code. A file whose pickle references any other object
+  is refused with :class:`CheckpointError`.
+* RNG states (torch CPU, CUDA, numpy, python) are stored as tensors and plain numbers, so they
+  pass the weights-only loader.
+"""
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+PathLike = Union[str, os.PathLike]
+CHECKPOINT_RE = re.compile(r"^(\d{7,})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded: unreadable, torn, or containing pickled code."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
+    """Write ``obj`` to ``path`` atomically (temp file + fsync + os.replace + directory fsync)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint as data only (``weights_only=True``); raise CheckpointError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains pickled objects or code, not only tensors and plain data "
+            f"(torch.load(weights_only=True) rejected it: {str(exc).splitlines()[0]}). Checkpoints are data, "
+            "never code; re-save it as plain state dicts if you trust its origin."
+        ) from exc
+    except Exception as exc:  # truncated or corrupted archives
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def checkpoint_path(checkpoint_dir: PathLike, step: int) -> Path:
+    return Path(checkpoint_dir) / f"{step:07d}.pt"
+
+
+def list_checkpoints(checkpoint_dir: PathLike) -> List[Path]:
+    """Step-numbered checkpoints in ``checkpoint_dir``, oldest first."""
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_checkpoint(target: PathLike) -> Path:
+    """``target`` itself if it is a file; else the newest loadable checkpoint under it.
+
+    ``target`` may be a checkpoint file, a ``checkpoints/`` directory or a run directory.
+    Unloadable newer files are skipped with a warning (they cannot come from our atomic
+    writer, but disks fail).
+    """
+    target = Path(target)
+    if target.is_file():
+        return target
+    ckpt_dir = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+    candidates = list_checkpoints(ckpt_dir)
+    for p in reversed(candidates):
+        try:
+            load_checkpoint(p)
+            return p
+        except CheckpointError as exc:
+            import warnings
+
+            warnings.warn(f"skipping unloadable checkpoint: {exc}")
+    raise CheckpointError(f"no loadable checkpoint found under {target}")
+
+
+def prune_checkpoints(checkpoint_dir: PathLike, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` newest step checkpoints (``keep_last <= 0`` keeps all)."""
+    if keep_last <= 0:
+        return
+    for p in list_checkpoints(checkpoint_dir)[:-keep_last]:
+        p.unlink(missing_ok=True)
+
+
+def capture_rng_state(device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """The torch (CPU and CUDA), numpy and python RNG states as weights-only-loadable data."""
+    version, py_state, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": None,
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+    }
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any], device: Optional[torch.device] = None) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    npst = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": int(npst["pos"])},
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        }
+    )
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
