@@ -1,6 +1,9 @@
-# Two commands do all set-up on a fresh machine:
-#   make demo   build XSwin and run forward/backward training steps (the main job for now)
+# These commands do all set-up on a fresh machine:
+#   make train  the main job: train a small XSwin on sklearn's digits on the CPU (minutes), then
+#               write a sample grid and a loss curve into results/NNN-XSwin-digits/
+#   make demo   build XSwin and run forward/backward training steps on random latents
 #   make test   install the test dependencies and run the test suite
+#   make bench  install the benchmark dependencies and run the benchmark suite
 # torch 2.13.0 pins triton 3.7.1; naming both keeps pip from pulling a newer torch (and its
 # CUDA wheels) on CPU-only machines.
 PYTHON ?= python3
@@ -17,6 +20,9 @@ install: $(VENV)/bin/activate
 install-test: $(VENV)/bin/activate
 	$(PIP) install -q "torch==2.13.0" "triton==3.7.1" -e ".[test]"
 
+train: install
+	$(PY) train.py
+
 demo: install
 	$(PY) demo.py
 
@@ -24,4 +30,14 @@ demo: install
 test: install-test
 	TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -n 2
 
-.PHONY: install install-test demo test
+install-bench: $(VENV)/bin/activate
+	$(PIP) install -q "torch==2.13.0" "triton==3.7.1" -e ".[benchmark]"
+
+# the benchmark suite (docs/benchmarks.md): the full suite on a GPU; without one, GPU/Triton
+# cases skip and the quick CPU part runs. Never under Triton's interpreter (meaningless timings).
+# Extra pytest options go in BENCH_ARGS, e.g. BENCH_ARGS="--benchmark-json bench.json".
+BENCH_ARGS ?=
+bench: install-bench
+	env -u TRITON_INTERPRET $(PY) -m pytest benchmarks/ --benchmark-only $(BENCH_ARGS)
+
+.PHONY: install install-test install-bench train demo test bench

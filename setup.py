@@ -17,6 +17,8 @@ setup(
         "xswin_fast.layers",
         "xswin_fast.models",
         "xswin_fast.kernels",
+        "xswin_fast.training",
+        "xswin_fast.evaluation",
     ],
     package_dir={"xswin_fast.kernels": "kernels"},
     install_requires=[
@@ -25,9 +27,19 @@ setup(
         # the Triton interpreter (CPU testing) needs numpy, and triton does not declare it
         "numpy",
         "diffusers>=0.30",
+        # train.py: the built-in digits dataset, loss plots, progress bars, image I/O
+        "scikit-learn",
+        "matplotlib",
+        "tqdm",
+        "pillow",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3"],
-        "eval": ["torch-fidelity>=0.4.0"],
+        # torch-fidelity needs torchvision; 0.28.0 is the release that keeps torch 2.13.0 (an unpinned
+        # one pulls a newer torch and its CUDA wheels). On a CPU-only torch the PyPI torchvision is a
+        # CUDA build: xswin_fast.training.compat applies the import shim where needed.
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "torch-fidelity>=0.4.0", "torchvision==0.28.0"],
+        "eval": ["torch-fidelity>=0.4.0", "torchvision==0.28.0"],
+        # `pytest benchmarks/ --benchmark-only` and benchmarks/report.py (plots)
+        "benchmark": ["pytest>=8", "pytest-benchmark>=4", "matplotlib>=3.5"],
     },
 )
