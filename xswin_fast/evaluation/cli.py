@@ -13,7 +13,6 @@ label distribution and are written to ``--out``/images. Results go to ``--out``/
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import List, Optional
 
@@ -89,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     gen.add_argument("--device", default=None)
     gen.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    gen.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"], help="op backend of the model")
     met = p.add_argument_group("metrics")
     met.add_argument("--feature-extractor", default="auto", choices=["auto", "digits", "inception"],
                      help="auto: digits-cnn for digits runs, inception otherwise")
@@ -115,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from ..training.sampling import generate, load_run
 
         try:
-            run = load_run(args.ckpt, args.device, use_ema=not args.no_ema)
+            run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
         except CheckpointError as exc:
             raise SystemExit(f"cannot evaluate: {exc}")
         run_dir, kind = run.run_dir, run.data["kind"]

@@ -34,10 +34,16 @@ def default_weights_path() -> Path:
 
 
 class DigitsCNN(nn.Module):
-    """(B, 1, 8, 8) in [-1, 1] -> (64-d features, 10 logits)."""
+    """(B, 1, 8, 8) in [-1, 1] -> (64-d features, 10 logits).
+
+    The features are divided by ``feature_scale``, their RMS over the training digits, so that
+    FID and KID come out on an O(1) scale like Inception's pool features (KID's cubic kernel
+    would otherwise blow small scale differences up by orders of magnitude).
+    """
 
     def __init__(self):
         super().__init__()
+        self.register_buffer("feature_scale", torch.ones(()))
         self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
         self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
@@ -49,7 +55,7 @@ class DigitsCNN(nn.Module):
         h = F.max_pool2d(F.relu(self.conv2(h)), 2)  # (B, 64, 4, 4)
         h = F.relu(self.conv3(h))
         feat = F.relu(self.fc(h.flatten(1)))
-        return feat, self.head(feat)
+        return feat / self.feature_scale, self.head(feat)
 
 
 def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -88,6 +94,7 @@ def train_digits_extractor(out_path=None, epochs: int = 40, seed: int = 12345, v
     net.eval()
     with torch.no_grad():
         acc = (net(x[val_idx])[1].argmax(1) == y[val_idx]).float().mean().item()
+        net.feature_scale.fill_(net(x[train_idx])[0].pow(2).mean().sqrt().item())
     save_checkpoint({"name": NAME, "version": VERSION, "state_dict": net.state_dict(), "val_accuracy": acc, "seed": seed}, out_path)
     if verbose:
         print(f"digits feature extractor: held-out accuracy {acc:.4f}, saved to {out_path}")

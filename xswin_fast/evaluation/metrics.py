@@ -11,7 +11,7 @@ feature extractor in one pass per input:
 """
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch

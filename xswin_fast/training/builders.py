@@ -15,7 +15,7 @@ TRAINING_PRESETS: Dict[str, Tuple[type, dict]] = {
     "XSwin-digits": (
         XSwin,
         dict(
-            input_size=8, patch_size=1, in_channels=1, embed_dim=64, depths=(2, 2), num_heads=(2, 4),
+            input_size=8, patch_size=1, in_channels=1, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
             window_size=2, bottleneck_depth=1, num_classes=10, stochastic_depth_prob=0.0,
         ),
     ),

@@ -14,7 +14,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -94,8 +94,8 @@ def list_checkpoints(checkpoint_dir: PathLike) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-def find_resume_checkpoint(target: PathLike) -> Path:
-    """``target`` itself if it is a file; else the newest loadable checkpoint under it.
+def load_newest_checkpoint(target: PathLike, map_location="cpu") -> Tuple[Path, Dict[str, Any]]:
+    """Load ``target`` if it is a file, else the newest loadable checkpoint under it.
 
     ``target`` may be a checkpoint file, a ``checkpoints/`` directory or a run directory.
     Unloadable newer files are skipped with a warning (they cannot come from our atomic
@@ -103,18 +103,21 @@ def find_resume_checkpoint(target: PathLike) -> Path:
     """
     target = Path(target)
     if target.is_file():
-        return target
+        return target, load_checkpoint(target, map_location)
     ckpt_dir = target / "checkpoints" if (target / "checkpoints").is_dir() else target
-    candidates = list_checkpoints(ckpt_dir)
-    for p in reversed(candidates):
+    for p in reversed(list_checkpoints(ckpt_dir)):
         try:
-            load_checkpoint(p)
-            return p
+            return p, load_checkpoint(p, map_location)
         except CheckpointError as exc:
             import warnings
 
             warnings.warn(f"skipping unloadable checkpoint: {exc}")
     raise CheckpointError(f"no loadable checkpoint found under {target}")
+
+
+def find_resume_checkpoint(target: PathLike) -> Path:
+    """The path :func:`load_newest_checkpoint` would load."""
+    return load_newest_checkpoint(target)[0]
 
 
 def prune_checkpoints(checkpoint_dir: PathLike, keep_last: int) -> None:

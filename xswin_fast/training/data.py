@@ -93,7 +93,7 @@ def center_crop_arr(pil_image, image_size: int):
 
 def scan_image_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
     """ImageFolder layout: ``root/<class>/**/<image>``. Returns (classes, [(path, label)])."""
-    root = os.path.expanduser(root)
+    root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"--data {root!r} is not a directory")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
@@ -309,8 +309,7 @@ def build_latent_cache(
         out = {"indices": [], "labels": [], "mean": [], "std": [], "mean_flip": [], "std_flip": []}
         # read images with the loader's workers; unreadable ones are reported and left out
         loader = DataLoader(
-            Subset(_RawImages(dataset), mine), batch_size=batch_size, num_workers=num_workers,
-            collate_fn=lambda items: [it for it in items if it is not None],
+            Subset(_RawImages(dataset), mine), batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_readable
         )
         if rank == 0:
             logger.info("caching VAE latents of %d images in %s", len(dataset), cache_dir)
@@ -328,7 +327,10 @@ def build_latent_cache(
                 mean_f, std_f = codec.encode_dist(x.flip(-1))
                 out["mean_flip"].append(mean_f.cpu())
                 out["std_flip"].append(std_f.cpu())
-        shard = {"indices": torch.tensor(out["indices"], dtype=torch.long), "labels": torch.tensor(out["labels"], dtype=torch.long)}
+        shard = {
+            "key": cache_dir.name, "indices": torch.tensor(out["indices"], dtype=torch.long),
+            "labels": torch.tensor(out["labels"], dtype=torch.long),
+        }
         for k in ("mean", "std") + (("mean_flip", "std_flip") if hflip else ()):
             shard[k] = torch.cat(out[k]) if out[k] else torch.empty(0)
         save_checkpoint(shard, cache_dir / f"shard-{rank}-of-{world_size}.pt")
@@ -344,10 +346,18 @@ def build_latent_cache(
             loaded.append(torch.load(p, map_location="cpu", weights_only=True, mmap=True))
         except Exception:
             loaded.append(load_checkpoint(p))
+    keys = {sh.get("key") for sh in loaded}
+    if keys != {cache_dir.name}:
+        raise RuntimeError(f"the latent cache in {cache_dir} was written for other data or settings (key {keys}); "
+                           "delete it or pick another --latent-cache-dir")
     ds = CachedLatentDataset(loaded, hflip)
     if len(ds) == 0:
         raise RuntimeError(f"no readable images in {dataset.root}")
     return ds
+
+
+def _keep_readable(items):
+    return [it for it in items if it is not None]
 
 
 class _RawImages(Dataset):

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from .builders import LatentCodec, build_model, load_vae
-from .checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, load_newest_checkpoint
 from .diffusion import SAMPLERS, Diffusion
 from .images import save_grid, save_pngs, to_uint8
 
@@ -54,8 +54,7 @@ def diffusion_from_config(config: Dict[str, Any]) -> Diffusion:
 
 def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, backend: Optional[str] = None) -> SamplingRun:
     """Rebuild the model of a train.py checkpoint (file, checkpoints dir or run dir)."""
-    path = find_resume_checkpoint(ckpt)
-    ck = load_checkpoint(path)
+    path, ck = load_newest_checkpoint(ckpt)
     for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args"):
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")

@@ -32,9 +32,8 @@ from .checkpoint import (
     CheckpointError,
     capture_rng_state,
     checkpoint_path,
-    find_resume_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    load_newest_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
@@ -60,15 +59,18 @@ CHECKPOINT_FORMAT = "xswin_fast.train/1"
 # while --data runs follow DiT's recipe (AdamW 1e-4, batch 256, EMA 0.9999, SD VAE).
 DIGITS_DEFAULTS = dict(
     model="XSwin-digits", image_size=8, eval_fraction=0.2, hflip=False, vae="none", num_workers=0,
-    global_batch_size=64, lr=1e-3, lr_warmup_steps=100, epochs=1000, max_steps=1200, ema_decay=0.9999, ema_warmup=True,
-    log_every=50, ckpt_every=400, sample_every=400, sample_num=100, sample_steps=100, sample_sampler="ddpm",
-    sample_cfg=1.5, threads=0,
+    global_batch_size=64, lr=2e-3, lr_warmup_steps=100, lr_schedule="cosine", epochs=1000, max_steps=1500,
+    ema_decay=0.9999, ema_warmup=True, log_every=100, ckpt_every=500, sample_every=500, sample_num=100,
+    sample_steps=50, sample_sampler="ddpm", sample_cfg=2.5,
+    # the digits model's ops are tiny: 2 threads are ~1.4x faster than 1 on an idle 2-core CPU, but
+    # 10x slower when other processes compete for the cores (OpenMP spin-waiting)
+    threads="auto",
 )
 DATA_DEFAULTS = dict(
     model="XSwin-S/2", image_size=256, eval_fraction=0.0, hflip=True, vae="ema", num_workers=4,
-    global_batch_size=256, lr=1e-4, lr_warmup_steps=0, epochs=1400, max_steps=None, ema_decay=0.9999, ema_warmup=False,
-    log_every=100, ckpt_every=50_000, sample_every=10_000, sample_num=16, sample_steps=250, sample_sampler="ddpm",
-    sample_cfg=4.0, threads=0,
+    global_batch_size=256, lr=1e-4, lr_warmup_steps=0, lr_schedule="constant", epochs=1400, max_steps=None,
+    ema_decay=0.9999, ema_warmup=False, log_every=100, ckpt_every=50_000, sample_every=10_000, sample_num=16,
+    sample_steps=250, sample_sampler="ddpm", sample_cfg=4.0, threads=0,
 )
 # settings a resumed run may change without breaking the exact continuation
 RESUME_SAFE = {
@@ -109,7 +111,7 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
         "(stabilityai/sd-vae-ft-*); default none (digits) / ema")
     add("--vae-subfolder", help="subfolder of --vae holding the VAE (e.g. 'vae' in a pipeline repo)")
     add("--cache-latents", action="store_true", default=False, help="encode the dataset once and train on cached posteriors")
-    add("--latent-cache-dir", help="where cached latents live; default RESULTS_DIR/latent-cache/<hash>")
+    add("--latent-cache-dir", help="parent of the latent caches (one subfolder per data/VAE hash); default RESULTS_DIR/latent-cache")
     add("--model", help=f"backbone preset; default XSwin-digits / XSwin-S/2. One of: {', '.join(model_names())}")
     add("--model-kwargs", default="{}", help='JSON constructor overrides, e.g. \'{"embed_dim": 32, "depths": [1, 1]}\'')
     add("--backend", default="auto", choices=["auto", "torch", "triton"], help="op backend of the model")
@@ -118,29 +120,32 @@ def build_parser(suppress: bool = False) -> argparse.ArgumentParser:
     add("--diffusion-steps", type=int, default=1000, help="training timesteps T (linear betas 1e-4..0.02)")
     add("--beta-schedule", default="linear", choices=["linear", "scaled_linear", "squaredcos_cap_v2"])
     add("--global-batch-size", type=int, help="summed over all processes; default 64 (digits) / 256")
-    add("--lr", type=float, help="AdamW learning rate; default 1e-3 (digits) / 1e-4 (DiT)")
+    add("--lr", type=float, help="AdamW learning rate; default 2e-3 (digits) / 1e-4 (DiT)")
     add("--weight-decay", type=float, default=0.0, help="AdamW weight decay (DiT: 0)")
-    add("--lr-warmup-steps", type=int, help="linear warm-up, then constant; default 100 (digits) / 0")
+    add("--lr-warmup-steps", type=int, help="linear warm-up steps; default 100 (digits) / 0")
+    add("--lr-schedule", choices=["constant", "cosine"], help="after warm-up: constant (DiT) or cosine decay to 0 "
+        "at --max-steps; default cosine (digits) / constant")
     add("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 disables")
     add("--epochs", type=int, help="default 1000 (digits) / 1400 (DiT)")
-    add("--max-steps", type=int, help="stop after this many optimizer steps; default 1200 (digits) / none")
+    add("--max-steps", type=int, help="stop after this many optimizer steps; default 1500 (digits) / none")
     add("--ema-decay", type=float, help="EMA decay over parameters and buffers; default 0.9999")
     add("--ema-warmup", action=Bool, help="use min(decay, (1+step)/(10+step)); default on (digits) / off")
     add("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="autocast; auto = bf16 on CUDA, fp32 on CPU")
     add("--tf32", action=Bool, default=True, help="allow TF32 matmuls on Ampere+ GPUs")
     add("--global-seed", type=int, default=0, help="seed of rank r is global_seed * world_size + r")
-    add("--threads", type=int, help="CPU threads per process (torch.set_num_threads); 0 = torch's default")
+    add("--threads", help="CPU threads per process: N, 0 (torch's default) or auto (torch's default on an idle "
+        "machine, 1 when the load average shows other work); default auto (digits) / 0")
     add("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1, ...")
     add("--results-dir", default="results", help="parent of numbered run directories")
     add("--run-dir", help="explicit run directory (default RESULTS_DIR/NNN-MODEL; on resume, the checkpoint's)")
-    add("--log-every", type=int, help="log (and flush losses.csv) every N steps; default 50 / 100")
-    add("--ckpt-every", type=int, help="checkpoint every N steps (and always at the end); default 400 / 50000")
+    add("--log-every", type=int, help="log (and flush losses.csv) every N steps; default 100")
+    add("--ckpt-every", type=int, help="checkpoint every N steps (and always at the end); default 500 / 50000")
     add("--keep-last", type=int, default=0, help="keep only the newest N step checkpoints (0 = all)")
-    add("--sample-every", type=int, help="EMA sample grid every N steps (0 = only at the end); default 400 / 10000")
+    add("--sample-every", type=int, help="EMA sample grid every N steps (0 = only at the end); default 500 / 10000")
     add("--sample-num", type=int, help="images per sample grid; default 100 / 16")
-    add("--sample-steps", type=int, help="sampler steps for grids; default 100 / 250")
+    add("--sample-steps", type=int, help="sampler steps for grids; default 50 / 250")
     add("--sample-sampler", choices=SAMPLERS, help="ddpm (respaced) or ddim; default ddpm")
-    add("--sample-cfg", type=float, help="classifier-free guidance scale of grids; default 1.5 / 4.0")
+    add("--sample-cfg", type=float, help="classifier-free guidance scale of grids; default 2.5 / 4.0")
     add("--progress", action=Bool, help="tqdm progress bar on rank 0; default: when stderr is a terminal")
     add("--resume", help="checkpoint file, checkpoints dir or run dir: continue that run exactly")
     return p
@@ -176,6 +181,27 @@ def resolve_config(args: Dict[str, Any]) -> Dict[str, Any]:
         if cfg[k] is not None and cfg[k] < 1:
             raise SystemExit(f"--{k.replace('_', '-')} must be >= 1")
     return cfg
+
+
+def resolve_threads(value, processes_per_node: int = 1) -> int:
+    """--threads: an int (0 = leave torch's default) or "auto": 0 when the CPU looks idle (1-minute
+    load average below half the cores left for this process), else 1."""
+    if value in (None, "", 0, "0"):
+        return 0
+    if str(value) != "auto":
+        try:
+            n = int(value)
+        except ValueError:
+            raise SystemExit(f"--threads must be an integer or 'auto', got {value!r}")
+        if n < 0:
+            raise SystemExit("--threads must be >= 0")
+        return n
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - platforms without getloadavg
+        return 1
+    return 0 if load < 0.5 * max(cores - processes_per_node + 1, 1) else 1
 
 
 def _explicit_keys(argv: Optional[List[str]]) -> set:
@@ -286,7 +312,10 @@ class Trainer:
         channels = base.channels
         latent_size = cfg["image_size"]
         if cfg["vae"]:
-            self.codec = load_vae(cfg["vae"], info.device, cfg.get("vae_subfolder"))
+            try:
+                self.codec = load_vae(cfg["vae"], info.device, cfg.get("vae_subfolder"))
+            except RuntimeError as exc:
+                raise SystemExit(f"{exc} (--vae none trains in pixel space)")
             if self.codec.image_channels != channels:
                 raise SystemExit(f"the VAE takes {self.codec.image_channels}-channel images, the data has {channels}")
             if cfg["image_size"] % self.codec.downsample:
@@ -294,9 +323,8 @@ class Trainer:
             latent_size = cfg["image_size"] // self.codec.downsample
             channels = self.codec.latent_channels
         if cfg["cache_latents"]:
-            cache_dir = cfg.get("latent_cache_dir") or os.path.join(
-                cfg["results_dir"], "latent-cache", latent_cache_key(base, cfg["vae"], cfg["hflip"])
-            )
+            key = latent_cache_key(base, cfg["vae"], cfg["hflip"])
+            cache_dir = os.path.join(cfg.get("latent_cache_dir") or os.path.join(cfg["results_dir"], "latent-cache"), key)
             self.train_set = build_latent_cache(
                 base, self.codec, Path(cache_dir), cfg["hflip"], info.rank, info.world_size,
                 num_workers=cfg["num_workers"],
@@ -355,8 +383,7 @@ class Trainer:
         )
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        warm = cfg["lr_warmup_steps"]
-        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        self.lr_sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self._lr_factor(s))
         train_model = self.model
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -367,6 +394,16 @@ class Trainer:
         self.train_model = train_model
         use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and info.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up over ``lr_warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
+        warm = self.cfg["lr_warmup_steps"]
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        if self.cfg["lr_schedule"] == "cosine":
+            span = max(self.total_steps - warm, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(step - warm, span) / span))
+        return 1.0
 
     def _load_resume(self) -> None:
         ck = self.resume
@@ -544,14 +581,22 @@ class Trainer:
 
     def _run(self) -> int:
         cfg, info = self.cfg, self.info
-        if cfg.get("threads"):
-            torch.set_num_threads(cfg["threads"])
+        threads = resolve_threads(cfg.get("threads"), info.world_size)
+        if threads:
+            torch.set_num_threads(threads)
+        if info.device.type == "cpu":  # CPU results depend on the thread count: a resume reuses it
+            cfg["threads"] = torch.get_num_threads()
         if info.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg["tf32"]
             torch.backends.cudnn.allow_tf32 = cfg["tf32"]
         seed = cfg["global_seed"] * info.world_size + info.rank
-        logger.info(f"run directory {self.run_dir} | world size {info.world_size} | device {info.device} | seed {seed}")
+        logger.info(
+            f"run directory {self.run_dir} | world size {info.world_size} | device {info.device} | seed {seed}"
+            + (f" | {torch.get_num_threads()} CPU threads" if info.device.type == "cpu" else "")
+        )
         self._build_data()
+        steps = self.cfg["epochs"] * self.steps_per_epoch
+        self.total_steps = min(steps, cfg["max_steps"]) if cfg["max_steps"] is not None else steps
         self._build_model()
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         logger.info(
@@ -569,8 +614,7 @@ class Trainer:
             self._load_resume()
             logger.info(f"resumed from {self.resume_path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
             self.last_saved_step, self.last_checkpoint = self.step, self.resume_path
-        max_steps = cfg["max_steps"] if cfg["max_steps"] is not None else cfg["epochs"] * self.steps_per_epoch
-        max_steps = min(max_steps, cfg["epochs"] * self.steps_per_epoch)
+        max_steps = self.total_steps
 
         # the RNG state goes last: everything above may have drawn random numbers
         if self.resume is not None and self.resume.get("world_size") == info.world_size:
@@ -672,8 +716,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = vars(build_parser().parse_args(argv))
     if args.get("resume"):
         try:
-            path = find_resume_checkpoint(args["resume"])
-            ckpt = load_checkpoint(path)
+            path, ckpt = load_newest_checkpoint(args["resume"])
         except CheckpointError as exc:
             raise SystemExit(f"cannot resume: {exc}")
         if ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -689,6 +732,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if changed:
             logger.warning("resuming with changed %s: the run will not continue exactly as it would have", changed)
         cfg.update(overrides)
+        if "run_dir" not in explicit:  # continue where the checkpoint is, even if the run was moved
+            cfg["run_dir"] = None
         cfg["resume"] = str(path)
         return Trainer(cfg, ckpt, Path(path)).run()
     return Trainer(resolve_config(args)).run()
