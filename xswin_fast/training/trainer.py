@@ -390,7 +390,9 @@ class Trainer:
 
             train_model = DDP(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
         if cfg["compile"]:
-            train_model = torch.compile(train_model)
+            # static shapes: the stages call the same ops at different sizes, and automatic dynamic
+            # shapes then trip Inductor on the window arithmetic; a training step's shapes are fixed
+            train_model = torch.compile(train_model, dynamic=False)
         self.train_model = train_model
         use_bf16 = cfg["precision"] == "bf16" or (cfg["precision"] == "auto" and info.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None

@@ -1,0 +1,69 @@
+"""evaluate.py: FID, IS, KID and precision/recall through torch-fidelity, offline, on digits."""
+import json
+import math
+
+import pytest
+import torch
+
+from xswin_fast.training import trainer
+
+TINY = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():  # train.py --threads changes the process-wide setting
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    rc = trainer.main([
+        "--run-dir", str(run), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
+        "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2", "--sample-every", "0",
+        "--sample-num", "10", "--sample-steps", "2", "--no-progress",
+    ])
+    assert rc == 0
+    return run
+
+
+def test_eval_digits_all_metrics_offline(digits_run, tmp_path):
+    from xswin_fast.evaluation import cli
+    from xswin_fast.evaluation.digits_extractor import train_digits_extractor
+
+    weights = train_digits_extractor(tmp_path / "digits_cnn.pt", epochs=2, verbose=False)
+    out = tmp_path / "eval"
+    rc = cli.main(["--ckpt", str(digits_run), "--num-samples", "40", "--steps", "3", "--digits-extractor-weights",
+                   str(weights), "--out", str(out), "--no-progress", "--backend", "torch"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall", "f_score"):
+        assert math.isfinite(m[key]), key
+    assert m["feature_extractor"] == "digits-cnn" and m["num_generated"] == 40 and m["num_reference"] == 359
+    assert 0.0 <= m["precision"] <= 1.0 and 0.0 <= m["recall"] <= 1.0 and m["isc_mean"] >= 1.0
+    assert len(list((digits_run / "eval" / "reference").glob("*.png"))) == 359
+
+
+def test_eval_digits_extractor_is_registered_in_torch_fidelity():
+    from xswin_fast.evaluation.digits_extractor import register
+
+    name = register()
+    assert register() == name  # idempotent
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    assert name in FEATURE_EXTRACTORS_REGISTRY
+
+
+def test_eval_refuses_pickled_inception_weights(tmp_path):
+    import argparse
+
+    from xswin_fast.evaluation.metrics import check_weights_file
+
+    bad = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(1), "x": argparse.Namespace()}, bad)
+    with pytest.raises(RuntimeError, match="weights_only"):
+        check_weights_file(bad)
+    with pytest.raises(FileNotFoundError):
+        check_weights_file(tmp_path / "missing.pth")

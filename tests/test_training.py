@@ -1,0 +1,234 @@
+"""train.py on the CPU: loss goes down, exact resume, torchrun/gloo, signals, NaN stop, VAE latents.
+
+Tiny models (XSwin embed 16, depths (1, 1)) and a handful of steps; the model runs on the
+PyTorch reference backend (the kernels have their own tests).
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xswin_fast.training import trainer
+from xswin_fast.training.checkpoint import list_checkpoints, load_checkpoint
+from xswin_fast.training.diffusion import Diffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():  # train.py --threads changes the process-wide setting
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_args(run_dir, *extra):
+    return [
+        "--run-dir", str(run_dir), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
+        "--global-batch-size", "16", "--log-every", "1", "--sample-every", "0", "--sample-num", "10",
+        "--sample-steps", "3", "--no-progress", "--lr-warmup-steps", "0", *extra,
+    ]
+
+
+def read_losses(run_dir):
+    with open(Path(run_dir) / "losses.csv") as f:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_train_digits_loss_decreases(tmp_path):
+    run = tmp_path / "run"
+    rc = trainer.main(tiny_args(run, "--max-steps", "40", "--lr", "3e-3", "--ckpt-every", "1000"))
+    assert rc == 0
+    losses = [v for _, v in read_losses(run)]
+    assert len(losses) == 40
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
+    # the end of a run: one checkpoint, an EMA sample grid and the loss curve
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000040.pt"]
+    assert (run / "samples.png").stat().st_size > 0 and (run / "loss.png").stat().st_size > 0
+    split = json.loads((run / "split.json").read_text())
+    assert split["kind"] == "digits" and len(split["eval"]) == 359  # stratified 20% of 1,797
+    ck = load_checkpoint(run / "checkpoints" / "0000040.pt")
+    assert ck["data"]["latent_channels"] == 1 and ck["data"]["latent_size"] == 8
+    # EMA covers buffers: the BatchNorm statistics moved away from their initial 0 / 1
+    ema_bn = [v for k, v in ck["ema"].items() if k.endswith("running_mean")]
+    assert ema_bn and any(v.abs().sum() > 0 for v in ema_bn)
+
+
+def test_train_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    # batch 512 -> 2 steps per epoch: the 6 steps cross epochs and the resume starts mid-epoch;
+    # flips, warm-up + cosine learning rate and EMA warm-up all have to continue exactly
+    common = ["--global-batch-size", "512", "--hflip", "--ckpt-every", "100", "--lr", "2e-3", "--max-steps", "6",
+              "--lr-warmup-steps", "2", "--lr-schedule", "cosine", "--ema-decay", "0.9"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert trainer.main(tiny_args(full, *common)) == 0
+
+    original = trainer.Trainer.train_step
+
+    def interrupted(self, batch):  # SIGTERM arrives during step 3: the run saves step 3 and exits
+        original(self, batch)
+        if self.step == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", interrupted)
+    assert trainer.main(tiny_args(part, *common)) == 0
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(part / "checkpoints")] == ["0000003.pt"]
+    ck3 = load_checkpoint(part / "checkpoints" / "0000003.pt")
+    assert (ck3["epoch"], ck3["batch_in_epoch"]) == (1, 1)
+    assert not (part / "samples.png").exists()  # an interrupted run stops right after saving
+
+    assert trainer.main(["--resume", str(part)]) == 0
+    a, b = read_losses(full), read_losses(part)
+    assert [s for s, _ in a] == list(range(1, 7)) and a == b  # bit-identical losses
+    fa = load_checkpoint(full / "checkpoints" / "0000006.pt")
+    fb = load_checkpoint(part / "checkpoints" / "0000006.pt")
+    for key in ("model", "ema"):
+        for k, v in fa[key].items():
+            assert torch.equal(v, fb[key][k]), (key, k)
+    assert fa["opt"]["param_groups"][0]["lr"] == fb["opt"]["param_groups"][0]["lr"]
+
+
+def test_train_grad_checkpointing_gives_the_same_losses(tmp_path):
+    plain, ckpt = tmp_path / "plain", tmp_path / "gc"
+    assert trainer.main(tiny_args(plain, "--max-steps", "3")) == 0
+    assert trainer.main(tiny_args(ckpt, "--max-steps", "3", "--grad-checkpointing")) == 0
+    a, b = read_losses(plain), read_losses(ckpt)
+    assert len(a) == 3 and [s for s, _ in a] == [s for s, _ in b]
+    assert np.allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, atol=1e-6)
+
+
+def test_train_resume_refuses_a_run_dir_with_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    assert trainer.main(tiny_args(run, "--max-steps", "1")) == 0
+    with pytest.raises(SystemExit, match="--resume"):
+        trainer.main(tiny_args(run, "--max-steps", "2"))
+
+
+def test_train_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, caplog):
+    calls = {"n": 0}
+    original = Diffusion.training_losses
+
+    def poisoned(self, *args, **kwargs):
+        calls["n"] += 1
+        terms = original(self, *args, **kwargs)
+        if calls["n"] >= 5:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(Diffusion, "training_losses", poisoned)
+    run = tmp_path / "run"
+    with caplog.at_level("ERROR", logger="xswin_fast.training"):
+        rc = trainer.main(tiny_args(run, "--max-steps", "10", "--ckpt-every", "2"))
+    assert rc == 2
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000004.pt"]
+    load_checkpoint(run / "checkpoints" / "0000004.pt")
+    assert [s for s, _ in read_losses(run)] == [1, 2, 3, 4]
+    assert "non-finite loss" in caplog.text and "0000004.pt" in caplog.text
+
+
+def test_train_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args(run, "--max-steps", "100000", "--ckpt-every", "100000")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            if (run / "losses.csv").is_file() and len(read_losses(run)) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "SIGTERM" in out
+    ckpts = list_checkpoints(run / "checkpoints")
+    assert len(ckpts) == 1
+    ck = load_checkpoint(ckpts[0])
+    assert ck["step"] == read_losses(run)[-1][0] >= 3
+
+
+def test_train_torchrun_two_process_gloo(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
+        *tiny_args(run, "--max-steps", "3", "--ckpt-every", "2", "--device", "cpu"),
+    ]
+    res = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000003.pt"]
+    ck = load_checkpoint(run / "checkpoints" / "0000003.pt")
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank seeds
+    assert [s for s, _ in read_losses(run)] == [1, 2, 3]
+    assert "world size 2" in (run / "log.txt").read_text()
+
+
+def _tiny_vae_and_folder(tmp_path):
+    from xswin_fast.training.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4,
+    )
+    vae_dir = tmp_path / "vae"
+    vae.save_pretrained(vae_dir)
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (data / c).mkdir(parents=True)
+        for i in range(6 if c == "cat" else 5):
+            arr = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(data / c / f"{i}.png")
+    (data / "dog" / "broken.png").write_bytes(b"this is not a png")
+    return vae_dir, data
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["encode-every-step", "cached-latents"])
+def test_train_vae_dir_latents(tmp_path, cache):
+    vae_dir, data = _tiny_vae_and_folder(tmp_path)
+    run = tmp_path / "run"
+    extra = ["--cache-latents", "--latent-cache-dir", str(tmp_path / "cache")] if cache else []
+    rc = trainer.main(tiny_args(
+        run, "--data", str(data), "--image-size", "16", "--vae", str(vae_dir), "--global-batch-size", "4",
+        "--max-steps", "3", "--num-workers", "0", "--model", "XSwin-digits", *extra,
+    ))
+    assert rc == 0
+    ck = load_checkpoint(run / "checkpoints" / "0000003.pt")
+    assert ck["data"]["latent_channels"] == 4 and ck["data"]["latent_size"] == 8
+    assert ck["model_kwargs"]["in_channels"] == 4
+    assert ck["data"]["classes"] == ["cat", "dog"]
+    assert all(np.isfinite(v) for _, v in read_losses(run))
+    assert "skipping unreadable image" in (run / "log.txt").read_text()
+    assert (run / "samples.png").is_file()  # decoded through the VAE
+    if cache:
+        assert ck["data"]["num_train"] == 11 and list((tmp_path / "cache").glob("*/shard-0-of-1.pt"))
+        again = tmp_path / "again"  # a second run reuses the cache instead of encoding again
+        assert trainer.main(tiny_args(
+            again, "--data", str(data), "--image-size", "16", "--vae", str(vae_dir), "--global-batch-size", "4",
+            "--max-steps", "1", "--num-workers", "0", "--model", "XSwin-digits", *extra,
+        )) == 0
+        assert "using cached VAE latents" in (again / "log.txt").read_text()
