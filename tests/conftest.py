@@ -13,3 +13,19 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    # train.py --threads changes the process-wide setting
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """Run directory of a tiny XSwin trained for 4 steps on the digits (one per test module)."""
+    from tiny_run import train_tiny_digits
+
+    return train_tiny_digits(tmp_path_factory.mktemp("runs") / "digits")

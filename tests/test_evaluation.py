@@ -5,29 +5,6 @@ import math
 import pytest
 import torch
 
-from xswin_fast.training import trainer
-
-TINY = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():  # train.py --threads changes the process-wide setting
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "digits"
-    rc = trainer.main([
-        "--run-dir", str(run), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
-        "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2", "--sample-every", "0",
-        "--sample-num", "10", "--sample-steps", "2", "--no-progress",
-    ])
-    assert rc == 0
-    return run
-
 
 def test_eval_digits_all_metrics_offline(digits_run, tmp_path):
     from xswin_fast.evaluation import cli

@@ -4,29 +4,8 @@ import json
 import pytest
 import torch
 
-from xswin_fast.training import sampling, trainer
+from xswin_fast.training import sampling
 from xswin_fast.training.diffusion import Diffusion
-
-TINY = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():  # train.py --threads changes the process-wide setting
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "digits"
-    rc = trainer.main([
-        "--run-dir", str(run), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
-        "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2", "--sample-every", "0",
-        "--sample-num", "10", "--sample-steps", "2", "--no-progress",
-    ])
-    assert rc == 0
-    return run
 
 
 @pytest.mark.parametrize("sampler,extra", [("ddim", ["--cfg-scale", "3.0"]), ("ddpm", ["--no-ema", "--labels", "3,7"])])

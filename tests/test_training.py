@@ -21,14 +21,7 @@ from xswin_fast.training.checkpoint import list_checkpoints, load_checkpoint
 from xswin_fast.training.diffusion import Diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():  # train.py --threads changes the process-wide setting
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+from tiny_run import TINY  # noqa: E402
 
 
 def tiny_args(run_dir, *extra):
