@@ -47,22 +47,11 @@ IMPLS = ("reference", "compile", "flex", "triton")
 # ----------------------------------------------------------------------------------------------
 
 
-def _pad_roll(x, window, shift):
-    B, H, W, nh, d = x.shape
-    (wh, ww), (sh, sw) = window, shift
-    ph, pw = (-H) % wh, (-W) % ww
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, 0, 0, pw, 0, ph))
-    if sh or sw:
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-    return x
-
-
 def _partition(x, window, shift, packed):
     """(B, H, W, nh, d) -> windows: (B, nW*nh, N, d) one window per (window, head) "head", or
     packed (B, nh, nW*N, d) one window-major sequence per image and head."""
     B, H, W, nh, d = x.shape
-    x = _pad_roll(x, window, shift)
+    x = reference.pad_and_shift(x, window, shift)
     Hp, Wp = x.shape[1], x.shape[2]
     wh, ww = window
     x = x.reshape(B, Hp // wh, wh, Wp // ww, ww, nh, d)

@@ -73,16 +73,25 @@ def _additive_mask(H, W, window_size, shift_size, device, dtype) -> Optional[tor
     return neg.to(device)[:, None]
 
 
-def _to_windows(x: torch.Tensor, window_size, shift_size) -> torch.Tensor:
-    """(B, H, W, heads, d) -> (B, nW * heads, N, d), padded bottom/right and cyclically shifted."""
-    B, H, W, nh, d = x.shape
+def pad_and_shift(x: torch.Tensor, window_size, shift_size) -> torch.Tensor:
+    """(B, H, W, ...) -> (B, Hp, Wp, ...): padded bottom/right to window multiples, then shifted so
+    that position (i, j) holds padded token ((i + sh) mod Hp, (j + sw) mod Wp)."""
+    H, W = x.shape[1:3]
     (wh, ww), (sh, sw) = window_size, shift_size
     ph, pw = (-H) % wh, (-W) % ww
     if ph or pw:
-        x = F.pad(x, (0, 0, 0, 0, 0, pw, 0, ph))
+        x = F.pad(x, (0,) * (2 * (x.dim() - 3)) + (0, pw, 0, ph))
     if sh or sw:
         x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-    Hp, Wp = H + ph, W + pw
+    return x
+
+
+def _to_windows(x: torch.Tensor, window_size, shift_size) -> torch.Tensor:
+    """(B, H, W, heads, d) -> (B, nW * heads, N, d), padded bottom/right and cyclically shifted."""
+    B, _, _, nh, d = x.shape
+    (wh, ww) = window_size
+    x = pad_and_shift(x, window_size, shift_size)
+    Hp, Wp = x.shape[1:3]
     x = x.reshape(B, Hp // wh, wh, Wp // ww, ww, nh, d).permute(0, 1, 3, 5, 2, 4, 6)
     return x.reshape(B, -1, wh * ww, d)
 
