@@ -17,59 +17,15 @@ from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
-import torch
 
-from .metrics import ImageListDataset, TensorImageDataset, compute_metrics
-
-
-def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
-    """Write the run's held-out images (from split.json) as PNGs; reuse them if already there."""
-    from ..training.data import DigitsDataset, ImageFolderDataset, scan_image_folder
-    from ..training.images import save_pngs
-
-    split_path = run_dir / "split.json"
-    if not split_path.is_file():
-        raise FileNotFoundError(f"{split_path} not found: evaluate needs a run trained with --eval-fraction > 0, or --ref DIR")
-    split = json.loads(split_path.read_text())
-    if not split["eval"]:
-        raise SystemExit(f"the run in {run_dir} has no held-out split (--eval-fraction 0): pass --ref DIR")
-    out = out or run_dir / "eval" / "reference"
-    done = out / ".complete"
-    if done.is_file() and done.read_text() == str(len(split["eval"])):
-        return out
-    if split["kind"] == "digits":
-        ds = DigitsDataset([int(i) for i in split["eval"]], image_size=split["image_size"])
-        imgs = torch.stack([torch.from_numpy(ds.uint8_image(i)) for i in range(len(ds))]).unsqueeze(1)
-        save_pngs(imgs, out, names=[f"{i}_c{lab}.png" for i, lab in zip(split["eval"], ds.targets)])
-    else:
-        classes, samples = scan_image_folder(split["root"])
-        index = {p: k for k, (p, _) in enumerate(samples)}
-        full = ImageFolderDataset(split["root"], split["image_size"], scan=(classes, samples))
-        wanted = [index[str(Path(full.root) / rel)] for rel in split["eval"] if str(Path(full.root) / rel) in index]
-        ds = ImageFolderDataset(split["root"], split["image_size"], indices=wanted, scan=(classes, samples))
-        out.mkdir(parents=True, exist_ok=True)
-        for i in range(len(ds)):
-            try:
-                arr = ds.load_uint8(i)
-            except Exception as exc:
-                ds.report(i, exc)
-                continue
-            save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[f"{i:06d}_c{ds.samples[i][1]}.png"])
-    done.write_text(str(len(split["eval"])))
-    return out
-
-
-def reference_labels(ref_dir: Path) -> List[int]:
-    """Class labels of exported reference images (file names end in _c<label>.png)."""
-    labels = []
-    for p in sorted(ref_dir.glob("*.png")):
-        stem = p.stem
-        if "_c" in stem:
-            try:
-                labels.append(int(stem.rsplit("_c", 1)[1]))
-            except ValueError:
-                pass
-    return labels
+from ..checkpoints import CheckpointError
+from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
+from ..evaluation.metrics import ImageListDataset, TensorImageDataset, compute_metrics
+from ..evaluation.reference import export_reference, reference_labels
+from ..images import save_grid, save_pngs
+from ..runs.config import BACKENDS
+from ..runs.run_dir import load_run
+from ..sampling import generate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ref", help="reference images folder (default: the run's held-out split)")
     gen = p.add_argument_group("generation (with --ckpt)")
     gen.add_argument("--num-samples", type=int, default=None, help="default: as many as reference images")
-    gen.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim"])
+    gen.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     gen.add_argument("--steps", type=int, default=250)
     gen.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (DiT's FID runs: 1.5; 1 = off)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=256)
     gen.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     gen.add_argument("--device", default=None)
-    gen.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    gen.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"], help="op backend of the model")
+    gen.add_argument("--precision", default="auto", choices=PRECISIONS)
+    gen.add_argument("--backend", default="auto", choices=BACKENDS, help="op backend of the model")
     met = p.add_argument_group("metrics")
     met.add_argument("--feature-extractor", default="auto", choices=["auto", "digits", "inception"],
                      help="auto: digits-cnn for digits runs, inception otherwise")
@@ -111,27 +67,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     kind = None
     run_dir = None
     if args.ckpt:
-        from ..training.checkpoint import CheckpointError
-        from ..training.sampling import generate, load_run
-
         try:
             run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
         except CheckpointError as exc:
             raise SystemExit(f"cannot evaluate: {exc}")
         run_dir, kind = run.run_dir, run.data["kind"]
-        ref_dir = Path(args.ref) if args.ref else export_reference(run_dir)
+        try:
+            ref_dir = Path(args.ref) if args.ref else export_reference(run_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"cannot evaluate: {exc}")
         ref = ImageListDataset.from_folder(ref_dir)
         n = args.num_samples or len(ref)
         ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
         rng = np.random.default_rng(args.seed)
         labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and run.device.type == "cuda")
-        images = generate(run, labels, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size,
-                          torch.bfloat16 if bf16 else None, progress)
+        images = generate(
+            run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
+            cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+            autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress,
+        )
         tag = f"{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
         out = Path(args.out) if args.out else run_dir / "eval" / tag
-        from ..training.images import save_grid, save_pngs
-
         save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
         save_grid(images[:100], out / "grid.png")
         generated = TensorImageDataset(images)
