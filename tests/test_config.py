@@ -3,6 +3,7 @@ the one preset registry behind --model."""
 import argparse
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,9 @@ def test_resume_merge_keeps_saved_settings_and_warns_on_unsafe_changes(tmp_path,
     with caplog.at_level("WARNING"):
         config = resume_config(saved, {"lr": 1e-3, "run_dir": "elsewhere"}, ckpt)
     assert "['lr']" in caplog.text and config.lr == 1e-3 and config.run_dir == "elsewhere"
+
+
+def test_docs_list_every_flag():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    missing = [f.name for f in fields(TrainConfig) if f"`--{f.name.replace('_', '-')}" not in text]
+    assert not missing, missing

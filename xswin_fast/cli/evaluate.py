@@ -13,10 +13,12 @@ label distribution and are written to ``--out``/images. Results go to ``--out``/
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
+from torch.utils.data import Dataset
 
 from ..checkpoints import CheckpointError
 from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
@@ -59,59 +61,73 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@dataclass
+class _Inputs:
+    """What to compare: generated against reference images, and where the result goes."""
+
+    generated: Dataset
+    reference: Dataset
+    reference_dir: str
+    out: Path
+    kind: Optional[str]  # the run's data kind ("digits", "folder", "latents"); None for two folders
+    info: Dict[str, Any]
+
+
+def _inputs_from_checkpoint(args: argparse.Namespace, progress: bool) -> _Inputs:
+    """Generate images from ``--ckpt`` with the reference's label distribution, and save them."""
+    try:
+        run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
+        ref_dir = Path(args.ref) if args.ref else export_reference(run.run_dir)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"cannot evaluate: {exc}")
+    ref = ImageListDataset.from_folder(ref_dir)
+    n = args.num_samples or len(ref)
+    ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
+    rng = np.random.default_rng(args.seed)
+    labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
+    images = generate(
+        run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
+        cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress,
+    )
+    tag = f"{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
+    out = Path(args.out) if args.out else run.run_dir / "eval" / tag
+    save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
+    save_grid(images[:100], out / "grid.png")
+    info = {"checkpoint": str(run.checkpoint), "step": run.step, "sampler": args.sampler, "steps": args.steps,
+            "cfg_scale": args.cfg_scale, "seed": args.seed, "ema": not args.no_ema}
+    return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
+
+
+def _inputs_from_folders(args: argparse.Namespace) -> _Inputs:
+    if not args.ref:
+        raise SystemExit("--samples needs --ref (a folder of reference images)")
+    out = Path(args.out) if args.out else Path(args.samples).parent / "eval"
+    return _Inputs(
+        ImageListDataset.from_folder(args.samples), ImageListDataset.from_folder(args.ref), args.ref, out, None,
+        {"samples": str(args.samples)},
+    )
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.ckpt) == bool(args.samples):
         raise SystemExit("pass exactly one of --ckpt (generate) or --samples (a folder of images)")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    kind = None
-    run_dir = None
-    if args.ckpt:
-        try:
-            run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
-        except CheckpointError as exc:
-            raise SystemExit(f"cannot evaluate: {exc}")
-        run_dir, kind = run.run_dir, run.data["kind"]
-        try:
-            ref_dir = Path(args.ref) if args.ref else export_reference(run_dir)
-        except (FileNotFoundError, ValueError) as exc:
-            raise SystemExit(f"cannot evaluate: {exc}")
-        ref = ImageListDataset.from_folder(ref_dir)
-        n = args.num_samples or len(ref)
-        ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
-        rng = np.random.default_rng(args.seed)
-        labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
-        images = generate(
-            run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
-            cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-            autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress,
-        )
-        tag = f"{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
-        out = Path(args.out) if args.out else run_dir / "eval" / tag
-        save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
-        save_grid(images[:100], out / "grid.png")
-        generated = TensorImageDataset(images)
-        info = {"checkpoint": str(run.checkpoint), "step": run.step, "sampler": args.sampler, "steps": args.steps,
-                "cfg_scale": args.cfg_scale, "seed": args.seed, "ema": not args.no_ema}
-    else:
-        if not args.ref:
-            raise SystemExit("--samples needs --ref (a folder of reference images)")
-        generated = ImageListDataset.from_folder(args.samples)
-        ref = ImageListDataset.from_folder(args.ref)
-        out = Path(args.out) if args.out else Path(args.samples).parent / "eval"
-        info = {"samples": str(args.samples)}
+    inputs = _inputs_from_checkpoint(args, progress) if args.ckpt else _inputs_from_folders(args)
     fe = args.feature_extractor
     if fe == "auto":
-        fe = "digits" if kind == "digits" else "inception"
+        fe = "digits" if inputs.kind == "digits" else "inception"
     weights = args.digits_extractor_weights if fe == "digits" else args.inception_weights
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     result = compute_metrics(
-        generated, ref, feature_extractor=fe, weights_path=weights, metrics=metrics,
+        inputs.generated, inputs.reference, feature_extractor=fe, weights_path=weights, metrics=metrics,
         kid_subset_size=args.kid_subset_size, isc_splits=args.isc_splits, prc_neighborhood=args.prc_neighborhood,
         device=args.device, verbose=progress,
     )
-    result.update(info)
-    result["reference"] = str(args.ref or (run_dir / "eval" / "reference"))
+    result.update(inputs.info)
+    result["reference"] = inputs.reference_dir
+    out = inputs.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     shown = ", ".join(f"{k} {result[k]:.4g}" for k in ("fid", "isc_mean", "kid_mean", "precision", "recall") if k in result)

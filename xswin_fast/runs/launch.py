@@ -86,9 +86,8 @@ def train(config: TrainConfig, resume: Optional[Dict[str, Any]] = None) -> int:
         run_dir = create_run_dir(config, dist)
         with run_logging(run_dir, dist):
             config = configure_torch(config, dist)
-            seed = config.global_seed * dist.world_size + dist.rank
             logger.info(
-                f"run directory {run_dir} | world size {dist.world_size} | device {dist.device} | seed {seed}"
+                f"run directory {run_dir} | world size {dist.world_size} | device {dist.device} | seed {dist.seed(config.global_seed)}"
                 + (f" | {torch.get_num_threads()} CPU threads" if dist.device.type == "cpu" else "")
             )
             return Trainer(config, run_dir, dist, resume).fit()

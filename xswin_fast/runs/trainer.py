@@ -120,10 +120,6 @@ class Trainer:
         self.last_saved_step = self.position.step if resume is not None else -1
         self._seed_random_streams(resume)  # last: everything above may have drawn random numbers
 
-    @property
-    def seed(self) -> int:
-        return self.config.global_seed * self.dist.world_size + self.dist.rank
-
     def _load(self, ckpt: Dict[str, Any]) -> Position:
         """Restore the weights, EMA, optimizer and schedule of ``ckpt``; return its position."""
         self.model.load_state_dict(ckpt["model"])
@@ -141,7 +137,7 @@ class Trainer:
             return
         if resume is not None:
             logger.warning("world size changed since the checkpoint: data order continues, random streams are reseeded")
-        s = self.seed + 1_000_003 * self.position.step
+        s = self.dist.seed(self.config.global_seed) + 1_000_003 * self.position.step
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         random.seed(s)
