@@ -71,7 +71,6 @@ class ImageFolderDataset(Dataset):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.image_size = image_size
         self.classes, all_samples = scan if scan is not None else scan_image_folder(root)
-        self.all_targets = [lab for _, lab in all_samples]
         self.indices = list(range(len(all_samples))) if indices is None else [int(i) for i in indices]
         self.samples = [all_samples[i] for i in self.indices]
         self._reported = set()
