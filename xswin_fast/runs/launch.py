@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .config import TrainConfig
 from .distributed import DistInfo, cleanup, setup
 from .run_dir import create_run_dir
 from .trainer import Trainer
@@ -20,18 +20,10 @@ PACKAGE_LOGGER = "xswin_fast"  # the run's log collects every xswin_fast module'
 
 
 def resolve_threads(value: Union[int, str, None], processes_per_node: int = 1) -> int:
-    """--threads: an int (0 = leave torch's default) or "auto": 0 when the CPU looks idle (1-minute
-    load average below half the cores left for this process), else 1."""
-    if value in (None, "", 0, "0"):
-        return 0
-    if str(value) != "auto":
-        try:
-            n = int(value)
-        except ValueError:
-            raise ConfigError(f"--threads must be an integer or 'auto', got {value!r}")
-        if n < 0:
-            raise ConfigError("--threads must be >= 0")
-        return n
+    """--threads (validated by the config): N (0 = leave torch's default) or "auto": 0 when the CPU
+    looks idle (1-minute load average below half the cores left for this process), else 1."""
+    if value != "auto":
+        return int(value or 0)
     cores = os.cpu_count() or 1
     try:
         load = os.getloadavg()[0]
