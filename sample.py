@@ -3,11 +3,11 @@
     python sample.py --ckpt results/000-XSwin-digits --num-samples 100 --cfg-scale 1.5
     python sample.py --help
 
-The implementation lives in xswin_fast.training.sampling (importable: main(argv) -> exit code).
+The implementation lives in xswin_fast.cli.sample (importable: main(argv) -> exit code).
 """
 import sys
 
-from xswin_fast.training.sampling import main
+from xswin_fast.cli.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

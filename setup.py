@@ -17,8 +17,10 @@ setup(
         "xswin_fast.layers",
         "xswin_fast.models",
         "xswin_fast.kernels",
-        "xswin_fast.training",
+        "xswin_fast.data",
         "xswin_fast.evaluation",
+        "xswin_fast.runs",
+        "xswin_fast.cli",
     ],
     package_dir={"xswin_fast.kernels": "kernels"},
     install_requires=[
@@ -36,7 +38,7 @@ setup(
     extras_require={
         # torch-fidelity needs torchvision; 0.28.0 is the release that keeps torch 2.13.0 (an unpinned
         # one pulls a newer torch and its CUDA wheels). On a CPU-only torch the PyPI torchvision is a
-        # CUDA build: xswin_fast.training.compat applies the import shim where needed.
+        # CUDA build: xswin_fast.compat applies the import shim where needed.
         "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "torch-fidelity>=0.4.0", "torchvision==0.28.0"],
         "eval": ["torch-fidelity>=0.4.0", "torchvision==0.28.0"],
         # `pytest benchmarks/ --benchmark-only` and benchmarks/report.py (plots)

@@ -3,11 +3,11 @@
     python train.py                      # built-in job: a small XSwin on sklearn's digits, CPU, minutes
     python train.py --help               # every flag; docs/training.md has worked examples
 
-The implementation lives in xswin_fast.training.trainer (importable: main(argv) -> exit code).
+The implementation lives in xswin_fast.cli.train (importable: main(argv) -> exit code).
 """
 import sys
 
-from xswin_fast.training.trainer import main
+from xswin_fast.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

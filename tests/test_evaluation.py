@@ -7,12 +7,12 @@ import torch
 
 
 def test_eval_digits_all_metrics_offline(digits_run, tmp_path):
-    from xswin_fast.evaluation import cli
+    from xswin_fast.cli import evaluate
     from xswin_fast.evaluation.digits_extractor import train_digits_extractor
 
     weights = train_digits_extractor(tmp_path / "digits_cnn.pt", epochs=2, verbose=False)
     out = tmp_path / "eval"
-    rc = cli.main(["--ckpt", str(digits_run), "--num-samples", "40", "--steps", "3", "--digits-extractor-weights",
+    rc = evaluate.main(["--ckpt", str(digits_run), "--num-samples", "40", "--steps", "3", "--digits-extractor-weights",
                    str(weights), "--out", str(out), "--no-progress", "--backend", "torch"])
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())

@@ -8,9 +8,9 @@ TINY = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bott
 
 
 def train_tiny_digits(run: Path) -> Path:
-    from xswin_fast.training import trainer
+    from xswin_fast.cli import train
 
-    rc = trainer.main([
+    rc = train.main([
         "--run-dir", str(run), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
         "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2", "--sample-every", "0",
         "--sample-num", "10", "--sample-steps", "2", "--no-progress",

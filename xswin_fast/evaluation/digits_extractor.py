@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..compat import ensure_torchvision_importable
+from ..data import DigitsDataset, stratified_split
 
 NAME = "digits-cnn"
 VERSION = 1
@@ -69,8 +71,6 @@ def _shift(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train_digits_extractor(out_path=None, epochs: int = 40, seed: int = 12345, verbose: bool = True) -> Path:
     """Train the digits CNN on scikit-learn's digits and save it (weights-only data) to ``out_path``."""
-    from ..training.data import DigitsDataset, stratified_split
-
     out_path = Path(out_path) if out_path else default_weights_path()
     full = DigitsDataset()
     train_idx, val_idx = stratified_split(full.all_targets, 0.2, seed)
@@ -115,8 +115,6 @@ def load_digits_cnn(path=None, train_if_missing: bool = True) -> DigitsCNN:
 
 
 def _base_class():
-    from ..training.compat import ensure_torchvision_importable
-
     ensure_torchvision_importable()
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 

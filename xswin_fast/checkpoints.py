@@ -9,10 +9,12 @@
 * RNG states (torch CPU, CUDA, numpy, python) are stored as tensors and plain numbers, so they
   pass the weights-only loader.
 """
+import json
 import os
 import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -81,6 +83,12 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     return ckpt
 
 
+def plain_data(obj: Any) -> Any:
+    """``obj`` through a JSON round trip (anything else as its ``str``): plain data that the
+    weights-only loader accepts, e.g. a run config or a scheduler config."""
+    return json.loads(json.dumps(obj, default=str))
+
+
 def checkpoint_path(checkpoint_dir: PathLike, step: int) -> Path:
     return Path(checkpoint_dir) / f"{step:07d}.pt"
 
@@ -109,15 +117,8 @@ def load_newest_checkpoint(target: PathLike, map_location="cpu") -> Tuple[Path, 
         try:
             return p, load_checkpoint(p, map_location)
         except CheckpointError as exc:
-            import warnings
-
             warnings.warn(f"skipping unloadable checkpoint: {exc}")
     raise CheckpointError(f"no loadable checkpoint found under {target}")
-
-
-def find_resume_checkpoint(target: PathLike) -> Path:
-    """The path :func:`load_newest_checkpoint` would load."""
-    return load_newest_checkpoint(target)[0]
 
 
 def prune_checkpoints(checkpoint_dir: PathLike, keep_last: int) -> None:

@@ -28,6 +28,10 @@ class DistInfo:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def seed(self, global_seed: int) -> int:
+        """This rank's seed: ``global_seed * world_size + rank`` (DiT's)."""
+        return global_seed * self.world_size + self.rank
+
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ

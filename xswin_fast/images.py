@@ -1,6 +1,5 @@
-"""Image output without torchvision: [-1, 1] tensors to uint8, grids, PNG folders, loss plots."""
+"""Image output without torchvision: [-1, 1] tensors to uint8, grids and PNG folders."""
 import math
-import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -66,49 +65,3 @@ def save_pngs(images: torch.Tensor, folder, names: Optional[Sequence[str]] = Non
         _pil(arr[k]).save(p)
         out.append(p)
     return out
-
-
-def plot_loss_curve(csv_path, out_path, smooth: int = 0) -> Optional[Path]:
-    """Plot per-step loss (and its moving average) from a ``losses.csv`` to a PNG."""
-    import csv
-
-    steps, loss, mse = [], [], []
-    if not os.path.isfile(csv_path):
-        return None
-    with open(csv_path) as f:
-        for row in csv.DictReader(f):
-            steps.append(int(row["step"]))
-            loss.append(float(row["loss"]))
-            mse.append(float(row["mse"]))
-    if not steps:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    smooth = smooth or max(1, len(steps) // 50)
-    kernel = np.ones(smooth) / smooth
-
-    def ma(v):
-        v = np.asarray(v)
-        if len(v) < smooth:
-            return np.arange(len(v)), v
-        return np.arange(smooth - 1, len(v)), np.convolve(v, kernel, mode="valid")
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    s = np.asarray(steps)
-    ax.plot(s, loss, color="tab:blue", alpha=0.25, lw=0.8, label="loss (per step)")
-    i, m = ma(loss)
-    ax.plot(s[i], m, color="tab:blue", lw=1.8, label=f"loss = mse + vb (mean of {smooth})")
-    i, m = ma(mse)
-    ax.plot(s[i], m, color="tab:orange", lw=1.4, label=f"mse (mean of {smooth})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path)
-    plt.close(fig)
-    return Path(out_path)

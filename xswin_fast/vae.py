@@ -1,43 +1,14 @@
-"""Build the backbone and the VAE of a run from plain (checkpoint-storable) settings."""
+"""The VAE of a latent-space run: a diffusers ``AutoencoderKL`` seen as pixels <-> scaled latents."""
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..models import XSwin, create_model, list_models
 from .compat import ensure_torchvision_importable
-
-# The built-in digits run: sklearn's 8x8 digits at their native size, 1 channel, 10 classes.
-# Patch 1 and 2x2 windows over an 8x8 map with the global bottleneck at 4x4 tokens: the token
-# geometry of the X-Swin paper's 8x8x4 latents, at a width that trains in minutes on a CPU.
-TRAINING_PRESETS: Dict[str, Tuple[type, dict]] = {
-    "XSwin-digits": (
-        XSwin,
-        dict(
-            input_size=8, patch_size=1, in_channels=1, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
-            window_size=2, bottleneck_depth=1, num_classes=10, stochastic_depth_prob=0.0,
-        ),
-    ),
-}
 
 # DiT's --vae choices
 VAE_ALIASES = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
-
-
-def model_names():
-    return list(TRAINING_PRESETS) + list_models()
-
-
-def build_model(name: str, kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
-    """Preset ``name`` (``xswin_fast.list_models()`` or a training preset) with ``kwargs`` overrides."""
-    kwargs = dict(kwargs or {})
-    if name in TRAINING_PRESETS:
-        cls, base = TRAINING_PRESETS[name]
-        return cls(**{**base, **kwargs})
-    if name not in list_models():
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
-    return create_model(name, **kwargs)
 
 
 class LatentCodec:

@@ -2,7 +2,7 @@
 
 DiT's ``update_ema`` averages ``named_parameters`` only, so an EMA copy of a network with
 BatchNorm (XSwin's conv triplets and unpatching) keeps running_mean 0 / running_var 1 forever
-and is wrong in eval mode (the original XSwin code had exactly this bug, DESIGN.md §4). Here
+and is wrong in eval mode (the original XSwin code had exactly this bug; docs/design.md, deviations). Here
 floating-point buffers are averaged with the same decay as the weights (as timm's ModelEmaV2)
 and integer buffers (``num_batches_tracked``) are copied.
 """

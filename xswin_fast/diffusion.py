@@ -13,13 +13,22 @@ in DiT, which does not rescale it). At t = 0 the VB term is the discretized-Gaus
 NLL, elsewhere KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), both in bits per dimension.
 """
 import math
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
 from .compat import ensure_torchvision_importable
 
 SAMPLERS = ("ddpm", "ddim")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """--precision as an autocast dtype: "bf16" (or "auto" on CUDA) -> bfloat16, else None (fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else None
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +109,20 @@ class Diffusion:
         }
 
     def config(self) -> dict:
+        """The training ``DDPMScheduler``'s config: what a checkpoint stores as "diffusion"."""
         return dict(self.scheduler.config)
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "Diffusion":
+        """The inverse of :meth:`config`."""
+        return cls(
+            num_train_timesteps=int(config["num_train_timesteps"]),
+            beta_schedule=config["beta_schedule"],
+            beta_start=float(config["beta_start"]),
+            beta_end=float(config["beta_end"]),
+            learn_sigma=config["variance_type"] == "learned_range",
+            clip_sample=bool(config["clip_sample"]),
+        )
 
     def _extract(self, name: str, t: torch.Tensor, ndim: int) -> torch.Tensor:
         v = self._table[name].to(t.device)[t].float()

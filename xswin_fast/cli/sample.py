@@ -10,62 +10,15 @@ Writes ``grid.png`` and one PNG per image under ``images/`` (the folder FID tool
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
-import torch
-
-from .builders import LatentCodec, build_model, load_vae
-from .checkpoint import CheckpointError, load_newest_checkpoint
-from .diffusion import SAMPLERS, Diffusion
-from .images import save_grid, save_pngs, to_uint8
-
-
-@dataclass
-class SamplingRun:
-    """A trained model ready to sample: backbone (eval mode), diffusion, optional VAE."""
-
-    model: torch.nn.Module
-    diffusion: Diffusion
-    codec: Optional[LatentCodec]
-    data: Dict[str, Any]
-    args: Dict[str, Any]
-    step: int
-    checkpoint: Path
-    device: torch.device
-
-    @property
-    def run_dir(self) -> Path:
-        p = self.checkpoint.parent
-        return p.parent if p.name == "checkpoints" else p
-
-
-def diffusion_from_config(config: Dict[str, Any]) -> Diffusion:
-    return Diffusion(
-        num_train_timesteps=int(config["num_train_timesteps"]),
-        beta_schedule=config["beta_schedule"],
-        beta_start=float(config["beta_start"]),
-        beta_end=float(config["beta_end"]),
-        learn_sigma=config["variance_type"] == "learned_range",
-        clip_sample=bool(config["clip_sample"]),
-    )
-
-
-def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, backend: Optional[str] = None) -> SamplingRun:
-    """Rebuild the model of a train.py checkpoint (file, checkpoints dir or run dir)."""
-    path, ck = load_newest_checkpoint(ckpt)
-    for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args"):
-        if key not in ck:
-            raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = build_model(ck["model_name"], ck["model_kwargs"])
-    model.load_state_dict(ck["ema" if use_ema else "model"])
-    model.set_backend(backend)
-    model.to(dev).eval().requires_grad_(False)
-    args = ck["args"]
-    codec = load_vae(args["vae"], dev, args.get("vae_subfolder")) if args.get("vae") else None
-    return SamplingRun(model, diffusion_from_config(ck["diffusion"]), codec, ck["data"], args, int(ck["step"]), Path(path), dev)
+from ..checkpoints import CheckpointError
+from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
+from ..images import save_grid, save_pngs
+from ..runs.config import BACKENDS
+from ..runs.run_dir import load_run
+from ..sampling import generate
 
 
 def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
@@ -88,40 +41,6 @@ def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
     return [out[i % len(out)] for i in range(n)]
 
 
-@torch.no_grad()
-def generate(
-    run: SamplingRun,
-    labels: List[int],
-    sampler: str = "ddpm",
-    steps: int = 250,
-    cfg_scale: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 64,
-    autocast_dtype: Optional[torch.dtype] = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """uint8 images (N, C, H, W) for ``labels``; deterministic for a given seed and batch size."""
-    d = run.data
-    shape = (d["latent_channels"], d["latent_size"], d["latent_size"])
-    gen = torch.Generator(device=run.device).manual_seed(seed)
-    out = []
-    chunks = range(0, len(labels), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc="sampling batches")
-    for i in chunks:
-        y = torch.tensor(labels[i : i + batch_size], device=run.device, dtype=torch.long)
-        x = run.diffusion.sample(
-            run.model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, generator=gen,
-            autocast_dtype=autocast_dtype,
-        )
-        if run.codec is not None:
-            x = run.codec.decode(x)
-        out.append(to_uint8(x))
-    return torch.cat(out)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint file, or a run / checkpoints dir (newest checkpoint)")
@@ -134,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-ema", action="store_true", help="use the raw model weights instead of the EMA")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"], help="auto = bf16 autocast on CUDA")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = bf16 autocast on CUDA")
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: number of classes if <= 32)")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
@@ -150,11 +69,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit(f"cannot sample: {exc}")
     classes = run.data["classes"]
     labels = parse_labels(args.labels, args.num_samples, classes)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and run.device.type == "cuda")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     images = generate(
-        run, labels, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size,
-        torch.bfloat16 if bf16 else None, progress,
+        run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
+        cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress,
     )
     tag = f"samples-{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
     out = Path(args.out) if args.out else run.run_dir / tag

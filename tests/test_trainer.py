@@ -1,4 +1,5 @@
-"""train.py on the CPU: loss goes down, exact resume, torchrun/gloo, signals, NaN stop, VAE latents.
+"""train.py and the Trainer on the CPU: a step, loss goes down, exact resume, torchrun/gloo, signals,
+NaN stop, VAE latents, EMA.
 
 Tiny models (XSwin embed 16, depths (1, 1)) and a handful of steps; the model runs on the
 PyTorch reference backend (the kernels have their own tests).
@@ -16,9 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from xswin_fast.training import trainer
-from xswin_fast.training.checkpoint import list_checkpoints, load_checkpoint
-from xswin_fast.training.diffusion import Diffusion
+import torch.nn as nn
+
+from xswin_fast.checkpoints import list_checkpoints, load_checkpoint
+from xswin_fast.cli import train
+from xswin_fast.diffusion import Diffusion
+from xswin_fast.runs.config import TrainConfig
+from xswin_fast.runs.ema import create_ema, update_ema
+from xswin_fast.runs.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 from tiny_run import TINY  # noqa: E402
@@ -44,9 +50,25 @@ def subprocess_env():
     return env
 
 
+def test_trainer_train_step_works_right_after_construction(tmp_path):
+    config = TrainConfig(model_kwargs=json.loads(TINY), backend="torch", global_batch_size=16, threads=1, progress=False)
+    trainer = Trainer(config, tmp_path)
+    assert not any(tmp_path.iterdir())  # constructing a trainer writes nothing
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    ema_before = {k: v.clone() for k, v in trainer.ema.named_parameters()}
+    x, y = next(iter(trainer.data.loader))
+    assert x.shape == (16, 1, 8, 8)
+    stats = trainer.train_step((x, y))
+    assert stats.shape == (4,) and torch.isfinite(stats).all()  # loss, mse, vb, gradient norm
+    changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v, before[k])]
+    assert len(changed) > len(before) // 2, sorted(set(before) - set(changed))
+    assert any(not torch.equal(v, ema_before[k]) for k, v in trainer.ema.named_parameters())
+    assert trainer.losses.pending and trainer.position.step == 0  # the loop advances the position
+
+
 def test_train_digits_loss_decreases(tmp_path):
     run = tmp_path / "run"
-    rc = trainer.main(tiny_args(run, "--max-steps", "40", "--lr", "3e-3", "--ckpt-every", "1000"))
+    rc = train.main(tiny_args(run, "--max-steps", "40", "--lr", "3e-3", "--ckpt-every", "1000"))
     assert rc == 0
     losses = [v for _, v in read_losses(run)]
     assert len(losses) == 40
@@ -69,24 +91,25 @@ def test_train_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     common = ["--global-batch-size", "512", "--hflip", "--ckpt-every", "100", "--lr", "2e-3", "--max-steps", "6",
               "--lr-warmup-steps", "2", "--lr-schedule", "cosine", "--ema-decay", "0.9"]
     full, part = tmp_path / "full", tmp_path / "part"
-    assert trainer.main(tiny_args(full, *common)) == 0
+    assert train.main(tiny_args(full, *common)) == 0
 
-    original = trainer.Trainer.train_step
+    original = Trainer.train_step
 
     def interrupted(self, batch):  # SIGTERM arrives during step 3: the run saves step 3 and exits
-        original(self, batch)
-        if self.step == 2:
+        stats = original(self, batch)
+        if self.position.step == 2:
             signal.raise_signal(signal.SIGTERM)
+        return stats
 
-    monkeypatch.setattr(trainer.Trainer, "train_step", interrupted)
-    assert trainer.main(tiny_args(part, *common)) == 0
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    assert train.main(tiny_args(part, *common)) == 0
     monkeypatch.undo()
     assert [p.name for p in list_checkpoints(part / "checkpoints")] == ["0000003.pt"]
     ck3 = load_checkpoint(part / "checkpoints" / "0000003.pt")
     assert (ck3["epoch"], ck3["batch_in_epoch"]) == (1, 1)
     assert not (part / "samples.png").exists()  # an interrupted run stops right after saving
 
-    assert trainer.main(["--resume", str(part)]) == 0
+    assert train.main(["--resume", str(part)]) == 0
     a, b = read_losses(full), read_losses(part)
     assert [s for s, _ in a] == list(range(1, 7)) and a == b  # bit-identical losses
     fa = load_checkpoint(full / "checkpoints" / "0000006.pt")
@@ -99,8 +122,8 @@ def test_train_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_train_grad_checkpointing_gives_the_same_losses(tmp_path):
     plain, ckpt = tmp_path / "plain", tmp_path / "gc"
-    assert trainer.main(tiny_args(plain, "--max-steps", "3")) == 0
-    assert trainer.main(tiny_args(ckpt, "--max-steps", "3", "--grad-checkpointing")) == 0
+    assert train.main(tiny_args(plain, "--max-steps", "3")) == 0
+    assert train.main(tiny_args(ckpt, "--max-steps", "3", "--grad-checkpointing")) == 0
     a, b = read_losses(plain), read_losses(ckpt)
     assert len(a) == 3 and [s for s, _ in a] == [s for s, _ in b]
     assert np.allclose([v for _, v in a], [v for _, v in b], rtol=1e-5, atol=1e-6)
@@ -108,9 +131,9 @@ def test_train_grad_checkpointing_gives_the_same_losses(tmp_path):
 
 def test_train_resume_refuses_a_run_dir_with_checkpoints(tmp_path):
     run = tmp_path / "run"
-    assert trainer.main(tiny_args(run, "--max-steps", "1")) == 0
+    assert train.main(tiny_args(run, "--max-steps", "1")) == 0
     with pytest.raises(SystemExit, match="--resume"):
-        trainer.main(tiny_args(run, "--max-steps", "2"))
+        train.main(tiny_args(run, "--max-steps", "2"))
 
 
 def test_train_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, caplog):
@@ -126,8 +149,8 @@ def test_train_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(Diffusion, "training_losses", poisoned)
     run = tmp_path / "run"
-    with caplog.at_level("ERROR", logger="xswin_fast.training"):
-        rc = trainer.main(tiny_args(run, "--max-steps", "10", "--ckpt-every", "2"))
+    with caplog.at_level("ERROR", logger="xswin_fast"):
+        rc = train.main(tiny_args(run, "--max-steps", "10", "--ckpt-every", "2"))
     assert rc == 2
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000004.pt"]
     load_checkpoint(run / "checkpoints" / "0000004.pt")
@@ -176,7 +199,7 @@ def test_train_torchrun_two_process_gloo(tmp_path):
 
 
 def _tiny_vae_and_folder(tmp_path):
-    from xswin_fast.training.compat import ensure_torchvision_importable
+    from xswin_fast.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()
     from diffusers import AutoencoderKL
@@ -205,7 +228,7 @@ def test_train_vae_dir_latents(tmp_path, cache):
     vae_dir, data = _tiny_vae_and_folder(tmp_path)
     run = tmp_path / "run"
     extra = ["--cache-latents", "--latent-cache-dir", str(tmp_path / "cache")] if cache else []
-    rc = trainer.main(tiny_args(
+    rc = train.main(tiny_args(
         run, "--data", str(data), "--image-size", "16", "--vae", str(vae_dir), "--global-batch-size", "4",
         "--max-steps", "3", "--num-workers", "0", "--model", "XSwin-digits", *extra,
     ))
@@ -220,8 +243,25 @@ def test_train_vae_dir_latents(tmp_path, cache):
     if cache:
         assert ck["data"]["num_train"] == 11 and list((tmp_path / "cache").glob("*/shard-0-of-1.pt"))
         again = tmp_path / "again"  # a second run reuses the cache instead of encoding again
-        assert trainer.main(tiny_args(
+        assert train.main(tiny_args(
             again, "--data", str(data), "--image-size", "16", "--vae", str(vae_dir), "--global-batch-size", "4",
             "--max-steps", "1", "--num-workers", "0", "--model", "XSwin-digits", *extra,
         )) == 0
         assert "using cached VAE latents" in (again / "log.txt").read_text()
+
+
+def test_train_ema_tracks_parameters_and_buffers():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    ema = create_ema(model)
+    model.train()
+    model(torch.randn(8, 1, 6, 6) + 3.0)  # moves BatchNorm running stats
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    update_ema(ema, model, decay=0.75)
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(ema.state_dict()[k], 0.75 * before[k] + 0.25 * v), k
+        else:
+            assert torch.equal(ema.state_dict()[k], v), k  # num_batches_tracked is copied
+    assert not ema.training and not any(p.requires_grad for p in ema.parameters())

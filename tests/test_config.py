@@ -1,0 +1,119 @@
+"""The typed run config: flags generated from it, defaults, config.json round trip, resume merge;
+the one preset registry behind --model."""
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from xswin_fast import create_model, list_models
+from xswin_fast.runs.config import (
+    ConfigError,
+    TrainConfig,
+    build_parser,
+    defaults_for,
+    new_run_config,
+    parse_flags,
+    resume_config,
+)
+
+
+def _action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    return next(a for a in parser._actions if a.dest == dest)
+
+
+def test_every_field_is_a_flag_whose_help_comes_from_the_config():
+    parser = build_parser()
+    for f in fields(TrainConfig):
+        action = _action(parser, f.name)
+        assert action.option_strings[0] == "--" + f.name.replace("_", "-")
+        assert action.help.startswith(f.metadata["help"].replace("%", "%%")), f.name
+    lr = _action(parser, "lr").help
+    assert "default 0.002 (digits) / 0.0001 (--data)" in lr
+    assert _action(parser, "sample_sampler").choices == ("ddpm", "ddim")
+
+
+def test_model_choices_are_the_registry():
+    assert list(_action(build_parser(), "model").choices) == list_models()
+    with pytest.raises(SystemExit):
+        parse_flags(["--model", "XSwin-Z/3"])
+
+
+def test_registry_holds_the_digits_preset():
+    assert "XSwin-digits" in list_models()
+    model = create_model("XSwin-digits")
+    assert model.in_channels == 1 and model.out_channels == 2 and model.num_classes == 10
+    assert 0.7e6 < sum(p.numel() for p in model.parameters()) < 0.8e6  # docs/training.md: 0.75M
+
+
+def test_parse_flags_returns_only_what_was_typed():
+    flags = parse_flags(["--lr", "3e-4", "--no-hflip", "--vae", "none", "--model-kwargs", '{"embed_dim": 8}', "--threads", "2"])
+    assert flags == {"lr": 3e-4, "hflip": False, "vae": None, "model_kwargs": {"embed_dim": 8}, "threads": 2}
+    for bad in (["--model-kwargs", "[1]"], ["--model-kwargs", "{"], ["--threads", "-1"], ["--threads", "many"]):
+        with pytest.raises(SystemExit):
+            parse_flags(bad)
+
+
+def test_new_run_defaults_depend_on_data(tmp_path):
+    digits = new_run_config({})
+    assert digits == TrainConfig(progress=digits.progress)  # the field defaults are the digits job
+    assert (digits.model, digits.lr, digits.max_steps, digits.threads, digits.vae) == ("XSwin-digits", 2e-3, 1500, "auto", None)
+    data = new_run_config({"data": str(tmp_path), "lr": 5e-4})
+    assert (data.model, data.lr, data.max_steps, data.threads, data.vae, data.hflip) == ("XSwin-S/2", 5e-4, None, 0, "ema", True)
+    assert data.data == str(tmp_path) and defaults_for(str(tmp_path))["global_batch_size"] == 256
+
+
+@pytest.mark.parametrize("flags,message", [
+    ({"cache_latents": True}, "--cache-latents needs a --vae"),
+    ({"vae": "ema"}, "pixel space"),
+    ({"log_every": 0}, "--log-every must be >= 1"),
+])
+def test_new_run_refuses_settings_that_cannot_work(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        new_run_config(flags)
+
+
+def test_config_json_round_trip(tmp_path):
+    config = new_run_config({"model_kwargs": {"depths": [1, 1]}, "threads": 3, "progress": False})
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    assert json.loads((tmp_path / "config.json").read_text())["model_kwargs"] == {"depths": [1, 1]}
+    with pytest.raises(ConfigError, match="unknown"):
+        TrainConfig.from_dict({**config.to_dict(), "learning_rate": 1.0})
+
+
+def test_old_config_json_still_loads(tmp_path):
+    # the keys a run folder's config.json held before the typed config (train.py of 2026-11)
+    old = {
+        "data": None, "image_size": 8, "eval_fraction": 0.2, "hflip": False, "num_workers": 0, "vae": None,
+        "vae_subfolder": None, "cache_latents": False, "latent_cache_dir": None, "model": "XSwin-digits",
+        "model_kwargs": {"input_size": 8, "in_channels": 1, "num_classes": 10}, "backend": "auto",
+        "grad_checkpointing": False, "compile": False, "diffusion_steps": 1000, "beta_schedule": "linear",
+        "global_batch_size": 64, "lr": 0.002, "weight_decay": 0.0, "lr_warmup_steps": 100, "lr_schedule": "cosine",
+        "max_grad_norm": 1.0, "epochs": 1000, "max_steps": 1500, "ema_decay": 0.9999, "ema_warmup": True,
+        "precision": "auto", "tf32": True, "global_seed": 0, "threads": 1, "device": "auto", "results_dir": "results",
+        "run_dir": None, "log_every": 100, "ckpt_every": 500, "keep_last": 0, "sample_every": 500, "sample_num": 100,
+        "sample_steps": 50, "sample_sampler": "ddpm", "sample_cfg": 2.5, "progress": True, "resume": None,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert TrainConfig.load(tmp_path / "config.json").to_dict() == old
+
+
+def test_resume_merge_keeps_saved_settings_and_warns_on_unsafe_changes(tmp_path, caplog):
+    saved = new_run_config({"run_dir": str(tmp_path / "old"), "progress": False}).to_dict()
+    ckpt = tmp_path / "run" / "checkpoints" / "0000010.pt"
+    with caplog.at_level("WARNING"):
+        config = resume_config(saved, {"resume": str(tmp_path / "run"), "max_steps": 20}, ckpt)
+    assert not caplog.records  # max_steps is safe to change
+    assert config.max_steps == 20 and config.lr == saved["lr"]
+    assert config.resume == str(ckpt) and config.run_dir is None  # continue where the checkpoint is
+    with caplog.at_level("WARNING"):
+        config = resume_config(saved, {"lr": 1e-3, "run_dir": "elsewhere"}, ckpt)
+    assert "['lr']" in caplog.text and config.lr == 1e-3 and config.run_dir == "elsewhere"
+
+
+def test_docs_list_every_flag():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    missing = [f.name for f in fields(TrainConfig) if f"`--{f.name.replace('_', '-')}" not in text]
+    assert not missing, missing

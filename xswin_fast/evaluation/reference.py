@@ -1,0 +1,56 @@
+"""The reference images of a run: its held-out split (``split.json``) exported as PNGs."""
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from ..data import DigitsDataset, ImageFolderDataset, scan_image_folder
+from ..images import save_pngs
+
+
+def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
+    """Write the run's held-out images (from split.json) as PNGs; reuse them if already there."""
+    split_path = run_dir / "split.json"
+    if not split_path.is_file():
+        raise FileNotFoundError(f"{split_path} not found: evaluate needs a run trained with --eval-fraction > 0, or --ref DIR")
+    split = json.loads(split_path.read_text())
+    if not split["eval"]:
+        raise ValueError(f"the run in {run_dir} has no held-out split (--eval-fraction 0): pass --ref DIR")
+    out = out or run_dir / "eval" / "reference"
+    done = out / ".complete"
+    if done.is_file() and done.read_text() == str(len(split["eval"])):
+        return out
+    if split["kind"] == "digits":
+        ds = DigitsDataset([int(i) for i in split["eval"]], image_size=split["image_size"])
+        imgs = torch.stack([torch.from_numpy(ds.uint8_image(i)) for i in range(len(ds))]).unsqueeze(1)
+        save_pngs(imgs, out, names=[f"{i}_c{lab}.png" for i, lab in zip(split["eval"], ds.targets)])
+    else:
+        classes, samples = scan_image_folder(split["root"])
+        index = {p: k for k, (p, _) in enumerate(samples)}
+        full = ImageFolderDataset(split["root"], split["image_size"], scan=(classes, samples))
+        wanted = [index[str(Path(full.root) / rel)] for rel in split["eval"] if str(Path(full.root) / rel) in index]
+        ds = ImageFolderDataset(split["root"], split["image_size"], indices=wanted, scan=(classes, samples))
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(len(ds)):
+            try:
+                arr = ds.load_uint8(i)
+            except Exception as exc:
+                ds.report(i, exc)
+                continue
+            save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[f"{i:06d}_c{ds.samples[i][1]}.png"])
+    done.write_text(str(len(split["eval"])))
+    return out
+
+
+def reference_labels(ref_dir: Path) -> List[int]:
+    """Class labels of exported reference images (file names end in _c<label>.png)."""
+    labels = []
+    for p in sorted(ref_dir.glob("*.png")):
+        stem = p.stem
+        if "_c" in stem:
+            try:
+                labels.append(int(stem.rsplit("_c", 1)[1]))
+            except ValueError:
+                pass
+    return labels

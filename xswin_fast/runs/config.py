@@ -1,0 +1,269 @@
+"""The typed configuration of a train.py run: every setting, its default, its help and its flag.
+
+:class:`TrainConfig` is the one place where a setting is declared. Each field's metadata holds
+its help text and, where the two differ, the default of a ``--data`` run (DiT's recipe: AdamW
+1e-4, batch 256, EMA 0.9999, the SD VAE) next to the field default, which is the built-in digits
+job's (it must finish in minutes on a CPU). :func:`build_parser` generates train.py's flags from
+the fields; ``config.json`` and a checkpoint's "args" are :meth:`TrainConfig.to_dict`, read back
+with :meth:`TrainConfig.from_dict`.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Optional, Union
+
+from ..checkpoints import plain_data
+from ..diffusion import PRECISIONS, SAMPLERS
+from ..models import list_models
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "triton")
+_SAME = object()  # a --data run keeps the digits default
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work: a bad value, or one at odds with another setting or the data."""
+
+
+def _vae_spec(value: str) -> Optional[str]:
+    return None if value.lower() == "none" else value
+
+
+def _json_object(value: str) -> Dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}")
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return parsed
+
+
+def _threads(value: str) -> Union[int, str]:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {value!r}")
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def setting(default, help: str, *, data=_SAME, choices: Optional[Iterable] = None, parse: Optional[Callable] = None,
+            metavar: Optional[str] = None):
+    """A :class:`TrainConfig` field: ``default`` (digits job), ``data`` (a --data run's default, if
+    different), the flag's ``help``, ``choices``, ``parse`` (str -> value) and ``metavar``."""
+    meta = dict(help=help, data=data, choices=tuple(choices) if choices else None, parse=parse, metavar=metavar)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a train.py run (flag ``--image-size`` is field ``image_size``)."""
+
+    data: Optional[str] = setting(None, "ImageFolder root (one subfolder per class); default: sklearn's digits (built in)")
+    image_size: int = setting(8, "training resolution in pixels (resize + center crop)", data=256)
+    eval_fraction: float = setting(0.2, "stratified held-out fraction for evaluate.py", data=0.0)
+    hflip: bool = setting(False, "random horizontal flips", data=True)
+    num_workers: int = setting(0, "data-loader workers per process", data=4)
+    vae: Optional[str] = setting(
+        None, '"none" (pixel space), a local AutoencoderKL dir, a hub id, or "ema"/"mse" (stabilityai/sd-vae-ft-*)',
+        data="ema", parse=_vae_spec,
+    )
+    vae_subfolder: Optional[str] = setting(None, "subfolder of --vae holding the VAE (e.g. 'vae' in a pipeline repo)")
+    cache_latents: bool = setting(False, "encode the dataset once and train on cached posteriors")
+    latent_cache_dir: Optional[str] = setting(
+        None, "parent of the latent caches (one subfolder per data/VAE hash); default RESULTS_DIR/latent-cache"
+    )
+    model: str = setting("XSwin-digits", "backbone preset", data="XSwin-S/2", choices=list_models(), metavar="NAME")
+    model_kwargs: Dict[str, Any] = setting(
+        {}, 'JSON constructor overrides, e.g. \'{"embed_dim": 32, "depths": [1, 1]}\' (input size, channels and '
+        "classes come from the data)", parse=_json_object, metavar="JSON",
+    )
+    backend: str = setting("auto", "op backend of the model", choices=BACKENDS)
+    grad_checkpointing: bool = setting(False, "recompute blocks in backward")
+    compile: bool = setting(False, "torch.compile the training model")
+    diffusion_steps: int = setting(1000, "training timesteps T (linear betas 1e-4..0.02)")
+    beta_schedule: str = setting("linear", "diffusers beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
+    global_batch_size: int = setting(64, "summed over all processes", data=256)
+    lr: float = setting(2e-3, "AdamW learning rate", data=1e-4)
+    weight_decay: float = setting(0.0, "AdamW weight decay (DiT: 0)")
+    lr_warmup_steps: int = setting(100, "linear warm-up steps", data=0)
+    lr_schedule: str = setting(
+        "cosine", "after warm-up: constant (DiT) or cosine decay to 0 at --max-steps", data="constant",
+        choices=("constant", "cosine"),
+    )
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables")
+    epochs: int = setting(1000, "epoch limit", data=1400)
+    max_steps: Optional[int] = setting(1500, "stop after this many optimizer steps", data=None)
+    ema_decay: float = setting(0.9999, "EMA decay over parameters and buffers")
+    ema_warmup: bool = setting(True, "use min(decay, (1+step)/(10+step))", data=False)
+    precision: str = setting("auto", "autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
+    tf32: bool = setting(True, "allow TF32 matmuls on Ampere+ GPUs")
+    global_seed: int = setting(0, "seed of rank r is global_seed * world_size + r")
+    threads: Union[int, str] = setting(
+        "auto", "CPU threads per process: N, 0 (torch's default) or auto (torch's default on an idle machine, 1 "
+        "when the load average shows other work)", data=0, parse=_threads,
+    )
+    device: str = setting("auto", "auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1, ...")
+    results_dir: str = setting("results", "parent of numbered run directories")
+    run_dir: Optional[str] = setting(None, "explicit run directory (default RESULTS_DIR/NNN-MODEL; on resume, the checkpoint's)")
+    log_every: int = setting(100, "log (and flush losses.csv) every N steps")
+    ckpt_every: int = setting(500, "checkpoint every N steps (and always at the end)", data=50_000)
+    keep_last: int = setting(0, "keep only the newest N step checkpoints (0 = all)")
+    sample_every: int = setting(500, "EMA sample grid every N steps (0 = only at the end)", data=10_000)
+    sample_num: int = setting(100, "images per sample grid", data=16)
+    sample_steps: int = setting(50, "sampler steps for grids", data=250)
+    sample_sampler: str = setting("ddpm", "ddpm (respaced) or ddim", choices=SAMPLERS)
+    sample_cfg: float = setting(2.5, "classifier-free guidance scale of grids", data=4.0)
+    progress: Optional[bool] = setting(None, "tqdm progress bar on rank 0; default: when stderr is a terminal")
+    resume: Optional[str] = setting(None, "checkpoint file, checkpoints dir or run dir: continue that run exactly")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON data (what config.json and a checkpoint's "args" hold)."""
+        return plain_data(asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        """The inverse of :meth:`to_dict`; missing keys take the field defaults."""
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown train.py settings {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "TrainConfig":
+        """A run's ``config.json``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def save(self, path: Union[str, os.PathLike], **extra: Any) -> None:
+        """Write ``config.json``; ``extra`` replaces fields (the trainer stores the resolved model_kwargs)."""
+        Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _help(f) -> str:
+    meta = f.metadata
+    text = meta["help"]
+    if meta["metavar"] and meta["choices"]:
+        text += f". One of: {', '.join(meta['choices'])}"
+    default = f.default_factory() if f.default is MISSING else f.default
+    if meta["data"] is not _SAME and meta["data"] != default:
+        text += f"; default {_show(default)} (digits) / {_show(meta['data'])} (--data)"
+    elif default is not None:
+        text += f"; default {_show(default)}"
+    return text.replace("%", "%%")
+
+
+def _scalar_type(f) -> type:
+    tp = f.type
+    args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """train.py's argument parser, one flag per :class:`TrainConfig` field.
+
+    Nothing has an argparse default: the parsed namespace holds exactly the flags that were
+    typed, which is what both a new run (:func:`new_run_config`) and a resume
+    (:func:`resume_config`) need.
+    """
+    p = argparse.ArgumentParser(
+        prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    for f in fields(TrainConfig):
+        meta, kind = f.metadata, _scalar_type(f)
+        kw = dict(help=_help(f))
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = meta["parse"] or kind
+            if meta["choices"]:
+                kw["choices"] = meta["choices"]
+            if meta["metavar"]:
+                kw["metavar"] = meta["metavar"]
+        p.add_argument(_flag(f.name), **kw)
+    return p
+
+
+def parse_flags(argv, description: Optional[str] = None) -> Dict[str, Any]:
+    """The flags typed in ``argv`` (a list of strings), as {field name: parsed value}."""
+    return vars(build_parser(description).parse_args(argv))
+
+
+def defaults_for(data: Optional[str]) -> Dict[str, Any]:
+    """Every field's default: the digits job's, or with ``data`` set a --data run's."""
+    out = {}
+    for f in fields(TrainConfig):
+        default = f.default_factory() if f.default is MISSING else f.default
+        out[f.name] = f.metadata["data"] if data and f.metadata["data"] is not _SAME else default
+    return out
+
+
+def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
+    """The config of a new run: the typed ``flags`` over the digits or --data defaults, paths made
+    absolute, ``progress`` resolved, and the combinations that cannot work refused (ConfigError)."""
+    values = {**defaults_for(flags.get("data")), **flags}
+    if values["data"]:
+        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
+    if values["vae"] and os.path.isdir(os.path.expanduser(values["vae"])):
+        values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
+    if values["progress"] is None:
+        values["progress"] = sys.stderr.isatty()
+    config = TrainConfig(**values)
+    if config.cache_latents and not config.vae:
+        raise ConfigError("--cache-latents needs a --vae")
+    if not config.data and config.vae:
+        raise ConfigError("the built-in digits are 1-channel 8x8 images: train them in pixel space (--vae none)")
+    for name in ("global_batch_size", "log_every", "ckpt_every"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{_flag(name)} must be >= 1")
+    return config
+
+
+# settings a resumed run may change without breaking the exact continuation
+RESUME_SAFE = {
+    "resume", "max_steps", "epochs", "log_every", "ckpt_every", "keep_last", "sample_every", "sample_num",
+    "sample_steps", "sample_sampler", "sample_cfg", "progress", "num_workers", "run_dir", "results_dir",
+    "compile", "backend", "grad_checkpointing",
+}
+
+
+def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path) -> TrainConfig:
+    """The config of a run resumed from ``checkpoint``: its saved settings (the checkpoint's
+    "args"), overridden by the ``flags`` typed next to ``--resume``. Changing a setting outside
+    :data:`RESUME_SAFE` logs a warning; the run stays in the checkpoint's directory unless
+    ``--run-dir`` is typed."""
+    overrides = {k: v for k, v in flags.items() if k != "resume"}
+    changed = sorted(k for k, v in overrides.items() if saved.get(k) != v and k not in RESUME_SAFE)
+    if changed:
+        logger.warning("resuming with changed %s: the run will not continue exactly as it would have", changed)
+    values = {**saved, **overrides, "resume": str(checkpoint)}
+    if "run_dir" not in overrides:  # continue where the checkpoint is, even if the run was moved
+        values["run_dir"] = None
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,325 @@
+"""The training loop: :class:`Trainer` owns a run's model, EMA, optimizer, data position and losses."""
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..checkpoints import (
+    capture_rng_state,
+    checkpoint_path,
+    plain_data,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..diffusion import Diffusion, autocast_dtype
+from ..images import save_grid
+from ..models import create_model
+from ..sampling import generate
+from .config import TrainConfig
+from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
+from .ema import create_ema, ema_decay, update_ema
+from .losses import LossLog, NonFiniteLoss, plot_loss_curve
+from .progress import ProgressReport
+from .signals import SignalCatcher
+from .training_data import build_training_data
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "xswin_fast.train/1"
+
+
+@dataclass
+class Position:
+    """Where training stands: optimizer steps taken, and the batch within the epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+    def advance(self, steps_per_epoch: int) -> None:
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+
+def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 0 at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+    return 1.0
+
+
+def training_model(model: nn.Module, config: TrainConfig, dist: DistInfo) -> nn.Module:
+    """``model`` as the loop calls it: wrapped in DDP under torchrun, compiled with --compile."""
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if config.compile:
+        # static shapes: the stages call the same ops at different sizes, and automatic dynamic
+        # shapes then trip Inductor on the window arithmetic; a training step's shapes are fixed
+        model = torch.compile(model, dynamic=False)
+    return model
+
+
+class Trainer:
+    """A run ready to train: :meth:`train_step` works right after construction, :meth:`fit` runs
+    the loop with logging, checkpoints, sample grids, signals and the non-finite-loss stop.
+
+    Args:
+        config (TrainConfig): the run's settings (resolved: see ``new_run_config``).
+        run_dir (Path): the run directory (it exists; see ``create_run_dir``).
+        dist (DistInfo): this process's rank, world size and device. Default: one CPU process.
+        resume (dict, optional): a train.py checkpoint to continue (``config.resume`` is its path).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, dist: Optional[DistInfo] = None, resume: Optional[Dict[str, Any]] = None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.dist = dist = dist or DistInfo()
+        self.data = build_training_data(config, dist)
+        steps = config.epochs * self.data.steps_per_epoch
+        self.total_steps = min(steps, config.max_steps) if config.max_steps is not None else steps
+        info = self.data.info
+        self.model_kwargs = dict(input_size=info.latent_size, in_channels=info.latent_channels, num_classes=info.num_classes)
+        self.model_kwargs.update(config.model_kwargs)
+        torch.manual_seed(config.global_seed)  # the same initial weights on every rank
+        self.model = create_model(config.model, **self.model_kwargs)
+        self.model.set_backend(None if config.backend == "auto" else config.backend)
+        if config.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.model.to(dist.device)
+        self.ema = create_ema(self.model)
+        self.diffusion = Diffusion(
+            num_train_timesteps=config.diffusion_steps, beta_schedule=config.beta_schedule,
+            learn_sigma=self.model.out_channels == 2 * self.model.in_channels, clip_sample=self.data.codec is None,
+        )
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        warmup, schedule = config.lr_warmup_steps, config.lr_schedule
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, schedule, self.total_steps)
+        )
+        self.train_model = training_model(self.model, config, dist)
+        self.autocast_dtype = autocast_dtype(config.precision, dist.device)
+        self.losses = LossLog(self.run_dir / "losses.csv", write=dist.is_main)
+        self.position = self._load(resume) if resume is not None else Position()
+        self.last_checkpoint: Optional[Path] = Path(config.resume) if resume is not None else None
+        self.last_saved_step = self.position.step if resume is not None else -1
+        self._seed_random_streams(resume)  # last: everything above may have drawn random numbers
+
+    def _load(self, ckpt: Dict[str, Any]) -> Position:
+        """Restore the weights, EMA, optimizer and schedule of ``ckpt``; return its position."""
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["opt"])
+        self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        position = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
+        if position.batch_in_epoch >= self.data.steps_per_epoch:
+            position.epoch, position.batch_in_epoch = position.epoch + 1, 0
+        return position
+
+    def _seed_random_streams(self, resume: Optional[Dict[str, Any]]) -> None:
+        if resume is not None and resume.get("world_size") == self.dist.world_size:
+            restore_rng_state(resume["rng"][self.dist.rank], self.dist.device)
+            return
+        if resume is not None:
+            logger.warning("world size changed since the checkpoint: data order continues, random streams are reseeded")
+        s = self.dist.seed(self.config.global_seed) + 1_000_003 * self.position.step
+        torch.manual_seed(s)
+        np.random.seed(s % 2**32)
+        random.seed(s)
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One optimizer step on ``batch`` ((x, y) images and labels, or (mean, std, y) cached
+        posteriors); EMA updated. Returns the (4,) detached loss, mse, vb and gradient norm."""
+        dev = self.dist.device
+        codec = self.data.codec
+        if len(batch) == 3:
+            mean, std, y = (b.to(dev, non_blocking=True) for b in batch)
+            x0 = codec.to_latent(mean + std * torch.randn_like(mean))
+        else:
+            x, y = (b.to(dev, non_blocking=True) for b in batch)
+            x0 = codec.encode(x) if codec is not None else x
+        t = self.diffusion.sample_timesteps(x0.shape[0], dev)
+        noise = torch.randn_like(x0)
+        x_t = self.diffusion.add_noise(x0, noise, t)
+        with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            out = self.train_model(x_t, t, y)
+        terms = self.diffusion.training_losses(out, x0, x_t, t, noise)
+        loss = terms["loss"].mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.max_grad_norm > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        else:
+            grad_norm = torch.zeros((), device=dev)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        update_ema(self.ema, self.model, ema_decay(self.config.ema_decay, self.position.step, self.config.ema_warmup))
+        stats = torch.stack([loss.detach(), terms["mse"].mean().detach(), terms["vb"].mean().detach(), grad_norm.detach().float()])
+        self.losses.add(stats)
+        return stats
+
+    def fit(self) -> int:
+        """Train to ``total_steps``, then write the final checkpoint, sample grid and loss plot.
+
+        Returns the exit status: 0 (also after a signal-triggered save), 2 after a non-finite loss.
+        """
+        self._start()
+        report = ProgressReport(
+            self.position.step, self.total_steps, self.config.global_batch_size, self.dist.device,
+            bar=self.dist.is_main and self.config.progress,
+        )
+        start_time, start_step = time.perf_counter(), self.position.step
+        try:
+            with SignalCatcher() as signals:
+                stop = self._loop(signals, report)
+                self._flush(report, log=True)
+                if self.position.step != self.last_saved_step:
+                    self.save(stop or "end of training")
+        except NonFiniteLoss as exc:
+            self._report_non_finite(exc)
+            return 2
+        finally:
+            report.close()
+        self._log_throughput(time.perf_counter() - start_time, self.position.step - start_step, report.last_loss)
+        if stop:
+            logger.info(f"stopped by {stop}; resume with: python train.py --resume {self.run_dir}")
+            return 0
+        if self.dist.is_main:
+            grid = self.sample_grid(self.run_dir / "samples.png")
+            plot = plot_loss_curve(self.losses.path, self.run_dir / "loss.png")
+            logger.info(f"wrote {grid} and {plot}")
+        barrier()
+        return 0
+
+    def _loop(self, signals: SignalCatcher, report: ProgressReport) -> Optional[str]:
+        """Steps until ``total_steps`` (returns None) or a signal (returns "signal NAME")."""
+        config, pos = self.config, self.position
+        while pos.step < self.total_steps:
+            self.data.sampler.set_epoch(pos.epoch, pos.batch_in_epoch, self.data.local_batch)
+            for batch in self.data.loader:
+                self.train_step(batch)
+                pos.advance(self.data.steps_per_epoch)
+                report.tick()
+                stop = self._any_rank_signalled(signals)
+                if pos.step % config.log_every == 0:
+                    self._flush(report, log=True)
+                if pos.step % config.ckpt_every == 0:
+                    self._flush(report, log=False)
+                    self.save()
+                if stop:
+                    return f"signal {signals.name}"
+                if config.sample_every and pos.step % config.sample_every == 0 and pos.step < self.total_steps:
+                    self.sample_grid(self.run_dir / "samples" / f"{pos.step:07d}.png")
+                    barrier()
+                if pos.step >= self.total_steps:
+                    return None
+        return None
+
+    def _any_rank_signalled(self, signals: SignalCatcher) -> bool:
+        stop = signals.signum is not None
+        if self.dist.distributed:  # every rank must stop at the same step
+            stop = bool(all_reduce_max(torch.tensor(float(stop), device=self.dist.device)).item())
+        return stop
+
+    def _flush(self, report: ProgressReport, log: bool) -> None:
+        report.losses += self.losses.flush(self.position.step)
+        if log:
+            report.log(self.position.step, self.optimizer.param_groups[0]["lr"])
+
+    def _start(self) -> None:
+        """Log the run, write config.json and split.json, cut losses.csv back to a resumed step."""
+        config, info = self.config, self.data.info
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        space = "pixel space" if self.data.codec is None else f"latents of {config.vae}"
+        logger.info(
+            f"{config.model} {self.model_kwargs}: {n_params / 1e6:.2f}M parameters | data {info.kind} "
+            f"{info.num_train} train / {info.num_eval} held out, {info.num_classes} classes | "
+            f"{space} {info.latent_channels}x{info.latent_size}x{info.latent_size}"
+        )
+        if self.dist.is_main:
+            config.save(self.run_dir / "config.json", model_kwargs=self.model_kwargs)
+            self.data.write_split(self.run_dir)
+        if config.resume is not None:
+            self.losses.truncate(self.position.step)
+            pos = self.position
+            logger.info(f"resumed from {config.resume} at step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})")
+        logger.info(
+            f"training to step {self.total_steps} ({self.data.steps_per_epoch} steps/epoch, global batch "
+            f"{config.global_batch_size}, lr {config.lr:g}, EMA {config.ema_decay}{' with warm-up' if config.ema_warmup else ''})"
+        )
+
+    def _report_non_finite(self, exc: NonFiniteLoss) -> None:
+        last = self.last_checkpoint if self.last_checkpoint and self.last_checkpoint.is_file() else None
+        logger.error(
+            f"stopping: {exc} (non-finite loss). Nothing after step {self.last_saved_step if last else 0} was saved; "
+            f"the last good checkpoint is {last or 'none (no checkpoint was written yet)'}. "
+            "Resume from it with a lower --lr, stronger --max-grad-norm or --precision fp32."
+        )
+
+    def _log_throughput(self, elapsed: float, steps: int, last_loss: float) -> None:
+        if steps:
+            images = steps * self.config.global_batch_size
+            logger.info(
+                f"{steps} steps in {elapsed:.1f} s ({steps / elapsed:.2f} steps/s, {images / elapsed:.1f} images/s); "
+                f"last logged loss {last_loss:.4f}"
+            )
+
+    def save(self, reason: str = "") -> Path:
+        """Checkpoint the current step (every rank's RNG state gathered; rank 0 writes)."""
+        rng = all_gather_object(capture_rng_state(self.dist.device))
+        pos = self.position
+        path = checkpoint_path(self.run_dir / "checkpoints", pos.step)
+        if self.dist.is_main:
+            ckpt = {
+                "format": CHECKPOINT_FORMAT,
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict(),
+                "opt": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "step": pos.step,
+                "epoch": pos.epoch,
+                "batch_in_epoch": pos.batch_in_epoch,
+                "world_size": self.dist.world_size,
+                "rng": rng,
+                "args": self.config.to_dict(),
+                "model_name": self.config.model,
+                "model_kwargs": plain_data(self.model_kwargs),
+                "data": asdict(self.data.info),
+                "diffusion": plain_data(self.diffusion.config()),
+            }
+            save_checkpoint(ckpt, path)
+            prune_checkpoints(self.run_dir / "checkpoints", self.config.keep_last)
+            logger.info(f"saved checkpoint {path}{' (' + reason + ')' if reason else ''}")
+        barrier()
+        self.last_saved_step = pos.step
+        self.last_checkpoint = path
+        return path
+
+    def sample_grid(self, path: Path) -> Optional[Path]:
+        """An EMA sample grid of ``sample_num`` images (fixed noise and labels: comparable across
+        steps). Rank 0 only; other ranks return None."""
+        if not self.dist.is_main:
+            return None
+        config, info = self.config, self.data.info
+        n, nc = config.sample_num, info.num_classes
+        images = generate(
+            self.ema, self.diffusion, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
+            codec=self.data.codec, sampler=config.sample_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
+            seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype,
+        )
+        return save_grid(images, path, nrow=min(nc, n) if nc <= 32 else None)

@@ -1,0 +1,127 @@
+"""The data side of a run: datasets, VAE, latent cache, split, sampler and loader, from the config."""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import (
+    DigitsDataset,
+    ImageFolderDataset,
+    ResumableDistributedSampler,
+    build_latent_cache,
+    latent_cache_key,
+    scan_image_folder,
+    stratified_split,
+)
+from ..vae import LatentCodec, load_vae
+from .config import ConfigError, TrainConfig
+from .distributed import DistInfo, barrier
+
+
+@dataclass
+class DataInfo:
+    """What a checkpoint records about its data ("data"): sampling needs the classes and the
+    latent shape, evaluation the kind."""
+
+    kind: str
+    root: Optional[str]
+    classes: List[str]
+    num_classes: int
+    image_size: int
+    image_channels: int
+    latent_size: int
+    latent_channels: int
+    num_train: int
+    num_eval: int
+
+
+@dataclass
+class TrainingData:
+    """The training set and how this process iterates it (``local_batch`` images per step)."""
+
+    train_set: Dataset
+    codec: Optional[LatentCodec]
+    info: DataInfo
+    split: Dict[str, Any]  # split.json: the held-out items evaluate.py compares against
+    sampler: ResumableDistributedSampler
+    loader: DataLoader
+    local_batch: int
+    steps_per_epoch: int
+
+    def write_split(self, run_dir: Path) -> None:
+        tmp = run_dir / ".split.json.tmp"
+        tmp.write_text(json.dumps(self.split))
+        os.replace(tmp, run_dir / "split.json")
+
+
+def _split_datasets(config: TrainConfig) -> Tuple[Dataset, List[str], List[str]]:
+    """The training dataset, its classes and the held-out item ids (digit indices or relative paths)."""
+    if config.data:
+        scan = scan_image_folder(config.data)
+        classes, samples = scan
+        train_idx, eval_idx = stratified_split([lab for _, lab in samples], config.eval_fraction, config.global_seed)
+        base = ImageFolderDataset(config.data, config.image_size, indices=train_idx, scan=scan)
+        return base, classes, [os.path.relpath(samples[i][0], base.root) for i in eval_idx]
+    full = DigitsDataset()
+    train_idx, eval_idx = stratified_split(full.all_targets, config.eval_fraction, config.global_seed)
+    base = DigitsDataset(train_idx, image_size=config.image_size)
+    return base, base.classes, [str(i) for i in eval_idx]
+
+
+def _load_codec(config: TrainConfig, channels: int, device: torch.device) -> Optional[LatentCodec]:
+    if not config.vae:
+        return None
+    try:
+        codec = load_vae(config.vae, device, config.vae_subfolder)
+    except RuntimeError as exc:
+        raise ConfigError(f"{exc} (--vae none trains in pixel space)") from exc
+    if codec.image_channels != channels:
+        raise ConfigError(f"the VAE takes {codec.image_channels}-channel images, the data has {channels}")
+    if config.image_size % codec.downsample:
+        raise ConfigError(f"--image-size must be divisible by the VAE's downsampling factor {codec.downsample}")
+    return codec
+
+
+def build_training_data(config: TrainConfig, dist: DistInfo) -> TrainingData:
+    """Everything the loop reads: the (possibly latent-cached) training set and this rank's loader."""
+    base, classes, eval_ids = _split_datasets(config)
+    codec = _load_codec(config, base.channels, dist.device)
+    train_set = base
+    if config.cache_latents:
+        key = latent_cache_key(base, config.vae, config.hflip)
+        cache_dir = os.path.join(config.latent_cache_dir or os.path.join(config.results_dir, "latent-cache"), key)
+        train_set = build_latent_cache(
+            base, codec, Path(cache_dir), config.hflip, dist.rank, dist.world_size, num_workers=config.num_workers, wait=barrier,
+        )
+    down = codec.downsample if codec else 1
+    info = DataInfo(
+        kind=base.kind, root=config.data, classes=list(classes), num_classes=len(classes), image_size=config.image_size,
+        image_channels=base.channels, latent_size=config.image_size // down,
+        latent_channels=codec.latent_channels if codec else base.channels, num_train=len(train_set), num_eval=len(eval_ids),
+    )
+    split = {"kind": base.kind, "root": config.data, "eval_fraction": config.eval_fraction, "seed": config.global_seed,
+             "image_size": config.image_size, "eval": eval_ids}
+    if config.global_batch_size % dist.world_size:
+        raise ConfigError(f"--global-batch-size {config.global_batch_size} must be divisible by the world size {dist.world_size}")
+    local_batch = config.global_batch_size // dist.world_size
+    sampler = ResumableDistributedSampler(
+        train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=config.global_seed, hflip=config.hflip
+    )
+    steps_per_epoch = sampler.num_samples // local_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"the per-process batch {local_batch} is larger than this process's share of the data "
+            f"({sampler.num_samples} images); lower --global-batch-size"
+        )
+    loader = DataLoader(
+        train_set, batch_size=local_batch, sampler=sampler, num_workers=config.num_workers,
+        pin_memory=dist.device.type == "cuda", drop_last=True, persistent_workers=config.num_workers > 0,
+        # its own generator: creating an iterator must not consume the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(config.global_seed),
+    )
+    return TrainingData(train_set, codec, info, split, sampler, loader, local_batch, steps_per_epoch)
+
