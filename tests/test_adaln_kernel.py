@@ -14,7 +14,7 @@ from xswin_fast import kernels
 from xswin_fast.kernels import adaln
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
 from xswin_fast.layers.blocks import SwinBlock, ViTBlock
-from xswin_fast.layers.modulation import Modulator, ModulationBank
+from xswin_fast.layers.adaln import Modulator, ModulationBank
 from xswin_fast.models.dit import DiTBlock, FinalLayer
 
 # (atol, rtol) of a kernel result against the fp32 reference on the same (upcast) inputs; atol is

@@ -7,7 +7,7 @@ import torch
 from xswin_fast import USwin, XSwin, create_model, list_models
 from xswin_fast.flops import count_parameters
 from xswin_fast.layers.attention import WindowCrossAttention, effective_window
-from xswin_fast.layers.sampling import PatchExpanding, PatchMerging
+from xswin_fast.layers.patching import PatchExpanding, PatchMerging
 from xswin_fast.models.xswin import XSWIN_PRESETS
 
 TINY = dict(input_size=8, patch_size=1, embed_dim=32, depths=(1, 2), num_heads=(2, 4), window_size=2,
@@ -271,3 +271,20 @@ def test_counting_flops_on_meta_does_not_poison_real_runs():
         forward_flops(tiny(), 8)
     model = tiny().eval()
     assert torch.isfinite(model(*batch(model))).all()
+
+
+def test_checkpoints_with_the_old_vit_norm_names_load():
+    """The bottleneck's ViT blocks named their norms ln_1/ln_2; a load pre-hook maps those keys."""
+    model = tiny()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    new = model.state_dict()
+    old = {k.replace(".norm1.", ".ln_1.").replace(".norm2.", ".ln_2.") if k.startswith("bottleneck.") else k: v
+           for k, v in new.items()}
+    assert sum(".ln_1." in k or ".ln_2." in k for k in old) == 4  # weight and bias of both norms
+    fresh = tiny()
+    fresh.load_state_dict(old, strict=True)
+    assert fresh.state_dict().keys() == new.keys()
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, new[k]), k

@@ -1,7 +1,8 @@
-"""Window attention modules of XSwin: SwinV2 shifted-window self-attention with a continuous
-position bias, and the localized window cross-attention of the U-Net skips.
-
-Both call ``xswin_fast.ops.window_attention`` on strided views of one projection output.
+"""Attention layers: XSwin's SwinV2 shifted-window self-attention with a continuous position bias
+and the localized window cross-attention of its U-Net skips (both call
+``xswin_fast.ops.window_attention`` on strided views of one projection output), and the global
+multi-head self-attention of the ViT bottleneck and of DiT, with timm's parameter names (qkv,
+proj) so that DiT checkpoints load unchanged.
 """
 import math
 from typing import Dict, Tuple
@@ -11,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from .modulation import Modulator
+from .adaln import Modulator
 
 
 def effective_window(H: int, W: int, window_size, shift_size) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -127,3 +128,25 @@ class WindowCrossAttention(nn.Module):
         kv = self.kv(self.mod_r(skip, cond)).view(B, H, W, 2, self.num_heads, d)
         o = ops.window_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], window, backend=self.backend)
         return self.norm(self.proj(o))
+
+
+class Attention(nn.Module):
+    """Global multi-head self-attention over a token sequence: (B, L, C) -> (B, L, C).
+
+    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, d)
+        return self.proj(o.transpose(1, 2).reshape(B, L, C))

@@ -19,9 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
+from ..layers.adaln import BatchedModulation, bank_cond, bank_lookup
+from ..layers.attention import Attention
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
-from ..layers.modulation import BatchedModulation, bank_cond, bank_lookup
-from ..layers.transformer import Attention, Mlp
+from ..layers.mlp import Mlp
 from .base import DiffusionBackbone
 
 __all__ = ["PatchEmbed", "DiTBlock", "UViTBlock", "FinalLayer", "DiT", "UViT", "DIT_PRESETS"]

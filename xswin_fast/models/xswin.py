@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from ..layers.attention import WindowCrossAttention
 from ..layers.blocks import SwinBlock, ViTBlock
-from ..layers.conv import ConvTriplet, OutputHead, PointwiseProjection
+from ..layers.adaln import BatchedModulation, Modulator
+from ..layers.conv import ConvTriplet, OutputHead
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
-from ..layers.modulation import BatchedModulation, Modulator
-from ..layers.sampling import PatchExpanding, PatchMerging, Patching, UnPatching
+from ..layers.patching import PatchExpanding, PatchMerging, Patching, UnPatching
 from .base import DiffusionBackbone
 
 MAX_WINDOW = 16
@@ -45,6 +45,21 @@ class EncoderStage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+
+
+class PointwiseProjection(nn.Module):
+    """Modulate -> Linear over channels-last tokens: (B, H, W, C_in) -> (B, H, W, C_out).
+
+    The channel reduction (2C -> C) of a decoder stage, after its first, double-width block.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, cond_dim: int):
+        super().__init__()
+        self.mod = Modulator(cond_dim, in_dim)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.mod(x, cond))
 
 
 class DecoderStage(nn.Module):
