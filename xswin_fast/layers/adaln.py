@@ -5,14 +5,20 @@ the model's conditioning embedding, and each layer projects its own adaLN vector
 k-diffusion's HDiT and the official DiT do).
 
 Batching every adaLN projection of a model into one GEMM per forward (a ``ModulationBank`` of
-precomputed vectors passed down in place of ``cond``) was measured on the CPU path and removed:
-it was not faster. ``python benchmarks/adaln_batching.py 15`` at commit 99b4720 (one thread,
-2-core AMD EPYC shared with other jobs, batched and per-layer variants interleaved in one
-process), median over repeats of time(per layer) / time(batched), forward / forward+backward:
-XSwin-digits 1.00 / 1.00 at batch 1, 16 and 64; XSwin-S/2 and DiT-S/2 at 32x32 latents 0.98-1.03
-at batch 1 and 8 (the spread between repeats, 0.6-1.5 on this machine, is wider than any
-difference). Each projection is one small GEMM either way; batching added a per-forward copy of
-every projection weight and a ``ModulationBank`` that the layers had to recognise.
+precomputed vectors passed down in place of ``cond``, slots stamped on the layers) was measured
+on the CPU path and removed. ``python benchmarks/adaln_batching.py 15`` at commit 99b4720 (the
+script went with the batching): one thread, a 2-core AMD EPYC shared with other jobs, batched
+and per-layer variants interleaved in one process, 15 repeats. Median over repeats of
+time(per layer) / time(batched), forward | forward+backward:
+
+    XSwin-digits (8x8, 1 channel)  batch 1: 1.09 | 1.07   batch 16: 1.05 | 1.02   batch 64: 1.01 | 1.02
+    XSwin-S/2 (32x32 latents)      batch 1: 0.99 | 1.00   batch 8:  1.01 | 0.99
+    DiT-S/2 (32x32 latents)        batch 1: 0.97 | 1.00   batch 8:  0.99 | 0.98
+
+Repeat-to-repeat spread 0.8-1.4 (0.5-1.8 at worst). Batching saved a few percent only where
+launches dominate (the toy model at batch 1-16) and nothing at the digits training batch (64)
+or at real model sizes, while it cost a per-forward copy of every projection weight and a
+conditioning object that every layer had to recognise.
 """
 from typing import Tuple
 
