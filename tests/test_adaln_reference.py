@@ -5,7 +5,6 @@ Each op is compared with the expression DiT / SwinV2 write inline (LayerNorm spe
 """
 import pytest
 import torch
-import torch.nn.functional as F
 
 from helpers import assert_close
 from naive import naive_layer_norm, per_sample
