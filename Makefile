@@ -1,7 +1,6 @@
 # These commands do all set-up on a fresh machine:
 #   make train  the main job: train a small XSwin on sklearn's digits on the CPU (minutes), then
 #               write a sample grid and a loss curve into results/NNN-XSwin-digits/
-#   make demo   build XSwin and run forward/backward training steps on random latents
 #   make test   install the test dependencies and run the test suite
 #   make bench  install the benchmark dependencies and run the benchmark suite
 # torch 2.13.0 pins triton 3.7.1; naming both keeps pip from pulling a newer torch (and its
@@ -23,9 +22,6 @@ install-test: $(VENV)/bin/activate
 train: install
 	$(PY) train.py
 
-demo: install
-	$(PY) demo.py
-
 # kernels run through Triton's interpreter on machines without a GPU
 test: install-test
 	TRITON_INTERPRET=1 HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q -n 2
@@ -40,4 +36,4 @@ BENCH_ARGS ?=
 bench: install-bench
 	env -u TRITON_INTERPRET $(PY) -m pytest benchmarks/ --benchmark-only $(BENCH_ARGS)
 
-.PHONY: install install-test install-bench train demo test bench
+.PHONY: install install-test install-bench train test bench

@@ -84,9 +84,7 @@ class BenchEnv:
             torch.cuda.synchronize(self.device)
 
 
-# ----------------------------------------------------------------------------------------------
 # session information
-# ----------------------------------------------------------------------------------------------
 
 
 def cpu_name() -> str:
@@ -177,13 +175,11 @@ def l2_bytes(device: torch.device) -> int:
     return size
 
 
-# ----------------------------------------------------------------------------------------------
 # skips
-# ----------------------------------------------------------------------------------------------
 
 
-def triton_skip_reason(env: BenchEnv, op: Optional[str] = None) -> Optional[str]:
-    """Why the Triton backend of ``op`` cannot be benchmarked here, or None if it can."""
+def triton_skip_reason(env: BenchEnv) -> Optional[str]:
+    """Why the Triton backend cannot be benchmarked here, or None if it can."""
     if not env.on_gpu:
         return SKIP_NO_GPU_TRITON
     try:
@@ -195,8 +191,6 @@ def triton_skip_reason(env: BenchEnv, op: Optional[str] = None) -> Optional[str]
             "Triton's interpreter is active (TRITON_INTERPRET=1 was set before xswin_fast.kernels was "
             "imported): its timings are meaningless; run the benchmarks in a fresh process without it"
         )
-    if op is not None and op not in kernels.IMPLEMENTATIONS:
-        return f"no Triton kernel for {op} is registered in xswin_fast.kernels.IMPLEMENTATIONS yet"
     return None
 
 
@@ -215,9 +209,7 @@ def compile_skip_reason(env: BenchEnv) -> Optional[str]:
     return SKIP_CPU_COMPILE
 
 
-# ----------------------------------------------------------------------------------------------
 # checks
-# ----------------------------------------------------------------------------------------------
 
 
 def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -259,9 +251,7 @@ def check_close(what: str, actual, expected, tol: float, metric: Callable = max_
     return err
 
 
-# ----------------------------------------------------------------------------------------------
 # inputs and timing
-# ----------------------------------------------------------------------------------------------
 
 
 def rotation_count(env: BenchEnv, set_bytes: int, max_sets: int = 16) -> int:

@@ -24,9 +24,7 @@ FAMILY_STYLE = {"XSwin": "C0", "USwin": "C2", "DiT": "C3", "UViT": "C1"}
 KIND_TITLE = {"train": "training step (fwd+bwd+AdamW)", "sample": "sampling step (fwd)", "sample-cfg": "sampling step (CFG fwd)"}
 
 
-# ----------------------------------------------------------------------------------------------
 # loading
-# ----------------------------------------------------------------------------------------------
 
 
 def load(path: str) -> dict:
@@ -82,9 +80,7 @@ def rows(data: dict) -> List[dict]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
 # formatting
-# ----------------------------------------------------------------------------------------------
 
 
 def fmt_time(s: Optional[float]) -> str:
@@ -141,9 +137,7 @@ def impl_key(impl: str) -> int:
     return IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
 
 
-# ----------------------------------------------------------------------------------------------
 # sections
-# ----------------------------------------------------------------------------------------------
 
 
 def kernel_section(recs: List[dict]) -> str:
@@ -280,9 +274,7 @@ def report_markdown(data: dict, images: List[str]) -> str:
     return "\n".join(head) + "\n\n" + ("\n\n".join(plots) + "\n\n" if plots else "") + "\n\n".join(parts) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------
 # plots
-# ----------------------------------------------------------------------------------------------
 
 
 def plain_log_ticks(ax) -> None:
@@ -293,6 +285,14 @@ def plain_log_ticks(ax) -> None:
     ax.yaxis.set_major_formatter(f)
     ax.yaxis.set_minor_formatter(f)
     ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def save_figure(plt, fig, path) -> bool:
+    """Lay out, write (PNG, 120 dpi) and close ``fig``; True, as the plot functions return."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def plot_models(plt, recs, s, path) -> bool:
@@ -324,10 +324,7 @@ def plot_models(plt, recs, s, path) -> bool:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle(f"Throughput: XSwin/USwin vs DiT/UViT (solid: triton backend, dashed: torch)\n{stamp_line(s)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path)
 
 
 def plot_kernels(plt, recs, s, path) -> bool:
@@ -378,10 +375,7 @@ def plot_kernels(plt, recs, s, path) -> bool:
         ax.grid(True, axis="x", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"Kernels\n{stamp_line(s)}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path)
 
 
 def plot_scaling(plt, recs, s, path) -> bool:
@@ -404,10 +398,7 @@ def plot_scaling(plt, recs, s, path) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Window (8×8) vs full attention, C=384, equal tokens per call\n{stamp_line(s)}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path)
 
 
 def make_plots(data: dict, out: str) -> List[str]:

@@ -2,7 +2,7 @@
 
 * ``eager``: ``xswin_fast.ops.<op>(backend="torch")``, the PyTorch reference the models run on CPU;
 * ``compile``: ``torch.compile`` of the reference expression (Inductor fuses it into one or two
-  kernels: this is the baseline a hand kernel has to beat, DESIGN.md §5);
+  kernels: this is the baseline a hand kernel has to beat, docs/design.md §5);
 * ``triton``: ``xswin_fast.ops.<op>(backend="triton")``.
 
 Inputs mirror the models: x, y (B, H, W, C) token maps of the stage shapes, and shift, scale,
@@ -132,7 +132,7 @@ def expected(op, leaves, args, go, mode):
 @pytest.mark.parametrize("op", list(OPS))
 def test_adaln(benchmark, bench_env, op, mode, shape, impl):
     env = bench_env
-    reason = bu.triton_skip_reason(env, op) if impl == "triton" else bu.compile_skip_reason(env) if impl == "compile" else None
+    reason = bu.triton_skip_reason(env) if impl == "triton" else bu.compile_skip_reason(env) if impl == "compile" else None
     if reason:
         pytest.skip(reason)
     benchmark.group = f"adaln-{op}-{mode}"

@@ -65,7 +65,7 @@ def full_reference_slice(q, k, v, rows: int = 256):
 def test_attention_scaling(benchmark, bench_env, mode, size, impl):
     env = bench_env
     if impl == "window-triton":
-        reason = bu.triton_skip_reason(env, "window_attention")
+        reason = bu.triton_skip_reason(env)
     elif not env.on_gpu and not env.cpu_full and size not in CPU_MAPS:
         reason = bu.SKIP_CPU_LARGE
     else:

@@ -42,9 +42,7 @@ CASES = {
 IMPLS = ("reference", "compile", "flex", "triton")
 
 
-# ----------------------------------------------------------------------------------------------
 # FlexAttention path
-# ----------------------------------------------------------------------------------------------
 
 
 def _partition(x, window, shift, packed):
@@ -162,9 +160,7 @@ def flex_window_attention(q, k, v, window, shift, bias, logit_scale, block_mask)
     return _unpartition(o, H, W, nh, window, shift, packed)
 
 
-# ----------------------------------------------------------------------------------------------
 # the cases
-# ----------------------------------------------------------------------------------------------
 
 
 def make_impl(impl, env, cfg, kind):
@@ -246,7 +242,7 @@ def expected(leaves, bias, ls, go, cfg, kind, mode):
 def test_window_attention(benchmark, bench_env, kind, mode, case, impl):
     env, cfg = bench_env, CASES[case]
     if impl == "triton":
-        reason = bu.triton_skip_reason(env, "window_attention")
+        reason = bu.triton_skip_reason(env)
     elif impl in ("compile", "flex"):
         reason = bu.compile_skip_reason(env)
         if reason is None and impl == "flex" and not env.on_gpu and mode == "fwdbwd":

@@ -1,5 +1,6 @@
-"""Test configuration. TRITON_INTERPRET must be set before any kernel module is imported (Triton
-reads it when ``@triton.jit`` decorates), so kernel tests run on the CPU through the interpreter."""
+"""Test configuration and every fixture of the test suite. TRITON_INTERPRET must be set before any
+kernel module is imported (Triton reads it when ``@triton.jit`` decorates), so kernel tests run
+on the CPU through the interpreter."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -7,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import helpers  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +24,24 @@ def _restore_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of tiny-tensor tests (``pytestmark = pytest.mark.usefixtures(
+    "single_thread")``): they launch thousands of ops on a few hundred elements each, where worker
+    threads buy nothing and, on a busy machine, their spin-waiting costs several times the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def poisoned():
+    """NaN-poisoned allocations for the whole test (``helpers.poisoned_allocations``)."""
+    with helpers.poisoned_allocations():
+        yield
 
 
 @pytest.fixture(scope="module")

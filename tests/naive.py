@@ -1,21 +1,19 @@
-"""Slow, obviously-correct twins of the ops, written straight from DESIGN.md §3 — independent of
+"""Slow, obviously-correct twins of the ops, written straight from docs/design.md §3 — independent of
 ``xswin_fast.ops.reference`` (no roll, no partition reshapes, no SDPA, no additive masks).
 
 Everything is computed in float64 and stays differentiable, so the tests can compare both values
 and autograd gradients against the ops.
 """
-import math
 from typing import Optional, Sequence
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-LOG_100 = math.log(100.0)
+from helpers import LOG_100
 
 
 def _region(i: int, padded: int, window: int, shift: int) -> int:
-    """Swin region of shifted-frame position i along one axis (DESIGN.md §3.1, step 4)."""
+    """Swin region of shifted-frame position i along one axis (docs/design.md §3.1, step 4)."""
     if shift == 0 or i < padded - window:
         return 0
     if i < padded - shift:
@@ -110,16 +108,3 @@ def per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t = t.unsqueeze(1)
     return t
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Run a module of tiny-tensor tests on one intra-op thread (import this fixture into it).
-
-    These tests launch thousands of ops on a few hundred elements each: worker threads buy
-    nothing there, and on a busy machine their spin-waiting costs several times the work.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

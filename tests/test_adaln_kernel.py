@@ -1,49 +1,17 @@
 """Fused adaLN kernels (xswin_fast.kernels.adaln) through Triton's interpreter: forward and every
 gradient against the reference, poisoned allocations, deterministic reductions, layouts, bad
-inputs, the batched modulation projection, whole models on the Triton backend, torch.compile."""
-import contextlib
-import copy
-from unittest import mock
-
+inputs, torch.compile. Whole models on the Triton backend are in test_backbone_contract.py."""
 import pytest
 import torch
 
 import xswin_fast.ops as ops
-from xswin_fast import DiT, USwin, UViT, XSwin
-from xswin_fast import kernels
+from helpers import assert_close, poisoned_allocations
 from xswin_fast.kernels import adaln
-from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
-from xswin_fast.layers.blocks import SwinBlock, ViTBlock
-from xswin_fast.layers.modulation import Modulator, ModulationBank
-from xswin_fast.models.dit import DiTBlock, FinalLayer
 
-# (atol, rtol) of a kernel result against the fp32 reference on the same (upcast) inputs; atol is
-# scaled by max(1, max|reference|) so that sums over many tokens are held to the same precision
-TOL = {
-    torch.float32: (2e-5, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
 OPS = adaln.OPS
-DTYPES = list(TOL)
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (B, ..., C): 3-D tokens (B, H, W, C), 2-D tokens (B, L, C) with B = 1 and C = 1152, no tokens
 SHAPES = [(2, 5, 7, 96), (1, 13, 1152), (3, 200)]
-XSWIN_TINY = dict(input_size=8, patch_size=1, embed_dim=32, depths=(1, 2), num_heads=(2, 4), window_size=2,
-                  bottleneck_depth=1, num_classes=10)
-DIT_SMALL = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4, num_classes=10)
-
-
-@contextlib.contextmanager
-def poisoned_allocations():
-    """NaN-fill every torch.empty / empty_like, so an element a kernel fails to write shows up."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    with mock.patch.object(torch, "empty", lambda *a, **k: poison(empty(*a, **k))), \
-            mock.patch.object(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k))):
-        yield
 
 
 def make_args(op, shape, dtype=torch.float32, seed=0, keep_grad=True):
@@ -90,14 +58,6 @@ def run_both(op, args, kwargs, seed=1):
     with poisoned_allocations():
         out, grads = run(op, args, kwargs, "triton", grad_out.to(args[0].dtype))
     return (out, grads), (ref, ref_grads)
-
-
-def assert_close(name, got, ref, dtype):
-    atol, rtol = TOL[dtype]
-    assert got.shape == ref.shape, (name, got.shape, ref.shape)
-    assert not torch.isnan(got).any(), f"{name}: NaN (an element was not written)"
-    scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
-    torch.testing.assert_close(got.float(), ref.float(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{name}: {m}")
 
 
 def check_against_reference(op, args, kwargs):
@@ -314,160 +274,3 @@ def test_torch_compile_fullgraph_traces_the_fused_ops():
         model.zero_grad()
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-# the batched modulation projection and whole models
-
-
-def xswin_tiny(cls, **kw):
-    model = cls(**{**XSWIN_TINY, **kw}).set_backend("torch")
-    with torch.no_grad():  # modulators start at zero (identity): give them values
-        for m in model.modules():
-            if isinstance(m, Modulator):
-                m.linear.weight.normal_(0, 0.1)
-                m.linear.bias.normal_(0, 0.1)
-    return model
-
-
-def dit_small(cls, **kw):
-    model = cls(**{**DIT_SMALL, **kw}).set_backend("torch")
-    with torch.no_grad():  # adaLN-Zero and the output layer start at zero: give them values
-        for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0, 0.05)
-    return model
-
-
-def model_inputs(model, B=2, H=8, W=8):
-    g = torch.Generator().manual_seed(0)
-    return (torch.randn(B, model.in_channels, H, W, generator=g), torch.randint(0, 1000, (B,), generator=g),
-            torch.randint(0, model.num_classes, (B,), generator=g))
-
-
-def adaln_projections(model):
-    if isinstance(model, XSwin):
-        return [m.linear for m in model.modules() if isinstance(m, Modulator)]
-    return [m.adaLN_modulation for m in model.modules() if isinstance(m, (DiTBlock, FinalLayer))]
-
-
-def forward_backward(model, inputs, seed=0):
-    torch.manual_seed(seed)  # the same drop-path and label-dropout draws
-    out = model(*inputs)
-    model.zero_grad()
-    out.square().mean().backward()
-    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-ALL_MODELS = [
-    pytest.param(lambda: xswin_tiny(XSwin), id="XSwin"),
-    pytest.param(lambda: xswin_tiny(USwin), id="USwin"),
-    pytest.param(lambda: dit_small(DiT), id="DiT"),
-    pytest.param(lambda: dit_small(UViT), id="UViT"),
-]
-
-
-@pytest.mark.parametrize("build", ALL_MODELS)
-def test_batched_projection_equals_per_layer_modulators(build):
-    model = build()
-    keys = set(model.state_dict())
-    calls = []
-    for lin in adaln_projections(model):
-        lin.register_forward_hook(lambda *_: calls.append(1))
-    inputs = model_inputs(model)
-    batched = forward_backward(model, inputs)
-    assert not calls  # one GEMM in the model instead of one per layer
-    per_layer = copy.deepcopy(model)
-    per_layer._adaln = lambda x, cond: cond  # every layer projects its own conditioning
-    separate = forward_backward(per_layer, inputs)
-    assert len(calls) == len(adaln_projections(model))
-    torch.testing.assert_close(batched[0], separate[0], rtol=1e-5, atol=1e-6)
-    assert batched[1].keys() == separate[1].keys()
-    for n in batched[1]:
-        torch.testing.assert_close(batched[1][n], separate[1][n], rtol=1e-5, atol=1e-7, msg=n)
-    # parameters and checkpoints are unchanged: the projection is not a module
-    assert set(model.state_dict()) == keys and not any("_adaln" in k for k in keys)
-
-
-def test_batched_projection_survives_deepcopy_and_standalone_layers():
-    model = xswin_tiny(XSwin)
-    clone = copy.deepcopy(model)
-    mods = [m for m in clone.modules() if isinstance(m, Modulator)]
-    assert len(clone._adaln.layers) == len(mods) and all(a is b for a, b in zip(clone._adaln.layers, mods))
-    # a layer not bound to the bank falls back to its own projection of bank.cond
-    cond = torch.randn(2, 32)
-    bank = model._adaln(cond, cond)
-    assert isinstance(bank, ModulationBank)
-    x = torch.randn(2, 3, 3, 32)
-    foreign = next(m for m in mods if m.dim == 32 and m.channels_last)  # bound to the clone's bank
-    torch.testing.assert_close(foreign(x, bank), foreign(x, cond))
-
-
-def triton_adaln(model):
-    """adaLN ops on the Triton backend (automatic under the interpreter), window attention on the
-    reference: this test is about the adaLN kernels, whether or not an attention kernel exists."""
-    model = copy.deepcopy(model).set_backend(None)
-    for m in model.modules():
-        if isinstance(m, (WindowAttention, WindowCrossAttention)):
-            m.backend = "torch"
-    return model
-
-
-def expected_sites(model):
-    if isinstance(model, XSwin):
-        n_vit = sum(isinstance(m, ViTBlock) for m in model.modules())
-        n_mod = sum(isinstance(m, Modulator) for m in model.modules())
-        n_swin = sum(isinstance(m, SwinBlock) for m in model.modules())
-        return {"modulate": n_mod - 2 * n_vit, "modulate_layernorm": 2 * n_vit, "residual_layernorm": 2 * n_swin}
-    depth = len(model.blocks)
-    return {"layernorm_modulate": 2 * depth + 1, "gated_residual": 2 * depth}
-
-
-@pytest.mark.parametrize("build", ALL_MODELS)
-def test_whole_model_runs_every_modulation_site_fused(build, monkeypatch):
-    model = build()
-    fused = triton_adaln(model)
-    calls = {op: 0 for op in OPS}
-    for op in OPS:
-        def counting(*args, _op=op, _fn=kernels.IMPLEMENTATIONS[op]):
-            calls[_op] += 1
-            return _fn(*args)
-
-        def forbidden(*args, _op=op):
-            raise AssertionError(f"{_op} ran on the reference")
-
-        monkeypatch.setitem(kernels.IMPLEMENTATIONS, op, counting)
-        monkeypatch.setattr(ops.reference, op, forbidden)
-    inputs = model_inputs(model)
-    got = forward_backward(fused, inputs)
-    assert {op: n for op, n in calls.items() if n} == expected_sites(model)
-    monkeypatch.undo()
-    ref = forward_backward(model, inputs)
-    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
-    assert got[1].keys() == ref[1].keys()
-    for n in ref[1]:
-        scale = max(1.0, ref[1][n].abs().max().item())
-        torch.testing.assert_close(got[1][n], ref[1][n], rtol=1e-4, atol=1e-5 * scale, msg=n)
-
-
-def test_gradient_checkpointing_with_the_bank_on_the_triton_backend():
-    model = triton_adaln(dit_small(DiT))
-    inputs = model_inputs(model)
-    plain = forward_backward(model, inputs)
-    ckpt = forward_backward(copy.deepcopy(model).set_grad_checkpointing(True), inputs)
-    torch.testing.assert_close(ckpt[0], plain[0])
-    assert ckpt[1].keys() == plain[1].keys()
-    for n in plain[1]:
-        torch.testing.assert_close(ckpt[1][n], plain[1][n], msg=n)
-
-
-def test_torch_compile_fullgraph_of_a_whole_model_training_step():
-    """One batched projection, the bank, the fused forward and backward ops: a single graph."""
-    model = triton_adaln(dit_small(DiT, class_dropout_prob=0.0))
-    inputs = model_inputs(model)
-    eager = forward_backward(model, inputs)
-    compiled = forward_backward(torch.compile(model, fullgraph=True, backend="aot_eager"), inputs)
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
-    grads = {n.removeprefix("_orig_mod."): g for n, g in compiled[1].items()}
-    assert grads.keys() == eager[1].keys()
-    for n in eager[1]:
-        torch.testing.assert_close(grads[n], eager[1][n], rtol=1e-5, atol=1e-6, msg=n)

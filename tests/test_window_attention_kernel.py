@@ -6,54 +6,15 @@ Every comparison runs the reference in float64 on the kernel's own (rounded) inp
 allocations are NaN-poisoned, so an element the kernel fails to write fails the comparison.
 """
 import copy
-import math
 
 import pytest
 import torch
 
-from test_xswin import TINY
+from helpers import LOG_100, assert_close, randomize_, tiny
 from xswin_fast import XSwin, ops
 from xswin_fast.kernels import window_attention as wa
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
 from xswin_fast.layers.blocks import SwinBlock
-
-LOG_100 = math.log(100.0)
-
-# max |kernel - reference| / max(1, max |reference|), per tensor (output and each gradient). The
-# half-precision bounds are a few units of the output's own rounding (fp16 2^-11, bf16 2^-8);
-# fp32 leaves room for the cosine temperature (up to 100) amplifying fp32 rounding of the scores.
-TOL = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-4,
-    torch.float16: 5e-3,
-    torch.bfloat16: 4e-2,
-}
-FP32, FP16, BF16, FP64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
-
-
-def check(name, got, want, dtype):
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), f"{name}: non-finite values (an unwritten element?)"
-    err = ((got.double() - want.double()).abs().max() / want.double().abs().max().clamp(min=1)).item()
-    assert err <= TOL[dtype], f"{name}: relative error {err:.2e} > {TOL[dtype]:.0e} ({dtype})"
-
-
-class PoisonedTorch:
-    """Stands in for ``torch`` inside the kernel module: its ``empty`` returns NaN-filled tensors."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def empty(*args, **kwargs):
-        t = torch.empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every tensor the kernel launchers allocate starts as NaN."""
-    monkeypatch.setattr(wa, "torch", PoisonedTorch())
 
 
 def make_inputs(B, H, W, window, nh, d, cross, mode, bias, dtype, seed=0):
@@ -89,6 +50,8 @@ def reference(q, k, v, window, shift, bias, ls, scale, grad):
     f64 = lambda t: None if t is None else t.double()  # noqa: E731
     return run("torch", f64(q), f64(k), f64(v), window, shift, f64(bias), f64(ls), scale, grad.double())
 
+
+FP32, FP16, BF16, FP64 = torch.float32, torch.float16, torch.bfloat16, torch.float64
 
 # id: (B, H, W, window, shift, heads, d, cross, mode, bias, dtype)
 CASES = {
@@ -132,13 +95,13 @@ def test_forward_and_gradients_match_reference(case, poisoned):
     o, grads = run("triton", q, k, v, window, shift, b, ls, scale, grad)
     ro, rgrads = reference(q, k, v, window, shift, b, ls, scale, grad)
     assert o.dtype == dtype and o.shape == (B, H, W, nh * d)
-    check("o", o, ro, dtype)
+    assert_close("o", o, ro, dtype)
     names = ["dq", "dk", "dv"] + (["dbias"] if bias else []) + (["dlogit_scale"] if mode == "cos" else [])
     assert len(grads) == len(names)
     for name, g, rg in zip(names, grads, rgrads):
         assert g.dtype == dtype, name
         assert rg.abs().max() > 0, f"reference gradient {name} vanishes"
-        check(name, g, rg, dtype)
+        assert_close(name, g, rg, dtype)
 
 
 @pytest.mark.parametrize("shift", [(0, 0), (1, 1)], ids=["noshift", "shift"])
@@ -152,7 +115,7 @@ def test_out_view_writes_only_its_half(shift):
     assert result is view
     assert torch.isnan(buf[..., :C]).all()
     expected = ops.window_attention(q.double(), k.double(), v.double(), (2, 2), shift, b.double(), backend="torch")
-    check("out", buf[..., C:], expected, FP32)
+    assert_close("out", buf[..., C:], expected, FP32)
     # and the left half stays untouched when the right half is written in place with gradients
     buf[..., :C] = 7.0
     ops.window_attention(*(t.detach().clone().requires_grad_() for t in (q, k, v)), (2, 2), shift, b, out=buf[..., C:], backend="triton")
@@ -174,7 +137,7 @@ def test_out_view_passes_gradients():
         return torch.autograd.grad((buf.sin() * grad).sum(), leaves + [skip])
 
     for name, g, rg in zip(["dq", "dk", "dv", "dbias", "dskip"], loss("triton"), loss("torch")):
-        check(name, g, rg, FP32)
+        assert_close(name, g, rg, FP32)
 
 
 def test_gradients_are_bitwise_reproducible():
@@ -255,11 +218,8 @@ def attention_modules(model):
 
 def test_xswin_on_triton_matches_torch():
     torch.manual_seed(0)
-    model = XSwin(**TINY).set_backend("torch")
-    with torch.no_grad():
-        # leave the zero-initialised modulators' identity so every path carries signal
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    # leave the zero-initialised modulators' identity so every path carries signal
+    model = randomize_(tiny(XSwin), std=0.02)
     fast = copy.deepcopy(model)
     for m in attention_modules(fast):
         m.backend = "triton"
@@ -272,7 +232,7 @@ def test_xswin_on_triton_matches_torch():
         out = m(x, t, y)
         out.square().mean().backward()
         outs.append(out)
-    check("output", outs[1], outs[0], FP32)
+    assert_close("output", outs[1], outs[0], FP32)
     for (name, p), pf in zip(model.named_parameters(), fast.parameters()):
         assert (p.grad is None) == (pf.grad is None), name
         if p.grad is not None:

@@ -1,4 +1,4 @@
-"""``xswin_fast.ops.window_attention`` (backend="torch") against DESIGN.md §3.1.
+"""``xswin_fast.ops.window_attention`` (backend="torch") against docs/design.md §3.1.
 
 The reference (roll/pad/partition + one SDPA call) is compared with ``naive.naive_window_attention``,
 a per-token float64 loop written straight from the numbered semantics, plus hand-derived cases.
@@ -8,26 +8,11 @@ import math
 import pytest
 import torch
 
-from naive import naive_window_attention, single_thread  # noqa: F401 (autouse fixture)
+from helpers import LOG_100, assert_close
+from naive import naive_window_attention
 from xswin_fast import ops
 
-LOG_100 = math.log(100.0)
-
-# (rtol, atol) of the op in each dtype against the float64 naive loop run on the same (rounded)
-# inputs. float16/bfloat16 keep 11/8 significant bits: the bounds are loose, ~20 units of the
-# output's own rounding (see test_half_precision_error_is_near_output_rounding for a tight one).
-TOL = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (6e-2, 6e-2),
-}
-
-
-def close(actual, expected, dtype):
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 def make_qkv(B, H, W, nh, d, dtype, cross, C_in=12):
     """q, k, v as non-contiguous views of fused projections, like a real attention module.
@@ -87,7 +72,7 @@ def test_matches_naive(geometry, mode, cross, dtype):
     assert out.shape == (B, H, W, nh * d)
     assert out.dtype == dtype
     expected = naive_window_attention(q, k, v, window, shift, bias, logit_scale, scale)
-    close(out, expected, dtype)
+    assert_close("out", out, expected)
 
 
 HALF_GEOMETRIES = ["4x4-w2x2-shift1x1", "7x5-w3x2-pad-shift1x1", "9x9-w4x4-pad-shift1x3", "7x7-w7x7-noshift"]
@@ -105,7 +90,7 @@ def test_half_precision_matches_float64_naive(geometry, mode, dtype):
     out = ops.window_attention(q, k, v, window, shift, bias, logit_scale, backend="torch")
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
-    close(out, naive_window_attention(q, k, v, window, shift, bias, logit_scale), dtype)
+    assert_close("out", out, naive_window_attention(q, k, v, window, shift, bias, logit_scale))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -124,9 +109,7 @@ def test_half_precision_error_is_near_output_rounding(mode, dtype):
     assert error <= 3 * rounding, f"error {error:.3g} vs output rounding {rounding:.3g}"
 
 
-# ----------------------------------------------------------------------------------------------
 # hand-checked cases
-# ----------------------------------------------------------------------------------------------
 
 
 def test_hand_computed_single_2x2_window():
@@ -271,9 +254,7 @@ def test_padding_does_not_leak_into_real_windows():
     torch.testing.assert_close(full[:, :4, :4], crop, rtol=1e-12, atol=1e-12)
 
 
-# ----------------------------------------------------------------------------------------------
 # out=, strides
-# ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -329,9 +310,7 @@ def test_strided_views_match_contiguous(shift, mode):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
-# ----------------------------------------------------------------------------------------------
 # gradients
-# ----------------------------------------------------------------------------------------------
 
 # id: (H, W, window, shift)
 GRAD_GEOMETRIES = {
@@ -342,7 +321,7 @@ GRAD_GEOMETRIES = {
 }
 
 
-def grad_inputs(H, W, window, mode, nh=2, d=3, B=1):
+def grad_case(H, W, window, mode, nh=2, d=3, B=1):
     q, k, v = (t.clone().requires_grad_() for t in make_qkv(B, H, W, nh, d, torch.float64, cross=True))
     bias, logit_scale, _ = make_params(nh, window, mode + "_bias")
     bias.requires_grad_()
@@ -357,7 +336,7 @@ def grad_inputs(H, W, window, mode, nh=2, d=3, B=1):
 @pytest.mark.parametrize("geometry", ["4x4-w2-shift1", "3x5-w3-pad-shift1"])
 def test_gradcheck(geometry, mode):
     H, W, window, shift = GRAD_GEOMETRIES[geometry]
-    q, k, v, bias, logit_scale, inputs = grad_inputs(H, W, window, mode)
+    q, k, v, bias, logit_scale, inputs = grad_case(H, W, window, mode)
 
     def fn(q, k, v, bias, *ls):
         return ops.window_attention(q, k, v, window, shift, bias, ls[0] if ls else None, backend="torch")
@@ -369,7 +348,7 @@ def test_gradcheck(geometry, mode):
 @pytest.mark.parametrize("geometry", list(GRAD_GEOMETRIES))
 def test_gradients_match_naive(geometry, mode):
     H, W, window, shift = GRAD_GEOMETRIES[geometry]
-    q, k, v, bias, logit_scale, inputs = grad_inputs(H, W, window, mode, nh=2, d=4, B=2)
+    q, k, v, bias, logit_scale, inputs = grad_case(H, W, window, mode, nh=2, d=4, B=2)
     grad = torch.randn(2, H, W, 8, dtype=torch.float64)
     got = torch.autograd.grad((ops.window_attention(q, k, v, window, shift, bias, logit_scale, backend="torch") * grad).sum(), inputs)
     want = torch.autograd.grad((naive_window_attention(q, k, v, window, shift, bias, logit_scale) * grad).sum(), inputs)
@@ -384,7 +363,7 @@ def test_fully_masked_padded_rows_stay_finite(mode, dtype):
     # 5x5 map, window 4, shift 2: the shifted frame's rows/columns 4 and 5 hold only padding and
     # form a region of their own, so a padded query there has no real key in its region.
     H, W, window, shift = GRAD_GEOMETRIES["5x5-w4-pad-shift2"]
-    q, k, v, bias, logit_scale, inputs = grad_inputs(H, W, window, mode, nh=2, d=4, B=2)
+    q, k, v, bias, logit_scale, inputs = grad_case(H, W, window, mode, nh=2, d=4, B=2)
     inputs = [t.detach().to(dtype).requires_grad_() for t in inputs]
     q, k, v, bias = inputs[:4]
     logit_scale = inputs[4] if mode == "cos" else None
@@ -393,7 +372,7 @@ def test_fully_masked_padded_rows_stay_finite(mode, dtype):
     grads = torch.autograd.grad(out.square().sum(), inputs)
     for g in grads:
         assert torch.isfinite(g).all()
-    close(out, naive_window_attention(q, k, v, window, shift, bias, logit_scale), dtype)
+    assert_close("out", out, naive_window_attention(q, k, v, window, shift, bias, logit_scale))
 
 
 def test_logit_scale_is_clamped_at_log_100():
@@ -414,9 +393,7 @@ def test_logit_scale_is_clamped_at_log_100():
     )
 
 
-# ----------------------------------------------------------------------------------------------
 # bad inputs
-# ----------------------------------------------------------------------------------------------
 
 
 def _qkv(shape=(1, 4, 4, 2, 8), dtype=torch.float32):

@@ -2,7 +2,7 @@
 
 ``torch.utils.flop_counter.FlopCounterMode`` does not count the CPU flash path of
 ``scaled_dot_product_attention``, so counting runs under the MATH backend, where attention
-decomposes into counted matmuls (DESIGN.md §5). Counting runs on the meta device: no memory,
+decomposes into counted matmuls (docs/design.md §5). Counting runs on the meta device: no memory,
 no compute.
 
     python -m xswin_fast.flops            # markdown table of every preset at 256 px

@@ -1,17 +1,19 @@
-"""Window attention modules of XSwin: SwinV2 shifted-window self-attention with a continuous
-position bias, and the localized window cross-attention of the U-Net skips.
-
-Both call ``xswin_fast.ops.window_attention`` on strided views of one projection output.
+"""Attention layers: XSwin's SwinV2 shifted-window self-attention with a continuous position bias
+and the localized window cross-attention of its U-Net skips (both call
+``xswin_fast.ops.window_attention`` on strided views of one projection output), and the global
+multi-head self-attention of the ViT bottleneck and of DiT, with timm's parameter names (qkv,
+proj) so that DiT checkpoints load unchanged.
 """
 import math
-from typing import Dict, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from .modulation import Modulator
+from ..ops.reference import cached_constant
+from .adaln import Modulator
 
 
 def effective_window(H: int, W: int, window_size, shift_size) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -25,20 +27,24 @@ def effective_window(H: int, W: int, window_size, shift_size) -> Tuple[Tuple[int
     return (wh, ww), (sh, sw)
 
 
-_CPB_CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int]):
-    """SwinV2 log-spaced relative coordinates ((2wh-1)*(2ww-1), 2) and the (N*N,) table index.
+def _cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int], device: torch.device, dtype: torch.dtype):
+    """SwinV2 log-spaced relative coordinates ((2wh-1)*(2ww-1), 2) in ``dtype`` and the (N*N,)
+    table index, on ``device``; cached (``ops.reference.cached_constant``).
 
     Coordinates are normalised by the configured window, not the clamped one, so a relative
     offset gets the same bias whatever the map size.
     """
-    key = (window, reference_window)
-    if key in _CPB_CACHE:  # a dict, not lru_cache: Dynamo warns on lru_cache in compiled graphs
-        return _CPB_CACHE[key]
+
+    def build():
+        table, index = _build_cpb_inputs(window, reference_window)
+        return table.to(device=device, dtype=dtype), index.to(device)
+
+    return cached_constant(("cpb_inputs", window, reference_window, device, dtype), build)
+
+
+def _build_cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int]):
+    """The CPU tensors of ``_cpb_inputs``, in float32."""
     wh, ww = window
-    # explicit device: a cached tensor must not inherit a meta/cuda default-device context
     rh = torch.arange(-(wh - 1), wh, dtype=torch.float32, device="cpu") / max(reference_window[0] - 1, 1)
     rw = torch.arange(-(ww - 1), ww, dtype=torch.float32, device="cpu") / max(reference_window[1] - 1, 1)
     table = torch.stack(torch.meshgrid(rh, rw, indexing="ij"), dim=-1).reshape(-1, 2) * 8
@@ -47,8 +53,7 @@ def _cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int]):
     coords = coords.flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N)
     index = (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
-    _CPB_CACHE[key] = (table, index.reshape(-1))
-    return _CPB_CACHE[key]
+    return table, index.reshape(-1)
 
 
 class WindowAttention(nn.Module):
@@ -64,7 +69,7 @@ class WindowAttention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.dim, self.num_heads = dim, num_heads
+        self.num_heads = num_heads
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -73,11 +78,11 @@ class WindowAttention(nn.Module):
 
     def position_bias(self, window: Tuple[int, int]) -> torch.Tensor:
         """(heads, N, N) continuous relative-position bias for an (effective) window."""
-        table, index = _cpb_inputs(tuple(window), self.window_size)
         w = self.cpb_mlp[0].weight
-        bias = self.cpb_mlp(table.to(device=w.device, dtype=w.dtype))  # (T, heads)
+        table, index = _cpb_inputs(tuple(window), self.window_size, w.device, w.dtype)
+        bias = self.cpb_mlp(table)  # (T, heads)
         N = window[0] * window[1]
-        bias = bias[index.to(w.device)].view(N, N, self.num_heads).permute(2, 0, 1)
+        bias = bias[index].view(N, N, self.num_heads).permute(2, 0, 1)
         return 16 * torch.sigmoid(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +104,7 @@ class WindowCrossAttention(nn.Module):
     Decoder features query the encoder skip inside the stage's (non-shifted) Swin windows;
     scaled dot-product attention, output projection, then LayerNorm. Both inputs are modulated
     first. The windows are aligned with the Swin grid and padded keys are masked (the original
-    code padded a whole extra window and attended to zeros; DESIGN.md §4).
+    code padded a whole extra window and attended to zeros; docs/design.md §4).
     """
 
     backend = None
@@ -127,3 +132,25 @@ class WindowCrossAttention(nn.Module):
         kv = self.kv(self.mod_r(skip, cond)).view(B, H, W, 2, self.num_heads, d)
         o = ops.window_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], window, backend=self.backend)
         return self.norm(self.proj(o))
+
+
+class Attention(nn.Module):
+    """Global multi-head self-attention over a token sequence: (B, L, C) -> (B, L, C).
+
+    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU).
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, d)
+        return self.proj(o.transpose(1, 2).reshape(B, L, C))

@@ -5,9 +5,9 @@ import torch
 import torch.nn as nn
 
 from .. import ops
-from .attention import WindowAttention
-from .modulation import Modulator
-from .transformer import Attention, Mlp
+from .adaln import Modulator
+from .attention import Attention, WindowAttention
+from .mlp import Mlp
 
 
 def drop_path_keep(x: torch.Tensor, p: float, training: bool) -> Optional[torch.Tensor]:
@@ -65,7 +65,8 @@ class ViTBlock(nn.Module):
         x = x + attn(LN(mod1(x)))
         x = x + mlp(LN(mod2(x)))
 
-    Modulation comes before the LayerNorm (the reverse of DiT's order), as in the original.
+    Modulation comes before the LayerNorm (the reverse of DiT's order), as in the original. The
+    norms were once named ``ln_1``/``ln_2``; checkpoints with those keys still load.
     """
 
     backend = None
@@ -74,16 +75,24 @@ class ViTBlock(nn.Module):
         super().__init__()
         self.eps = eps
         self.mod1 = Modulator(cond_dim, dim)
-        self.ln_1 = nn.LayerNorm(dim, eps=eps)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
         self.mod2 = Modulator(cond_dim, dim)
-        self.ln_2 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.register_load_state_dict_pre_hook(_rename_legacy_norms)
 
     def _mod_ln(self, mod: Modulator, ln: nn.LayerNorm, x, cond):
         shift, scale = mod.shift_scale(cond)
         return ops.modulate_layernorm(x, shift, scale, ln.weight, ln.bias, self.eps, backend=self.backend)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self._mod_ln(self.mod1, self.ln_1, x, cond))
-        return x + self.mlp(self._mod_ln(self.mod2, self.ln_2, x, cond))
+        x = x + self.attn(self._mod_ln(self.mod1, self.norm1, x, cond))
+        return x + self.mlp(self._mod_ln(self.mod2, self.norm2, x, cond))
+
+
+def _rename_legacy_norms(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook of ViTBlock: map the old keys ``ln_1.*``/``ln_2.*`` to ``norm1.*``/``norm2.*``."""
+    for old, new in (("ln_1.", "norm1."), ("ln_2.", "norm2.")):
+        for key in [k for k in state_dict if k.startswith(prefix + old)]:
+            state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)

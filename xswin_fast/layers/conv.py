@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from .modulation import Modulator
+from .adaln import Modulator
 
 
 class ConvTriplet(nn.Module):
@@ -22,21 +22,6 @@ class ConvTriplet(nn.Module):
         for mod, conv, norm in zip(self.mods, self.convs, self.norms):
             x = self.act(norm(conv(mod(x, cond))))
         return x
-
-
-class PointwiseProjection(nn.Module):
-    """Modulate -> Linear over channels-last tokens (B, ..., C_in) -> (B, ..., C_out).
-
-    Used after the first, double-width block of each decoder stage (2C -> C).
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, cond_dim: int):
-        super().__init__()
-        self.mod = Modulator(cond_dim, in_dim)
-        self.linear = nn.Linear(in_dim, out_dim)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.mod(x, cond))
 
 
 class OutputHead(nn.Module):

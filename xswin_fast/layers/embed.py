@@ -1,9 +1,10 @@
 """Conditioning embedders and positional embeddings shared by every model."""
-import functools
 import math
 
 import torch
 import torch.nn as nn
+
+from ..ops.reference import cached_constant
 
 
 class TimestepEmbedder(nn.Module):
@@ -93,23 +94,24 @@ def sincos_1d(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-@functools.lru_cache(maxsize=32)
-def _sincos_2d_cpu(embed_dim: int, H: int, W: int) -> torch.Tensor:
+def sincos_2d(embed_dim: int, H: int, W: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Frozen 2-D sin-cos positional embedding (H*W, embed_dim) for an H x W token grid, row-major,
+    on ``device`` (default: the CPU) in ``dtype``.
+
+    Identical to DiT's ``get_2d_sincos_pos_embed`` for square grids, defined for any (H, W).
+    Cached per (size, device, dtype) (``ops.reference.cached_constant``): the result is shared,
+    never modify it in place.
+    """
     if embed_dim % 4:
         raise ValueError(f"embed_dim must be divisible by 4 for 2-D sin-cos embeddings, got {embed_dim}")
-    # explicit device: a cached tensor must not inherit a meta/cuda default-device context
+    device = torch.device(device or "cpu")
+    key = ("sincos_2d", embed_dim, H, W, device, dtype)
+    return cached_constant(key, lambda: _build_sincos_2d(embed_dim, H, W).to(device=device, dtype=dtype))
+
+
+def _build_sincos_2d(embed_dim: int, H: int, W: int) -> torch.Tensor:
     grid_h = torch.arange(H, dtype=torch.float64, device="cpu")
     grid_w = torch.arange(W, dtype=torch.float64, device="cpu")
     # as in MAE/DiT: the first half encodes the column (w) coordinate, the second the row (h)
     gw, gh = torch.meshgrid(grid_w, grid_h, indexing="xy")
-    emb = torch.cat([sincos_1d(embed_dim // 2, gw), sincos_1d(embed_dim // 2, gh)], dim=1)
-    return emb.float()
-
-
-def sincos_2d(embed_dim: int, H: int, W: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Frozen 2-D sin-cos positional embedding (H*W, embed_dim) for an H x W token grid, row-major.
-
-    Identical to DiT's ``get_2d_sincos_pos_embed`` for square grids, defined for any (H, W).
-    """
-    # copy=True: callers may modify the result in place without corrupting the cache
-    return _sincos_2d_cpu(embed_dim, H, W).to(device=device, dtype=dtype, copy=True)
+    return torch.cat([sincos_1d(embed_dim // 2, gw), sincos_1d(embed_dim // 2, gh)], dim=1).float()

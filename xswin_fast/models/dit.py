@@ -3,9 +3,7 @@
 ``DiT`` is architecturally identical to facebookresearch/DiT ``models.py`` (same module and
 parameter names, same initialisation), so an official DiT checkpoint loads with
 ``strict=True``. The only changes are that the adaLN arithmetic goes through
-``xswin_fast.ops`` (``layernorm_modulate``, ``gated_residual``), so a kernel backend can fuse it,
-and that the model runs every block's ``adaLN_modulation`` projection (and the final layer's) as
-one GEMM per forward (``BatchedModulation``; the parameters stay in the blocks).
+``xswin_fast.ops`` (``layernorm_modulate``, ``gated_residual``), so a kernel backend can fuse it.
 
 ``UViT`` is the X-Swin paper's "UDiT" baseline: DiT blocks with U-ViT long skips, where each
 decoder block first fuses ``cat([x, skip])`` through ``skip_linear = Linear(2D, D)``.
@@ -16,12 +14,11 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import ops
+from ..layers.attention import Attention
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
-from ..layers.modulation import BatchedModulation, bank_cond, bank_lookup
-from ..layers.transformer import Attention, Mlp
+from ..layers.mlp import Mlp
 from .base import DiffusionBackbone
 
 __all__ = ["PatchEmbed", "DiTBlock", "UViTBlock", "FinalLayer", "DiT", "UViT", "DIT_PRESETS"]
@@ -60,12 +57,8 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate="tanh")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c) -> torch.Tensor:
-        # c: the conditioning (B, D), or the model's ModulationBank holding this block's six vectors
-        mods = bank_lookup(self, c)
-        if mods is None:
-            mods = self.adaLN_modulation(bank_cond(c)).chunk(6, dim=1)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         h = ops.layernorm_modulate(x, shift_msa, scale_msa, eps=self.norm1.eps, backend=self.backend)
         x = ops.gated_residual(x, self.attn(h), gate_msa, backend=self.backend)
         h = ops.layernorm_modulate(x, shift_mlp, scale_mlp, eps=self.norm2.eps, backend=self.backend)
@@ -99,9 +92,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c) -> torch.Tensor:
-        mods = bank_lookup(self, c)
-        shift, scale = mods if mods is not None else self.adaLN_modulation(bank_cond(c)).chunk(2, dim=1)
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         x = ops.layernorm_modulate(x, shift, scale, eps=self.norm_final.eps, backend=self.backend)
         return self.linear(x)
 
@@ -157,11 +149,6 @@ class DiT(DiffusionBackbone):
         self.blocks = nn.ModuleList(self._make_blocks(depth, hidden_size, num_heads, mlp_ratio))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
-        # all adaLN projections in one GEMM per forward; the parameters stay in the blocks
-        self._adaln = BatchedModulation(
-            [(b, b.adaLN_modulation[-1], 6) for b in self.blocks]
-            + [(self.final_layer, self.final_layer.adaLN_modulation[-1], 2)]
-        )
 
     def _make_blocks(self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float) -> List[nn.Module]:
         return [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)]
@@ -223,7 +210,6 @@ class DiT(DiffusionBackbone):
         self.check_inputs(x, t, y)
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D), L = H * W / p**2
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
-        c = self._adaln(F.silu(c), c)  # ModulationBank: each block takes its adaLN vectors
         x = self._run_blocks(x, c)
         x = self.final_layer(x, c)  # (B, L, p*p*C_out)
         return self.unpatchify(x)

@@ -11,7 +11,7 @@
       -> concat with the input-conv features -> ConvTriplet -> OutputHead  (B, C_out, H, W)
 
 Every parameterised layer is preceded by an adaLN modulator driven by timestep + class
-embeddings. Deviations from the original code are listed in DESIGN.md §4 and the README.
+embeddings. Deviations from the original code are listed in docs/design.md §4 and the README.
 """
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from ..layers.attention import WindowCrossAttention
 from ..layers.blocks import SwinBlock, ViTBlock
-from ..layers.conv import ConvTriplet, OutputHead, PointwiseProjection
+from ..layers.adaln import Modulator
+from ..layers.conv import ConvTriplet, OutputHead
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
-from ..layers.modulation import BatchedModulation, Modulator
-from ..layers.sampling import PatchExpanding, PatchMerging, Patching, UnPatching
+from ..layers.patching import PatchExpanding, PatchMerging, Patching, UnPatching
 from .base import DiffusionBackbone
 
 MAX_WINDOW = 16
@@ -45,6 +45,21 @@ class EncoderStage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+
+
+class PointwiseProjection(nn.Module):
+    """Modulate -> Linear over channels-last tokens: (B, H, W, C_in) -> (B, H, W, C_out).
+
+    The channel reduction (2C -> C) of a decoder stage, after its first, double-width block.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, cond_dim: int):
+        super().__init__()
+        self.mod = Modulator(cond_dim, in_dim)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.mod(x, cond))
 
 
 class DecoderStage(nn.Module):
@@ -181,8 +196,6 @@ class XSwin(DiffusionBackbone):
             self.conv_out = ConvTriplet(2 * embed_dim, embed_dim, cond_dim)
         self.head = OutputHead(embed_dim, self.out_channels, cond_dim)
         self.initialize_weights()
-        # every modulator's (shift, scale) from one GEMM per forward; parameters stay in the modulators
-        self._adaln = BatchedModulation([(m, m.linear, 2) for m in self.modules() if isinstance(m, Modulator)])
 
     def initialize_weights(self) -> None:
         """The original's init: xavier Linears, ~0 biases, unit norms; modulators zero (identity)."""
@@ -211,8 +224,7 @@ class XSwin(DiffusionBackbone):
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, C)
-        cond = F.silu(c)  # shared input of every modulator
-        cond = self._adaln(cond, cond)  # ModulationBank: each layer takes its (shift, scale) slices
+        cond = F.silu(c)  # (B, C): every modulator projects its own (shift, scale) from it
 
         if self.conv_blocks:
             x = self.conv_in(x, cond)  # (B, C, H, W)

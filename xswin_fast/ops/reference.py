@@ -3,19 +3,41 @@ against, and the CPU training path (so they are written to be reasonably fast, n
 
 Inputs are assumed valid here; ``xswin_fast.ops`` checks them before dispatching.
 """
-import functools
 import math
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 LOG_MAX_LOGIT_SCALE = math.log(100.0)
 
+T = TypeVar("T")
+_CONSTANTS: Dict[tuple, object] = {}
 
-# ----------------------------------------------------------------------------------------------
+
+def cached_constant(key: tuple, build: Callable[[], T]) -> T:
+    """``build()`` once per ``key`` for the life of the process, then the same object.
+
+    The one cache of the package for constants that depend on shapes only, never on learned
+    values: the window masks here, SwinV2's relative-coordinate tables, the sin-cos position
+    embeddings. ``key`` names the constant and holds every argument of ``build``, including the
+    device and dtype of a tensor copy (a handful of entries per model). Why this form:
+
+    * a plain dict, not ``functools.lru_cache``: Dynamo traces through a dict lookup, but not
+      through the lru_cache wrapper (it warns and re-traces the wrapped function into every
+      compiled graph);
+    * ``build`` creates its tensors with an explicit ``device="cpu"`` and moves them last: a
+      cached tensor must not inherit a meta/cuda default-device context (FLOP counting builds
+      models under ``torch.device("meta")``).
+
+    Cached tensors are shared: never modify one in place.
+    """
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = build()
+    return _CONSTANTS[key]
+
+
 # window attention
-# ----------------------------------------------------------------------------------------------
 
 
 def _axis_regions(size: int, padded: int, window: int, shift: int) -> torch.Tensor:
@@ -35,16 +57,20 @@ def _axis_regions(size: int, padded: int, window: int, shift: int) -> torch.Tens
     return region, real
 
 
-@functools.lru_cache(maxsize=64)
 def window_mask(
     H: int, W: int, window_size: Tuple[int, int], shift_size: Tuple[int, int]
 ) -> Optional[torch.Tensor]:
-    """Boolean (nW, N, N) mask of the pairs (query, key) allowed to attend, or None if all are.
+    """Boolean (nW, N, N) CPU mask of the pairs (query, key) allowed to attend, or None if all are.
 
     A real query attends to real keys of its own Swin region. Padded queries are never written
     back; they attend to keys of their region (their own position included), so that no softmax
-    row is empty and no NaN can reach the gradients of real tokens.
+    row is empty and no NaN can reach the gradients of real tokens. Cached (``cached_constant``).
     """
+    key = ("window_mask", H, W, tuple(window_size), tuple(shift_size))
+    return cached_constant(key, lambda: _build_window_mask(H, W, window_size, shift_size))
+
+
+def _build_window_mask(H: int, W: int, window_size, shift_size) -> Optional[torch.Tensor]:
     (wh, ww), (sh, sw) = window_size, shift_size
     Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
     if (sh, sw) == (0, 0) and (Hp, Wp) == (H, W):
@@ -63,14 +89,17 @@ def window_mask(
     return allowed
 
 
-@functools.lru_cache(maxsize=64)
 def _additive_mask(H, W, window_size, shift_size, device, dtype) -> Optional[torch.Tensor]:
     """``window_mask`` as an additive (nW, 1, N, N) mask on ``device``: 0 allowed, -inf masked."""
-    allowed = window_mask(H, W, window_size, shift_size)
-    if allowed is None:
-        return None
-    neg = torch.zeros(allowed.shape, dtype=dtype, device="cpu").masked_fill_(~allowed, float("-inf"))
-    return neg.to(device)[:, None]
+
+    def build():
+        allowed = window_mask(H, W, window_size, shift_size)
+        if allowed is None:
+            return None
+        neg = torch.zeros(allowed.shape, dtype=dtype, device="cpu").masked_fill_(~allowed, float("-inf"))
+        return neg.to(device)[:, None]
+
+    return cached_constant(("additive_mask", H, W, tuple(window_size), tuple(shift_size), device, dtype), build)
 
 
 def pad_and_shift(x: torch.Tensor, window_size, shift_size) -> torch.Tensor:
@@ -118,7 +147,7 @@ def window_attention(
     logit_scale: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
 ) -> torch.Tensor:
-    """Reference of ``xswin_fast.ops.window_attention`` (DESIGN.md §3.1); returns (B, H, W, heads*d).
+    """Reference of ``xswin_fast.ops.window_attention`` (docs/design.md §3.1); returns (B, H, W, heads*d).
 
     roll -> pad -> partition, then one ``scaled_dot_product_attention`` call with the
     relative-position bias, the Swin region mask and the padding mask folded into a single
@@ -156,9 +185,7 @@ def window_attention(
     return _from_windows(o, H, W, nh, window_size, shift_size)
 
 
-# ----------------------------------------------------------------------------------------------
 # adaptive LayerNorm modulation
-# ----------------------------------------------------------------------------------------------
 
 
 def _per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modulation import Modulator
+from .adaln import Modulator
 
 
 class Patching(nn.Module):

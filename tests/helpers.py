@@ -1,0 +1,145 @@
+"""What the tests share: one error metric with one per-dtype tolerance table, NaN-poisoned
+allocations, and the tiny model configurations with their inputs. Fixtures are in conftest.py;
+the slow naive twins of the ops in naive.py.
+"""
+import contextlib
+import copy
+import math
+import sys
+from unittest import mock
+
+import torch
+
+from xswin_fast import DiT, USwin, UViT, XSwin
+from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
+
+LOG_100 = math.log(100.0)  # the clamp of SwinV2's logit scale: temperatures up to 100
+
+# The largest rel_err of a result against the float64 (or upcast float32) reference, by the
+# dtype the result was computed in, for every op, kernel and model comparison of the suite:
+# fp16 5e-3 and bf16 4e-2, about ten units of the output's own rounding (2^-11, 2^-8), since a
+# float32-accumulating implementation rounds each output once and its inputs once; fp32 1e-4,
+# about 800 ulps (2^-23), the room the cosine attention's temperature (up to 100) needs when it
+# amplifies the rounding of the scores; fp64 1e-10, for sums taken in another order.
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 5e-3,
+    torch.bfloat16: 4e-2,
+}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max(1, max |expected|): relative to the largest entry (so that sums
+    over many tokens and small entries are held to the same precision), absolute below 1."""
+    diff = (actual.double() - expected.double()).abs()
+    if not diff.numel():
+        return 0.0
+    return (diff.max() / expected.double().abs().max().clamp(min=1.0)).item()
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = None) -> None:
+    """``actual`` has ``expected``'s shape, is finite where it is, and rel_err <= TOL[dtype]
+    (``dtype`` defaults to actual's: the precision the result was computed in)."""
+    dtype = dtype or actual.dtype
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    finite = torch.isfinite(expected)
+    assert torch.isfinite(actual[finite]).all(), f"{name}: non-finite values (an unwritten element?)"
+    err = rel_err(actual, expected)
+    assert err <= TOL[dtype], f"{name}: relative error {err:.2e} > {TOL[dtype]:.0e} ({dtype})"
+
+
+class _PoisonedTorch:
+    """Stands in for ``torch`` inside a kernel module: its ``empty`` and ``empty_like`` return
+    NaN-filled floating-point tensors; everything else is torch's."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(*args, **kwargs):
+        return _poison(torch.empty(*args, **kwargs))
+
+    @staticmethod
+    def empty_like(*args, **kwargs):
+        return _poison(torch.empty_like(*args, **kwargs))
+
+
+def _poison(t: torch.Tensor) -> torch.Tensor:
+    return t.fill_(float("nan")) if t.is_floating_point() else t
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """NaN-fill every tensor that the Triton launchers (the modules of ``xswin_fast.kernels``)
+    allocate with torch.empty / empty_like, so that an element a kernel fails to write shows up.
+
+    The kernel modules' ``torch`` is replaced, not torch's own functions: Dynamo records the
+    identity of torch's functions when first used, and a patched ``torch.empty`` seen there would
+    break every later compiled graph.
+    """
+    import xswin_fast.kernels  # noqa: F401  (loads every kernel module)
+
+    modules = [m for name, m in list(sys.modules.items())
+               if name.startswith("xswin_fast.kernels.") and getattr(m, "torch", None) is torch]
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(mock.patch.object(module, "torch", _PoisonedTorch()))
+        yield
+
+
+# The smallest configurations that exercise every path of each family: two stages with a shifted
+# block, padding, cross-attention skips, a ViT bottleneck (XSwin/USwin; 8x8 latents); three
+# blocks with one UViT skip pair (DiT/UViT; 8x8 latents, patch 2).
+XSWIN_TINY = dict(input_size=8, patch_size=1, embed_dim=32, depths=(1, 2), num_heads=(2, 4), window_size=2,
+                  bottleneck_depth=1, num_classes=10)
+DIT_TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4, num_classes=10)
+TINY_CONFIGS = {XSwin: XSWIN_TINY, USwin: XSWIN_TINY, DiT: DIT_TINY, UViT: DIT_TINY}
+FAMILIES = list(TINY_CONFIGS)
+
+
+def tiny(cls, **overrides):
+    """A tiny ``cls`` on the torch backend (fast under TRITON_INTERPRET=1)."""
+    return cls(**{**TINY_CONFIGS[cls], **overrides}).set_backend("torch")
+
+
+@torch.no_grad()
+def randomize_(model, std: float = 0.05):
+    """Add normal(0, std) noise to every trainable parameter: at initialisation the adaLN and output
+    layers are zero, so the output is constant in the conditioning and comparisons are vacuous."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.add_(torch.randn_like(p) * std)
+    return model
+
+
+def model_inputs(model, B: int = 2, H: int = None, W: int = None, seed: int = 0):
+    """x (B, in_channels, H, W) latents (default: the model's input_size), t (B,) integer timesteps
+    in [0, 1000), y (B,) labels in [0, num_classes), from their own generator."""
+    g = torch.Generator().manual_seed(seed)
+    H = H or model.input_size
+    W = W or H
+    x = torch.randn(B, model.in_channels, H, W, generator=g)
+    t = torch.randint(0, 1000, (B,), generator=g)
+    y = torch.randint(0, model.num_classes, (B,), generator=g)
+    return x, t, y
+
+
+def forward_backward(model, inputs, seed: int = 0):
+    """(output, {name: grad}) of mean(out^2), with the same drop-path and label-dropout draws."""
+    torch.manual_seed(seed)
+    out = model(*inputs)
+    model.zero_grad()
+    out.square().mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def triton_adaln(model):
+    """A copy of ``model`` with its adaLN ops on the Triton backend (automatic under the
+    interpreter) and window attention on the reference: for tests of the adaLN kernels, whether
+    or not an attention kernel exists."""
+    model = copy.deepcopy(model).set_backend(None)
+    for m in model.modules():
+        if isinstance(m, (WindowAttention, WindowCrossAttention)):
+            m.backend = "torch"
+    return model
