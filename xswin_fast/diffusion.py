@@ -3,7 +3,8 @@
 Training noise comes from a ``DDPMScheduler`` (1000 steps, linear betas 1e-4 -> 0.02, DiT's
 ``create_diffusion("")``); sampling uses a respaced ``DDPMScheduler`` (``variance_type=
 "learned_range"``, evenly spaced timesteps including 0, as DiT's ``space_timesteps``) or a
-``DDIMScheduler`` (eta 0, "trailing" spacing, final alpha 1).
+``DDIMScheduler`` (eta 0, "trailing" spacing, final alpha 1). When the predicted x0 is clipped
+(pixel space), DDIM re-derives eps from the clipped x0, as ADM's and DiT's ``ddim_sample`` do.
 
 The loss is DiT's ``GaussianDiffusion.training_losses`` with ``LossType.MSE``:
 ``loss = mse(eps) + vb`` where ``vb`` is the variational bound term of the *learned variance
@@ -227,5 +228,21 @@ class Diffusion:
             out = out.float()
             if sampler == "ddim" or not self.learn_sigma:
                 out = out[:, :C]
-            x = sched.step(out, t, x, generator=generator).prev_sample
+            x = self.step(sched, out, t, x, generator)
         return x
+
+    def step(self, sched, model_output: torch.Tensor, t: int, x: torch.Tensor,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One sampler step of ``sched`` (from :meth:`make_sampler`): x_t (B, C, H, W) -> x_{t-1}.
+
+        DDPM's posterior mean is built from the (clipped) x0 alone. DDIM's update
+        ``sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps`` also needs eps: with clipping on, eps is
+        re-derived from the clipped x0, ``(x_t - sqrt(a_t) * x0) / sqrt(1 - a_t)``. The model's own
+        eps would contradict the clipped x0 and push the samples off the data (ADM, DiT).
+        """
+        from diffusers import DDIMScheduler
+
+        if isinstance(sched, DDIMScheduler):
+            return sched.step(model_output, t, x, eta=0.0, use_clipped_model_output=self.clip_sample,
+                              generator=generator).prev_sample
+        return sched.step(model_output, t, x, generator=generator).prev_sample
