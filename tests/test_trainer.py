@@ -7,6 +7,7 @@ PyTorch reference backend (the kernels have their own tests).
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,31 @@ def test_train_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
         for k, v in fa[key].items():
             assert torch.equal(v, fb[key][k]), (key, k)
     assert fa["opt"]["param_groups"][0]["lr"] == fb["opt"]["param_groups"][0]["lr"]
+
+
+def test_train_resume_applies_a_new_lr_and_weight_decay(tmp_path):
+    same, lower = tmp_path / "same", tmp_path / "lower"
+    assert train.main(tiny_args(same, "--max-steps", "2", "--lr-schedule", "constant", "--lr", "3e-3")) == 0
+    shutil.copytree(same, lower)
+    assert train.main(["--resume", str(same), "--max-steps", "4"]) == 0
+    assert train.main(["--resume", str(lower), "--max-steps", "4", "--lr", "1e-5", "--weight-decay", "0.5"]) == 0
+    a, b = read_losses(same), read_losses(lower)
+    assert a[:3] == b[:3]  # step 3's loss comes from the checkpoint's weights
+    assert a[3][1] != b[3][1]  # step 4's from weights updated with the new lr
+    for run, lr, wd in ((same, 3e-3, 0.0), (lower, 1e-5, 0.5)):
+        ck = load_checkpoint(run / "checkpoints" / "0000004.pt")
+        group = ck["opt"]["param_groups"][0]
+        assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (lr, lr, wd)
+        assert ck["lr_scheduler"]["base_lrs"] == [lr] and (ck["args"]["lr"], ck["args"]["weight_decay"]) == (lr, wd)
+        assert json.loads((run / "config.json").read_text())["lr"] == lr
+
+
+def test_train_resume_refuses_a_different_model(tmp_path):
+    run = tmp_path / "run"
+    assert train.main(tiny_args(run, "--max-steps", "1")) == 0
+    with pytest.raises(SystemExit, match="cannot resume with --model-kwargs"):
+        train.main(["--resume", str(run), "--model-kwargs", '{"embed_dim": 32}'])
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000001.pt"]
 
 
 def test_train_grad_checkpointing_gives_the_same_losses(tmp_path):

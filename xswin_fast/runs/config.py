@@ -225,14 +225,20 @@ def defaults_for(data: Optional[str]) -> Dict[str, Any]:
     return out
 
 
+def _absolute_paths(values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` with --data and a local --vae directory made absolute (the run may move)."""
+    values = dict(values)
+    if values.get("data"):
+        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
+    if values.get("vae") and os.path.isdir(os.path.expanduser(values["vae"])):
+        values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
+    return values
+
+
 def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     """The config of a new run: the typed ``flags`` over the digits or --data defaults, paths made
     absolute, ``progress`` resolved, and the combinations that cannot work refused (ConfigError)."""
-    values = {**defaults_for(flags.get("data")), **flags}
-    if values["data"]:
-        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
-    if values["vae"] and os.path.isdir(os.path.expanduser(values["vae"])):
-        values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
+    values = _absolute_paths({**defaults_for(flags.get("data")), **flags})
     if values["progress"] is None:
         values["progress"] = sys.stderr.isatty()
     config = TrainConfig(**values)
@@ -252,17 +258,35 @@ RESUME_SAFE = {
     "sample_steps", "sample_sampler", "sample_cfg", "progress", "num_workers", "run_dir", "results_dir",
     "compile", "backend", "grad_checkpointing",
 }
+# settings that define the model, its data or its noise schedule: a resume cannot change them
+# (the weights would not fit, or the held-out split would leak into training)
+RESUME_FIXED = (
+    "model", "model_kwargs", "data", "image_size", "eval_fraction", "vae", "vae_subfolder", "diffusion_steps",
+    "beta_schedule", "global_seed",
+)
 
 
 def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path) -> TrainConfig:
     """The config of a run resumed from ``checkpoint``: its saved settings (the checkpoint's
-    "args"), overridden by the ``flags`` typed next to ``--resume``. Changing a setting outside
-    :data:`RESUME_SAFE` logs a warning; the run stays in the checkpoint's directory unless
-    ``--run-dir`` is typed."""
-    overrides = {k: v for k, v in flags.items() if k != "resume"}
-    changed = sorted(k for k, v in overrides.items() if saved.get(k) != v and k not in RESUME_SAFE)
+    "args"), overridden by the ``flags`` typed next to ``--resume``.
+
+    Every typed setting is applied (the trainer puts --lr and --weight-decay into the loaded
+    optimizer). One of :data:`RESUME_FIXED` that differs from the saved value is refused with
+    :class:`ConfigError`; any other change outside :data:`RESUME_SAFE` logs a warning. The run
+    stays in the checkpoint's directory unless ``--run-dir`` is typed.
+    """
+    overrides = _absolute_paths({k: v for k, v in flags.items() if k != "resume"})
+    for name in RESUME_FIXED:
+        if name in overrides and overrides[name] != saved.get(name):
+            raise ConfigError(
+                f"cannot resume with {_flag(name)} {_show(overrides[name])}: the checkpoint was trained with "
+                f"{_show(saved.get(name))}, and {_flag(name)} defines the model or its data (start a new run instead)"
+            )
+    changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and k not in RESUME_SAFE}
     if changed:
-        logger.warning("resuming with changed %s: the run will not continue exactly as it would have", changed)
+        shown = ", ".join(f"{_flag(k)} {_show(old)} -> {_show(new)}" for k, (old, new) in sorted(changed.items()))
+        logger.warning("resuming with changed %s (%s): applied, so the run will not continue exactly as it would have",
+                       sorted(changed), shown)
     values = {**saved, **overrides, "resume": str(checkpoint)}
     if "run_dir" not in overrides:  # continue where the checkpoint is, even if the run was moved
         values["run_dir"] = None

@@ -126,10 +126,22 @@ class Trainer:
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["opt"])
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self._apply_optimizer_settings()
         position = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
         if position.batch_in_epoch >= self.data.steps_per_epoch:
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
         return position
+
+    def _apply_optimizer_settings(self) -> None:
+        """Put the config's --lr and --weight-decay into a loaded optimizer and schedule, whose
+        state dicts restore the saved values: a resume with a new --lr must train with it.
+        Warm-up, schedule and --max-steps reach the schedule through its lambda; the current lr
+        is recomputed with it exactly as ``LambdaLR`` does, so an unchanged run continues exactly."""
+        sched, config = self.lr_scheduler, self.config
+        sched.base_lrs = [config.lr] * len(self.optimizer.param_groups)
+        lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group.update(initial_lr=config.lr, lr=lr, weight_decay=config.weight_decay)
 
     def _seed_random_streams(self, resume: Optional[Dict[str, Any]]) -> None:
         if resume is not None and resume.get("world_size") == self.dist.world_size:
