@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -59,6 +59,26 @@ def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int) -> 
         span = max(total_steps - warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, span) / span))
     return 1.0
+
+
+class NonFiniteState(RuntimeError):
+    """The weights, EMA or optimizer state hold NaN or inf: the run diverged (a loss can still be
+    finite, since it is computed before the update that overflowed)."""
+
+    def __init__(self, step: int, parts: List[str]):
+        super().__init__(f"the {' and '.join(parts)} hold NaN or inf values after step {step}")
+        self.step, self.parts = step, parts
+
+
+def non_finite_parts(model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> List[str]:
+    """Which of "parameters", "EMA", "optimizer state" hold a non-finite floating-point value."""
+    parts = {
+        "parameters": model.state_dict().values(),
+        "EMA": ema.state_dict().values(),
+        "optimizer state": [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)],
+    }
+    checks = {name: [torch.isfinite(t).all() for t in tensors if t.is_floating_point()] for name, tensors in parts.items()}
+    return [name for name, ok in checks.items() if ok and not bool(torch.stack(ok).all())]
 
 
 def training_model(model: nn.Module, config: TrainConfig, dist: DistInfo) -> nn.Module:
@@ -202,7 +222,7 @@ class Trainer:
                 self._flush(report, log=True)
                 if self.position.step != self.last_saved_step:
                     self.save(stop or "end of training")
-        except NonFiniteLoss as exc:
+        except (NonFiniteLoss, NonFiniteState) as exc:
             self._report_non_finite(exc)
             return 2
         finally:
@@ -275,10 +295,11 @@ class Trainer:
             f"{config.global_batch_size}, lr {config.lr:g}, EMA {config.ema_decay}{' with warm-up' if config.ema_warmup else ''})"
         )
 
-    def _report_non_finite(self, exc: NonFiniteLoss) -> None:
+    def _report_non_finite(self, exc: Exception) -> None:
         last = self.last_checkpoint if self.last_checkpoint and self.last_checkpoint.is_file() else None
+        kind = "non-finite loss" if isinstance(exc, NonFiniteLoss) else "non-finite weights"
         logger.error(
-            f"stopping: {exc} (non-finite loss). Nothing after step {self.last_saved_step if last else 0} was saved; "
+            f"stopping: {exc} ({kind}). Nothing after step {self.last_saved_step if last else 0} was saved; "
             f"the last good checkpoint is {last or 'none (no checkpoint was written yet)'}. "
             "Resume from it with a lower --lr, stronger --max-grad-norm or --precision fp32."
         )
@@ -292,9 +313,21 @@ class Trainer:
             )
 
     def save(self, reason: str = "") -> Path:
-        """Checkpoint the current step (every rank's RNG state gathered; rank 0 writes)."""
-        rng = all_gather_object(capture_rng_state(self.dist.device))
+        """Checkpoint the current step (every rank's RNG state gathered; rank 0 writes).
+
+        Only a good state is written: :class:`NonFiniteState` if the parameters, EMA or optimizer
+        state hold NaN or inf, or the model's outputs do, so the newest checkpoint is always the
+        last good one."""
         pos = self.position
+        bad = non_finite_parts(self.model, self.ema, self.optimizer)
+        if not bad and not self._output_is_finite():
+            bad = ["model's outputs"]
+        if self.dist.distributed:  # every rank must take the same decision
+            bad_anywhere = all_reduce_max(torch.tensor(float(bool(bad)), device=self.dist.device)).item()
+            bad = bad or (["weights on another rank"] if bad_anywhere else [])
+        if bad:
+            raise NonFiniteState(pos.step, bad)
+        rng = all_gather_object(capture_rng_state(self.dist.device))
         path = checkpoint_path(self.run_dir / "checkpoints", pos.step)
         if self.dist.is_main:
             ckpt = {
@@ -321,6 +354,25 @@ class Trainer:
         self.last_saved_step = pos.step
         self.last_checkpoint = path
         return path
+
+    @torch.no_grad()
+    def _output_is_finite(self) -> bool:
+        """Whether the model maps a fixed noise batch to finite outputs: weights can be finite and
+        still diverged (1e37), and then the next step's loss would be inf. Eval mode and a private
+        generator: no running statistics move and no global random number is drawn."""
+        info, dev = self.data.info, self.dist.device
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, info.latent_channels, info.latent_size, info.latent_size, generator=g).to(dev)
+        t = torch.tensor([0, self.diffusion.num_timesteps - 1], device=dev)
+        y = torch.tensor([0, info.num_classes - 1], device=dev)
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                out = self.model(x, t, y)
+        finally:
+            self.model.train(training)
+        return bool(torch.isfinite(out).all())
 
     def sample_grid(self, path: Path) -> Optional[Path]:
         """An EMA sample grid of ``sample_num`` images (fixed noise and labels: comparable across
