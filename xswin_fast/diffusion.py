@@ -14,7 +14,7 @@ in DiT, which does not rescale it). At t = 0 the VB term is the discretized-Gaus
 NLL, elsewhere KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), both in bits per dimension.
 """
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -195,12 +195,13 @@ class Diffusion:
         cfg_scale: float = 1.0,
         generator: Optional[torch.Generator] = None,
         autocast_dtype: Optional[torch.dtype] = None,
-        progress: bool = False,
+        on_step: Optional[Callable[[], Any]] = None,
     ) -> torch.Tensor:
         """Draw ``len(labels)`` samples of ``shape`` (C, H, W) from ``model`` (in eval mode).
 
         With ``cfg_scale != 1`` the batch is doubled with the null label (``model.num_classes``)
-        and ``model.forward_with_cfg`` guides every eps channel.
+        and ``model.forward_with_cfg`` guides every eps channel. ``on_step`` is called after
+        every denoising step (progress reports).
         """
         device = labels.device
         B = labels.shape[0]
@@ -208,16 +209,13 @@ class Diffusion:
         sched = self.make_sampler(sampler, steps)
         x = torch.randn((B, *shape), generator=generator, device=generator.device if generator else device)
         x = x.to(device)
+        if not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
         use_cfg = cfg_scale != 1.0
         if use_cfg and getattr(getattr(model, "y_embedder", None), "dropout_prob", 0) <= 0:
             raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
         null = torch.full_like(labels, model.num_classes)
-        timesteps = sched.timesteps
-        if progress:
-            from tqdm.auto import tqdm
-
-            timesteps = tqdm(timesteps, desc=f"{sampler} sampling", leave=False)
-        for t in timesteps:
+        for t in sched.timesteps:
             tt = torch.full((B,), int(t), device=device, dtype=torch.long)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 if use_cfg:
@@ -229,6 +227,8 @@ class Diffusion:
             if sampler == "ddim" or not self.learn_sigma:
                 out = out[:, :C]
             x = self.step(sched, out, t, x, generator)
+            if on_step is not None:
+                on_step()
         return x
 
     def step(self, sched, model_output: torch.Tensor, t: int, x: torch.Tensor,

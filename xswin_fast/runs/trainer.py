@@ -23,7 +23,7 @@ from ..diffusion import Diffusion, autocast_dtype
 from ..images import save_grid
 from ..models import create_model
 from ..sampling import generate
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
 from .ema import create_ema, ema_decay, update_ema
 from .losses import LossLog, NonFiniteLoss, plot_loss_curve
@@ -100,7 +100,7 @@ class Trainer:
 
     Args:
         config (TrainConfig): the run's settings (resolved: see ``new_run_config``).
-        run_dir (Path): the run directory (it exists; see ``create_run_dir``).
+        run_dir (Path): the run directory (it exists; see ``open_run_dir``).
         dist (DistInfo): this process's rank, world size and device. Default: one CPU process.
         resume (dict, optional): a train.py checkpoint to continue (``config.resume`` is its path).
     """
@@ -116,7 +116,12 @@ class Trainer:
         self.model_kwargs = dict(input_size=info.latent_size, in_channels=info.latent_channels, num_classes=info.num_classes)
         self.model_kwargs.update(config.model_kwargs)
         torch.manual_seed(config.global_seed)  # the same initial weights on every rank
-        self.model = create_model(config.model, **self.model_kwargs)
+        try:
+            self.model = create_model(config.model, **self.model_kwargs)
+        except (TypeError, ValueError) as exc:  # a typo in --model-kwargs, a size the model cannot take
+            raise ConfigError(f"--model {config.model} cannot be built with {self.model_kwargs}: {exc}") from exc
+        if config.sample_cfg != 1 and getattr(getattr(self.model, "y_embedder", None), "dropout_prob", 0) <= 0:
+            raise ConfigError(f"--sample-cfg {config.sample_cfg:g} needs a model trained with class dropout; use --sample-cfg 1")
         self.model.set_backend(None if config.backend == "auto" else config.backend)
         if config.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -232,7 +237,7 @@ class Trainer:
             logger.info(f"stopped by {stop}; resume with: python train.py --resume {self.run_dir}")
             return 0
         if self.dist.is_main:
-            grid = self.sample_grid(self.run_dir / "samples.png")
+            grid = self.sample_grid(self.run_dir / "samples.png", progress="bar" if self.config.progress else "log")
             plot = plot_loss_curve(self.losses.path, self.run_dir / "loss.png")
             logger.info(f"wrote {grid} and {plot}")
         barrier()
@@ -374,9 +379,10 @@ class Trainer:
             self.model.train(training)
         return bool(torch.isfinite(out).all())
 
-    def sample_grid(self, path: Path) -> Optional[Path]:
+    def sample_grid(self, path: Path, progress: str = "none") -> Optional[Path]:
         """An EMA sample grid of ``sample_num`` images (fixed noise and labels: comparable across
-        steps). Rank 0 only; other ranks return None."""
+        steps), with ``progress`` "none", "bar" or "log" (see ``generate``). Rank 0 only; other
+        ranks return None."""
         if not self.dist.is_main:
             return None
         config, info = self.config, self.data.info
@@ -384,6 +390,6 @@ class Trainer:
         images = generate(
             self.ema, self.diffusion, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
             codec=self.data.codec, sampler=config.sample_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
-            seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype,
+            seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype, progress=progress,
         )
         return save_grid(images, path, nrow=min(nc, n) if nc <= 32 else None)
