@@ -183,11 +183,14 @@ EVALUATE_CASES = {
     "missing inception weights": (["--feature-extractor", "inception", "--inception-weights", "/nonexistent/w.pth"],
                                   ["/nonexistent/w.pth"]),
     "samples without ref": (["--samples", "x"], ["--samples", "--ref"]),
+    "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(EVALUATE_CASES))
 def test_evaluate_user_error_is_one_line(case, digits_run, tmp_path, capsys):
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     extra, names = EVALUATE_CASES[case]
     argv = ["--ckpt", str(digits_run), "--steps", "2", "--out", str(tmp_path / "e"), *extra]
     if case == "samples without ref":

@@ -92,3 +92,9 @@ def test_diffusion_ddim_sampling_uses_the_corrected_step():
         x = _ddim_reference_step(d, sched, x / 2, t, x, clip=True).float()
     assert torch.allclose(got, x, atol=1e-5)
     assert got.abs().max() <= 1 + 1e-6  # the last step lands on the clipped x0
+
+
+@pytest.mark.parametrize("cfg", [float("nan"), float("inf"), -float("inf")])
+def test_diffusion_sample_refuses_a_non_finite_cfg_scale(cfg):
+    with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
+        Diffusion().sample(_HalfInput(), torch.zeros(2, dtype=torch.long), (1, 4, 4), steps=2, cfg_scale=cfg)

@@ -22,7 +22,7 @@ class ProgressLines:
     most every ``every_s`` seconds, and once when done. ``log``: where lines go (default: this
     module's logger at INFO)."""
 
-    def __init__(self, total: int, desc: str, unit: str = "", every_s: float = 10.0,
+    def __init__(self, total: int, desc: str, unit: str = "", every_s: float = 30.0,
                  log: Optional[Callable[[str], None]] = None):
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.log = log or logger.info

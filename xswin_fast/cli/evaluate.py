@@ -28,6 +28,7 @@ from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_wei
 from ..evaluation.reference import export_reference, reference_labels
 from ..images import save_grid, save_pngs
 from ..runs.config import BACKENDS, ConfigError, parse_threads
+from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
 from ..sampling import DEFAULT_CFG_SCALE, generate
 from .process import apply_threads, log_to_stdout, progress_mode
@@ -169,6 +170,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch_fidelity") is None:
         raise ConfigError('evaluate.py needs torch-fidelity: pip install -e ".[eval]"')
     output_folder(args.out)
+    args.device = str(resolve_device(args.device))
     apply_threads(args.threads)
     log_to_stdout()
     features = _FeatureExtractor(args)

@@ -128,9 +128,11 @@ def compute_metrics(
     n1, n2 = len(generated), len(reference)
     if n1 < 2 or n2 < 2:
         raise ValueError(f"need at least 2 images per input, got {n1} generated and {n2} reference")
-    for arg in ("batch_size", "kid_subset_size", "isc_splits", "prc_neighborhood"):
-        if int(locals()[arg]) < 1:
-            raise ValueError(f"{arg} must be >= 1, got {locals()[arg]}")
+    sizes = dict(batch_size=batch_size, kid_subset_size=kid_subset_size, isc_splits=isc_splits,
+                 prc_neighborhood=prc_neighborhood)
+    for arg, value in sizes.items():  # 0 would give NaN metrics, not an error
+        if value < 1:
+            raise ValueError(f"{arg} must be >= 1, got {value}")
     if feature_extractor == "digits":
         from .digits_extractor import register
 

@@ -164,7 +164,8 @@ class TrainConfig:
         for f in fields(self):
             value, valid = getattr(self, f.name), f.metadata["valid"]
             if valid is not None and (isinstance(value, bool) or value not in valid):
-                raise ConfigError(f"{_flag(f.name)} must be {valid}, got {_show(value)}")
+                kind = "a finite number " if _scalar_type(f) is float else ""
+                raise ConfigError(f"{_flag(f.name)} must be {kind}{valid}, got {_show(value)}")
         if self.sample_steps > self.diffusion_steps:
             raise ConfigError(f"--sample-steps must be at most --diffusion-steps {self.diffusion_steps}, got {self.sample_steps}")
 
