@@ -11,6 +11,7 @@ import torch
 from xswin_fast.checkpoints import (
     CheckpointError,
     capture_rng_state,
+    content_checksum,
     load_checkpoint,
     load_newest_checkpoint,
     restore_rng_state,
@@ -111,3 +112,30 @@ def test_train_rng_state_round_trip_is_weights_only(tmp_path):
     restore_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+def test_train_checkpoint_with_a_flipped_byte_is_refused_and_skipped(tmp_path):
+    good, bad = tmp_path / "0000001.pt", tmp_path / "0000002.pt"
+    save_checkpoint({"step": 1, "w": torch.full((1000,), 1.0)}, good)
+    save_checkpoint({"step": 2, "w": torch.full((1000,), 2.0)}, bad)
+    data = bytearray(bad.read_bytes())
+    data[data.find(torch.full((4,), 2.0).numpy().tobytes()) + 2001] ^= 0x10  # one bit of the tensor data
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(bad)
+    with pytest.warns(UserWarning, match="skipping unloadable checkpoint.*corrupted"):
+        path, ck = load_newest_checkpoint(tmp_path)
+    assert path == good and ck["step"] == 1 and torch.equal(ck["w"], torch.ones(1000))
+
+
+def test_train_checkpoint_checksum_covers_every_value(tmp_path):
+    obj = {"step": 3, "rng": {"state": torch.arange(5), "gauss": None}, "args": {"lr": 1e-4, "name": "x"}, "t": (1, 2.5)}
+    save_checkpoint(obj, tmp_path / "c.pt")
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert raw["checksum"] == content_checksum(obj) and raw["checksum"].startswith("sha256:")
+    assert load_checkpoint(tmp_path / "c.pt").keys() == obj.keys()
+    for changed in ({**obj, "step": 4}, {**obj, "args": {"lr": 2e-4, "name": "x"}}, {**obj, "t": (1, 2.5, 0)},
+                    {**obj, "rng": {"state": torch.arange(5).float(), "gauss": None}}):
+        assert content_checksum(changed) != content_checksum(obj)
+    torch.save({"step": 1}, tmp_path / "old.pt")  # checkpoints from before the checksum still load
+    assert load_checkpoint(tmp_path / "old.pt") == {"step": 1}

@@ -113,6 +113,20 @@ def test_resume_merge_keeps_saved_settings_and_warns_on_unsafe_changes(tmp_path,
     assert "['lr']" in caplog.text and config.lr == 1e-3 and config.run_dir == "elsewhere"
 
 
+@pytest.mark.parametrize("flags,message", [
+    ({"model": "DiT-S/2"}, "--model DiT-S/2"),
+    ({"model_kwargs": {"embed_dim": 64}}, "--model-kwargs"),
+    ({"data": "elsewhere"}, "--data"),
+    ({"global_seed": 1}, "--global-seed 1: the checkpoint was trained with 0"),
+    ({"diffusion_steps": 500}, "--diffusion-steps"),
+])
+def test_resume_refuses_settings_that_define_the_model_or_data(tmp_path, flags, message):
+    saved = new_run_config({"progress": False}).to_dict()
+    with pytest.raises(ConfigError, match=message):
+        resume_config(saved, flags, tmp_path / "run" / "checkpoints" / "0000010.pt")
+    assert resume_config(saved, {"global_seed": 0, "model": saved["model"]}, tmp_path / "c.pt").global_seed == 0
+
+
 def test_docs_list_every_flag():
     text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     missing = [f.name for f in fields(TrainConfig) if f"`--{f.name.replace('_', '-')}" not in text]

@@ -44,3 +44,25 @@ def test_eval_refuses_pickled_inception_weights(tmp_path):
         check_weights_file(bad)
     with pytest.raises(FileNotFoundError):
         check_weights_file(tmp_path / "missing.pth")
+
+
+def test_eval_announces_training_the_digits_extractor(tmp_path, caplog):
+    from xswin_fast.evaluation.digits_extractor import load_digits_cnn
+
+    with caplog.at_level("INFO", logger="xswin_fast"):
+        load_digits_cnn(tmp_path / "never_trained.pt")
+    text = caplog.text
+    assert "training the digits feature extractor" in text and "trained in" in text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="xswin_fast"):
+        load_digits_cnn(tmp_path / "never_trained.pt")  # cached now: nothing to announce
+    assert "training" not in caplog.text
+
+
+@pytest.mark.parametrize("arg", ["kid_subset_size", "isc_splits", "prc_neighborhood", "batch_size"])
+def test_eval_metric_sizes_below_one_are_refused(arg):
+    from xswin_fast.evaluation.metrics import TensorImageDataset, compute_metrics
+
+    images = TensorImageDataset(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=f"{arg} must be >= 1, got 0"):
+        compute_metrics(images, images, **{arg: 0})

@@ -7,6 +7,7 @@ PyTorch reference backend (the kernels have their own tests).
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from xswin_fast.cli import train
 from xswin_fast.diffusion import Diffusion
 from xswin_fast.runs.config import TrainConfig
 from xswin_fast.runs.ema import create_ema, update_ema
-from xswin_fast.runs.trainer import Trainer
+from xswin_fast.runs.trainer import Trainer, non_finite_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 from tiny_run import TINY  # noqa: E402
@@ -120,6 +121,31 @@ def test_train_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     assert fa["opt"]["param_groups"][0]["lr"] == fb["opt"]["param_groups"][0]["lr"]
 
 
+def test_train_resume_applies_a_new_lr_and_weight_decay(tmp_path):
+    same, lower = tmp_path / "same", tmp_path / "lower"
+    assert train.main(tiny_args(same, "--max-steps", "2", "--lr-schedule", "constant", "--lr", "3e-3")) == 0
+    shutil.copytree(same, lower)
+    assert train.main(["--resume", str(same), "--max-steps", "4"]) == 0
+    assert train.main(["--resume", str(lower), "--max-steps", "4", "--lr", "1e-5", "--weight-decay", "0.5"]) == 0
+    a, b = read_losses(same), read_losses(lower)
+    assert a[:3] == b[:3]  # step 3's loss comes from the checkpoint's weights
+    assert a[3][1] != b[3][1]  # step 4's from weights updated with the new lr
+    for run, lr, wd in ((same, 3e-3, 0.0), (lower, 1e-5, 0.5)):
+        ck = load_checkpoint(run / "checkpoints" / "0000004.pt")
+        group = ck["opt"]["param_groups"][0]
+        assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (lr, lr, wd)
+        assert ck["lr_scheduler"]["base_lrs"] == [lr] and (ck["args"]["lr"], ck["args"]["weight_decay"]) == (lr, wd)
+        assert json.loads((run / "config.json").read_text())["lr"] == lr
+
+
+def test_train_resume_refuses_a_different_model(tmp_path):
+    run = tmp_path / "run"
+    assert train.main(tiny_args(run, "--max-steps", "1")) == 0
+    with pytest.raises(SystemExit, match="cannot resume with --model-kwargs"):
+        train.main(["--resume", str(run), "--model-kwargs", '{"embed_dim": 32}'])
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000001.pt"]
+
+
 def test_train_grad_checkpointing_gives_the_same_losses(tmp_path):
     plain, ckpt = tmp_path / "plain", tmp_path / "gc"
     assert train.main(tiny_args(plain, "--max-steps", "3")) == 0
@@ -156,6 +182,36 @@ def test_train_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     load_checkpoint(run / "checkpoints" / "0000004.pt")
     assert [s for s, _ in read_losses(run)] == [1, 2, 3, 4]
     assert "non-finite loss" in caplog.text and "0000004.pt" in caplog.text
+
+
+def test_train_divergence_keeps_the_last_finite_checkpoint(tmp_path, caplog):
+    run = tmp_path / "run"
+    assert train.main(tiny_args(run, "--max-steps", "2", "--ckpt-every", "1", "--lr-schedule", "constant")) == 0
+    # an lr of 5e37 blows the weights up in the step-3 update; step 3's loss (before it) is finite
+    with caplog.at_level("ERROR", logger="xswin_fast"):
+        rc = train.main(["--resume", str(run), "--max-steps", "6", "--lr", "5e37"])
+    assert rc == 2
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000001.pt", "0000002.pt"]
+    assert [s for s, _ in read_losses(run)] == [1, 2, 3]
+    ck = load_checkpoint(run / "checkpoints" / "0000002.pt")
+    for key in ("model", "ema"):
+        assert all(torch.isfinite(v).all() for v in ck[key].values() if v.is_floating_point()), key
+    assert "non-finite weights" in caplog.text and "0000002.pt" in caplog.text and "after step 3" in caplog.text
+
+
+def test_train_non_finite_parts_names_parameters_ema_and_optimizer_state():
+    model = nn.Linear(3, 2)
+    ema = create_ema(model)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    assert non_finite_parts(model, ema, opt) == []
+    next(iter(opt.state.values()))["exp_avg_sq"][0] = float("nan")
+    assert non_finite_parts(model, ema, opt) == ["optimizer state"]
+    with torch.no_grad():
+        model.bias[0] = float("inf")
+        ema.weight[0, 0] = float("-inf")
+    assert non_finite_parts(model, ema, opt) == ["parameters", "EMA", "optimizer state"]
 
 
 def test_train_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):

@@ -3,7 +3,8 @@
 Training noise comes from a ``DDPMScheduler`` (1000 steps, linear betas 1e-4 -> 0.02, DiT's
 ``create_diffusion("")``); sampling uses a respaced ``DDPMScheduler`` (``variance_type=
 "learned_range"``, evenly spaced timesteps including 0, as DiT's ``space_timesteps``) or a
-``DDIMScheduler`` (eta 0, "trailing" spacing, final alpha 1).
+``DDIMScheduler`` (eta 0, "trailing" spacing, final alpha 1). When the predicted x0 is clipped
+(pixel space), DDIM re-derives eps from the clipped x0, as ADM's and DiT's ``ddim_sample`` do.
 
 The loss is DiT's ``GaussianDiffusion.training_losses`` with ``LossType.MSE``:
 ``loss = mse(eps) + vb`` where ``vb`` is the variational bound term of the *learned variance
@@ -13,7 +14,7 @@ in DiT, which does not rescale it). At t = 0 the VB term is the discretized-Gaus
 NLL, elsewhere KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), both in bits per dimension.
 """
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -194,12 +195,13 @@ class Diffusion:
         cfg_scale: float = 1.0,
         generator: Optional[torch.Generator] = None,
         autocast_dtype: Optional[torch.dtype] = None,
-        progress: bool = False,
+        on_step: Optional[Callable[[], Any]] = None,
     ) -> torch.Tensor:
         """Draw ``len(labels)`` samples of ``shape`` (C, H, W) from ``model`` (in eval mode).
 
         With ``cfg_scale != 1`` the batch is doubled with the null label (``model.num_classes``)
-        and ``model.forward_with_cfg`` guides every eps channel.
+        and ``model.forward_with_cfg`` guides every eps channel. ``on_step`` is called after
+        every denoising step (progress reports).
         """
         device = labels.device
         B = labels.shape[0]
@@ -207,16 +209,13 @@ class Diffusion:
         sched = self.make_sampler(sampler, steps)
         x = torch.randn((B, *shape), generator=generator, device=generator.device if generator else device)
         x = x.to(device)
+        if not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
         use_cfg = cfg_scale != 1.0
         if use_cfg and getattr(getattr(model, "y_embedder", None), "dropout_prob", 0) <= 0:
             raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
         null = torch.full_like(labels, model.num_classes)
-        timesteps = sched.timesteps
-        if progress:
-            from tqdm.auto import tqdm
-
-            timesteps = tqdm(timesteps, desc=f"{sampler} sampling", leave=False)
-        for t in timesteps:
+        for t in sched.timesteps:
             tt = torch.full((B,), int(t), device=device, dtype=torch.long)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 if use_cfg:
@@ -227,5 +226,23 @@ class Diffusion:
             out = out.float()
             if sampler == "ddim" or not self.learn_sigma:
                 out = out[:, :C]
-            x = sched.step(out, t, x, generator=generator).prev_sample
+            x = self.step(sched, out, t, x, generator)
+            if on_step is not None:
+                on_step()
         return x
+
+    def step(self, sched, model_output: torch.Tensor, t: int, x: torch.Tensor,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """One sampler step of ``sched`` (from :meth:`make_sampler`): x_t (B, C, H, W) -> x_{t-1}.
+
+        DDPM's posterior mean is built from the (clipped) x0 alone. DDIM's update
+        ``sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps`` also needs eps: with clipping on, eps is
+        re-derived from the clipped x0, ``(x_t - sqrt(a_t) * x0) / sqrt(1 - a_t)``. The model's own
+        eps would contradict the clipped x0 and push the samples off the data (ADM, DiT).
+        """
+        from diffusers import DDIMScheduler
+
+        if isinstance(sched, DDIMScheduler):
+            return sched.step(model_output, t, x, eta=0.0, use_clipped_model_output=self.clip_sample,
+                              generator=generator).prev_sample
+        return sched.step(model_output, t, x, generator=generator).prev_sample

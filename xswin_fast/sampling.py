@@ -1,7 +1,9 @@
 """Generate images from a trained backbone: batches of class labels -> uint8 pixels.
 
-Used by the trainer's sample grids, ``sample.py`` and ``evaluate.py``.
+Used by the trainer's sample grids, ``sample.py`` and ``evaluate.py``, which share one
+classifier-free guidance default, :data:`DEFAULT_CFG_SCALE`.
 """
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -9,7 +11,13 @@ import torch.nn as nn
 
 from .diffusion import Diffusion
 from .images import to_uint8
+from .progress_lines import ProgressLines
 from .vae import LatentCodec
+
+# the guidance scale of train.py's grids, sample.py and evaluate.py: DiT's FID setting, and the
+# best FID of the digits job (docs/training.md)
+DEFAULT_CFG_SCALE = 1.5
+PROGRESS = ("none", "bar", "log")
 
 
 @torch.no_grad()
@@ -22,33 +30,45 @@ def generate(
     codec: Optional[LatentCodec] = None,
     sampler: str = "ddpm",
     steps: int = 250,
-    cfg_scale: float = 1.0,
+    cfg_scale: float = DEFAULT_CFG_SCALE,
     seed: int = 0,
     batch_size: int = 64,
     autocast_dtype: Optional[torch.dtype] = None,
-    progress: bool = False,
+    progress: str = "none",
 ) -> torch.Tensor:
     """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels`` (N ints).
 
     ``model`` (eval mode) samples ``shape`` = (C, H, W) of its input space on its own device;
     ``codec`` decodes latents to pixels (None: pixel space). One generator seeded with ``seed``
     draws all noise, so a given seed and ``batch_size`` always give the same images.
+    ``progress`` over all denoising steps: "none", "bar" (tqdm) or "log" (k/N, elapsed and ETA
+    lines through the ``xswin_fast.progress_lines`` logger, for a log file or a pipe).
     """
+    if progress not in PROGRESS:
+        raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    chunks = range(0, len(labels), batch_size)
-    if progress:
+    total = math.ceil(len(labels) / batch_size) * steps
+    desc = f"sampling {len(labels)} images ({sampler}, {steps} steps)"
+    if progress == "bar":
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc="sampling batches")
-    for i in chunks:
+        bar = tqdm(total=total, desc=desc, unit="step")
+        on_step = bar.update
+    elif progress == "log":
+        on_step = ProgressLines(total, desc, "denoising steps").advance
+    else:
+        on_step = None
+    out = []
+    for i in range(0, len(labels), batch_size):
         y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
         x = diffusion.sample(
             model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, generator=gen,
-            autocast_dtype=autocast_dtype,
+            autocast_dtype=autocast_dtype, on_step=on_step,
         )
         if codec is not None:
             x = codec.decode(x)
         out.append(to_uint8(x))
+    if progress == "bar":
+        bar.close()
     return torch.cat(out)

@@ -11,8 +11,10 @@ the reference: it is exported once to ``RUN_DIR/eval/reference/``; generated ima
 label distribution and are written to ``--out``/images. Results go to ``--out``/metrics.json.
 """
 import argparse
+import importlib.util
 import json
-import sys
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -20,44 +22,55 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..checkpoints import CheckpointError
 from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
-from ..evaluation.metrics import ImageListDataset, TensorImageDataset, compute_metrics
+from ..evaluation.digits_extractor import load_digits_cnn
+from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_weights_file, compute_metrics, inception_weights
 from ..evaluation.reference import export_reference, reference_labels
 from ..images import save_grid, save_pngs
-from ..runs.config import BACKENDS
+from ..runs.config import BACKENDS, ConfigError, parse_threads
+from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
-from ..sampling import generate
+from ..sampling import DEFAULT_CFG_SCALE, generate
+from .process import apply_threads, log_to_stdout, progress_mode
+from .sample import check_generation
+from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
+
+logger = logging.getLogger("xswin_fast.cli.evaluate")
+METRICS = ("fid", "isc", "kid", "prc")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to evaluate")
     src.add_argument("--ckpt", help="train.py checkpoint (file, or run dir = newest): generate samples from it")
     src.add_argument("--samples", help="instead of --ckpt: a folder of generated images")
     src.add_argument("--ref", help="reference images folder (default: the run's held-out split)")
     gen = p.add_argument_group("generation (with --ckpt)")
-    gen.add_argument("--num-samples", type=int, default=None, help="default: as many as reference images")
+    gen.add_argument("--num-samples", type=positive_int, default=None, help="default: as many as reference images")
     gen.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
-    gen.add_argument("--steps", type=int, default=250)
-    gen.add_argument("--cfg-scale", type=float, default=1.0, help="guidance scale (DiT's FID runs: 1.5; 1 = off)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=256)
+    gen.add_argument("--steps", type=positive_int, default=250)
+    gen.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
+                     help=f"guidance scale (1 = off; default {DEFAULT_CFG_SCALE}, as sample.py and train.py's grids)")
+    gen.add_argument("--seed", type=non_negative_int, default=0)
+    gen.add_argument("--batch-size", type=positive_int, default=256)
     gen.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
-    gen.add_argument("--device", default=None)
+    gen.add_argument("--device", default=None, help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
     gen.add_argument("--backend", default="auto", choices=BACKENDS, help="op backend of the model")
+    gen.add_argument("--threads", type=parse_threads, default="auto",
+                     help="CPU threads: N, 0 (torch's default) or auto (one when the load average shows other work)")
     met = p.add_argument_group("metrics")
     met.add_argument("--feature-extractor", default="auto", choices=["auto", "digits", "inception"],
                      help="auto: digits-cnn for digits runs, inception otherwise")
     met.add_argument("--inception-weights", help="local torch-fidelity Inception file (default: the torch hub cache)")
     met.add_argument("--digits-extractor-weights", help="digits-cnn weights (default cache path; trained if missing)")
     met.add_argument("--metrics", default="fid,isc,kid,prc", help="comma-separated subset of fid,isc,kid,prc")
-    met.add_argument("--kid-subset-size", type=int, default=1000)
-    met.add_argument("--isc-splits", type=int, default=10)
-    met.add_argument("--prc-neighborhood", type=int, default=3)
+    met.add_argument("--kid-subset-size", type=positive_int, default=1000)
+    met.add_argument("--isc-splits", type=positive_int, default=10)
+    met.add_argument("--prc-neighborhood", type=positive_int, default=3)
     p.add_argument("--out", help="output folder (default RUN_DIR/eval/<step>-<sampler><steps>-cfg<scale>-seed<seed>)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm bars (default: when stderr is a terminal); otherwise progress lines on stdout")
     return p
 
 
@@ -73,22 +86,24 @@ class _Inputs:
     info: Dict[str, Any]
 
 
-def _inputs_from_checkpoint(args: argparse.Namespace, progress: bool) -> _Inputs:
-    """Generate images from ``--ckpt`` with the reference's label distribution, and save them."""
-    try:
-        run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
-        ref_dir = Path(args.ref) if args.ref else export_reference(run.run_dir)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"cannot evaluate: {exc}")
+def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Inputs:
+    """Generate images from ``--ckpt`` with the reference's label distribution, and save them.
+    ``prepare_metrics(kind)`` runs after the run is loaded and before any sampling."""
+    run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
+    check_generation(args, run)
+    ref_dir = Path(args.ref) if args.ref else export_reference(run.run_dir)
     ref = ImageListDataset.from_folder(ref_dir)
     n = args.num_samples or len(ref)
+    if n < 2:
+        raise ConfigError(f"--num-samples must be at least 2 for the metrics, got {n}")
+    prepare_metrics(run.data["kind"])
     ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
     rng = np.random.default_rng(args.seed)
     labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
     images = generate(
         run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
         cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress,
+        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
     )
     tag = f"{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
     out = Path(args.out) if args.out else run.run_dir / "eval" / tag
@@ -99,32 +114,76 @@ def _inputs_from_checkpoint(args: argparse.Namespace, progress: bool) -> _Inputs
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
 
 
-def _inputs_from_folders(args: argparse.Namespace) -> _Inputs:
+def _inputs_from_folders(args: argparse.Namespace, prepare_metrics) -> _Inputs:
     if not args.ref:
-        raise SystemExit("--samples needs --ref (a folder of reference images)")
+        raise ConfigError("--samples needs --ref (a folder of reference images)")
     out = Path(args.out) if args.out else Path(args.samples).parent / "eval"
-    return _Inputs(
+    inputs = _Inputs(
         ImageListDataset.from_folder(args.samples), ImageListDataset.from_folder(args.ref), args.ref, out, None,
         {"samples": str(args.samples)},
     )
+    prepare_metrics(None)
+    return inputs
+
+
+def _metric_names(spec: str) -> List[str]:
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ConfigError(f"--metrics must be a comma-separated subset of {','.join(METRICS)}, got {spec!r}")
+    return names
+
+
+class _FeatureExtractor:
+    """The feature extractor and its weights, resolved (and the digits CNN trained, if it has
+    never been) before any sampling: a missing file must not cost the user the whole sampling."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.choice, self.args = args.feature_extractor, args
+        self.name: Optional[str] = None
+        self.weights: Optional[str] = None
+
+    def __call__(self, kind: Optional[str]) -> None:
+        args = self.args
+        self.name = self.choice if self.choice != "auto" else ("digits" if kind == "digits" else "inception")
+        if self.name == "digits":
+            load_digits_cnn(args.digits_extractor_weights)  # trains and caches it on first use (logged)
+            self.weights = args.digits_extractor_weights
+            return
+        path = inception_weights(args.inception_weights)
+        try:
+            self.weights = str(check_weights_file(path))
+        except RuntimeError as exc:
+            raise ConfigError(f"--inception-weights: {exc}") from exc
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    with exit_on_user_error("evaluate.py"):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if bool(args.ckpt) == bool(args.samples):
-        raise SystemExit("pass exactly one of --ckpt (generate) or --samples (a folder of images)")
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    inputs = _inputs_from_checkpoint(args, progress) if args.ckpt else _inputs_from_folders(args)
-    fe = args.feature_extractor
-    if fe == "auto":
-        fe = "digits" if inputs.kind == "digits" else "inception"
-    weights = args.digits_extractor_weights if fe == "digits" else args.inception_weights
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        raise ConfigError("pass exactly one of --ckpt (generate) or --samples (a folder of images)")
+    metrics = _metric_names(args.metrics)
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise ConfigError('evaluate.py needs torch-fidelity: pip install -e ".[eval]"')
+    output_folder(args.out)
+    args.device = str(resolve_device(args.device))
+    apply_threads(args.threads)
+    log_to_stdout()
+    features = _FeatureExtractor(args)
+    inputs = (_inputs_from_checkpoint if args.ckpt else _inputs_from_folders)(args, features)
+    start = time.perf_counter()
+    logger.info(f"computing {','.join(metrics)} with {features.name} features on {len(inputs.generated)} generated "
+                f"and {len(inputs.reference)} reference images")
     result = compute_metrics(
-        inputs.generated, inputs.reference, feature_extractor=fe, weights_path=weights, metrics=metrics,
-        kid_subset_size=args.kid_subset_size, isc_splits=args.isc_splits, prc_neighborhood=args.prc_neighborhood,
-        device=args.device, verbose=progress,
+        inputs.generated, inputs.reference, feature_extractor=features.name, weights_path=features.weights,
+        metrics=metrics, kid_subset_size=args.kid_subset_size, isc_splits=args.isc_splits,
+        prc_neighborhood=args.prc_neighborhood, device=args.device, verbose=progress_mode(args.progress) == "bar",
     )
+    logger.info(f"metrics computed in {time.perf_counter() - start:.1f} s")
     result.update(inputs.info)
     result["reference"] = inputs.reference_dir
     out = inputs.out

@@ -9,16 +9,16 @@ Writes ``grid.png`` and one PNG per image under ``images/`` (the folder FID tool
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..checkpoints import CheckpointError
 from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
 from ..images import save_grid, save_pngs
-from ..runs.config import BACKENDS
-from ..runs.run_dir import load_run
-from ..sampling import generate
+from ..runs.config import BACKENDS, ConfigError, parse_threads
+from ..runs.run_dir import SamplingRun, load_run
+from ..sampling import DEFAULT_CFG_SCALE, generate
+from .process import apply_threads, log_to_stdout, progress_mode
+from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
 
 
 def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
@@ -34,46 +34,63 @@ def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
             try:
                 v = int(tok)
             except ValueError:
-                raise SystemExit(f"unknown label {tok!r}; classes are: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
+                raise ConfigError(f"--labels: unknown label {tok!r}; classes are: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
             if not 0 <= v < len(classes):
-                raise SystemExit(f"label {v} out of range [0, {len(classes)})")
+                raise ConfigError(f"--labels: label {v} out of range [0, {len(classes)})")
             out.append(v)
     return [out[i % len(out)] for i in range(n)]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint file, or a run / checkpoints dir (newest checkpoint)")
-    p.add_argument("--num-samples", type=int, default=100, help="images to generate")
+    p.add_argument("--num-samples", type=positive_int, default=100, help="images to generate")
     p.add_argument("--labels", help="comma-separated class indices or names, repeated to --num-samples; default: all classes in turn")
-    p.add_argument("--cfg-scale", type=float, default=1.5, help="classifier-free guidance scale (1 = off); DiT used 4.0 for visuals, 1.5 for FID")
+    p.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
+                   help=f"classifier-free guidance scale (1 = off; default {DEFAULT_CFG_SCALE}, as evaluate.py and train.py's grids)")
     p.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="ddpm (respaced, learned variance) or ddim (eta 0)")
-    p.add_argument("--steps", type=int, default=250, help="sampling steps (DiT: 250 DDPM)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=positive_int, default=250, help="sampling steps (DiT: 250 DDPM)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--no-ema", action="store_true", help="use the raw model weights instead of the EMA")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", default=None, help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = bf16 autocast on CUDA")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
-    p.add_argument("--nrow", type=int, default=None, help="images per grid row (default: number of classes if <= 32)")
+    p.add_argument("--threads", type=parse_threads, default="auto",
+                   help="CPU threads: N, 0 (torch's default) or auto (one when the load average shows other work)")
+    p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: number of classes if <= 32)")
     p.add_argument("--out", default=None, help="output folder")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm bar (default: when stderr is a terminal); otherwise progress lines on stdout")
     return p
+
+
+def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
+    """The generation flags that depend on the checkpoint, checked before any sampling."""
+    if args.steps > run.diffusion.num_timesteps:
+        raise ConfigError(f"--steps must be at most the run's {run.diffusion.num_timesteps} diffusion steps, got {args.steps}")
+    if args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
+        raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with class dropout; use --cfg-scale 1")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
-    except CheckpointError as exc:
-        raise SystemExit(f"cannot sample: {exc}")
+    with exit_on_user_error("sample.py"):
+        return _sample(args)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    output_folder(args.out)
+    apply_threads(args.threads)
+    log_to_stdout()
+    run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
+    check_generation(args, run)
     classes = run.data["classes"]
     labels = parse_labels(args.labels, args.num_samples, classes)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     images = generate(
         run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
         cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
-        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress,
+        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
     )
     tag = f"samples-{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
     out = Path(args.out) if args.out else run.run_dir / tag

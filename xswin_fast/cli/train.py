@@ -13,22 +13,21 @@ import sys
 from typing import List, Optional
 
 from ..checkpoints import CheckpointError, load_newest_checkpoint
-from ..runs.config import ConfigError, new_run_config, parse_flags, resume_config
+from ..runs.config import new_run_config, parse_flags, resume_config
 from ..runs.launch import train
 from ..runs.trainer import CHECKPOINT_FORMAT
+from .user_errors import ArgumentParser, exit_on_user_error
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    flags = parse_flags(sys.argv[1:] if argv is None else argv, description=__doc__)
-    try:
+    flags = parse_flags(sys.argv[1:] if argv is None else argv, description=__doc__, parser_class=ArgumentParser)
+    with exit_on_user_error("train.py"):
         if not flags.get("resume"):
             return train(new_run_config(flags))
         try:
             path, ckpt = load_newest_checkpoint(flags["resume"])
         except CheckpointError as exc:
-            raise SystemExit(f"cannot resume: {exc}")
+            raise CheckpointError(f"cannot resume: {exc}") from exc
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise SystemExit(f"cannot resume from {path}: not a train.py checkpoint (format {ckpt.get('format')!r})")
+            raise CheckpointError(f"cannot resume from {path}: not a train.py checkpoint (format {ckpt.get('format')!r})")
         return train(resume_config(ckpt["args"], flags, path), ckpt)
-    except ConfigError as exc:
-        raise SystemExit(str(exc))

@@ -1,12 +1,12 @@
 """Datasets and their sampling: the built-in digits, image folders, the stratified split, the
 resumable sampler (which also draws the flips) and the VAE latent cache."""
 from .digits import DigitsDataset
-from .folders import ImageFolderDataset, scan_image_folder
+from .folders import DataError, ImageFolderDataset, scan_image_folder
 from .latents import CachedLatentDataset, build_latent_cache, latent_cache_key
 from .sampler import ResumableDistributedSampler
 from .split import stratified_split
 
 __all__ = [
-    "DigitsDataset", "ImageFolderDataset", "scan_image_folder", "CachedLatentDataset", "build_latent_cache",
+    "DataError", "DigitsDataset", "ImageFolderDataset", "scan_image_folder", "CachedLatentDataset", "build_latent_cache",
     "latent_cache_key", "ResumableDistributedSampler", "stratified_split",
 ]

@@ -11,6 +11,10 @@ from .sampler import unflip_index
 
 logger = logging.getLogger(__name__)
 
+class DataError(ValueError):
+    """Training data that cannot be used, e.g. a folder in which no image is readable."""
+
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -108,7 +112,7 @@ class ImageFolderDataset(Dataset):
                 return j, self.load_uint8(j)
             except Exception as exc:  # PIL raises many types for broken files
                 self.report(j, exc)
-        raise RuntimeError(f"no readable image in {self.root}")
+        raise DataError(f"--data {self.root}: none of its {n} images is readable (see the warnings above)")
 
     def __getitem__(self, index: int):
         i, flip = unflip_index(index, len(self))

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..checkpoints import load_checkpoint, save_checkpoint
-from .folders import ImageFolderDataset, uint8_to_tensor
+from .folders import DataError, ImageFolderDataset, uint8_to_tensor
 from .sampler import unflip_index
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def build_latent_cache(
                            "delete it or pick another --latent-cache-dir")
     ds = CachedLatentDataset(loaded, hflip)
     if len(ds) == 0:
-        raise RuntimeError(f"no readable images in {dataset.root}")
+        raise DataError(f"--data {dataset.root}: none of its images is readable (see the warnings above)")
     return ds
 
 

@@ -79,6 +79,18 @@ def default_inception_weights() -> Optional[Path]:
     return p if p.is_file() else None
 
 
+def inception_weights(path: Optional[os.PathLike] = None) -> Path:
+    """``path``, else torch-fidelity's Inception file in the torch hub cache; FileNotFoundError
+    saying where to put it when there is none (evaluation never downloads)."""
+    found = Path(path) if path else default_inception_weights()
+    if found is None:
+        raise FileNotFoundError(
+            f"no Inception weights: pass --inception-weights PATH (torch-fidelity's {INCEPTION_FILE}, "
+            f"or place it in {Path(torch.hub.get_dir()) / 'checkpoints'}); evaluation never downloads"
+        )
+    return found
+
+
 def check_weights_file(path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -116,19 +128,18 @@ def compute_metrics(
     n1, n2 = len(generated), len(reference)
     if n1 < 2 or n2 < 2:
         raise ValueError(f"need at least 2 images per input, got {n1} generated and {n2} reference")
+    sizes = dict(batch_size=batch_size, kid_subset_size=kid_subset_size, isc_splits=isc_splits,
+                 prc_neighborhood=prc_neighborhood)
+    for arg, value in sizes.items():  # 0 would give NaN metrics, not an error
+        if value < 1:
+            raise ValueError(f"{arg} must be >= 1, got {value}")
     if feature_extractor == "digits":
         from .digits_extractor import register
 
         name = register()
     elif feature_extractor == "inception":
         name = INCEPTION
-        weights_path = weights_path or default_inception_weights()
-        if weights_path is None:
-            raise FileNotFoundError(
-                f"no Inception weights: pass --inception-weights PATH (torch-fidelity's {INCEPTION_FILE}, "
-                f"or place it in {Path(torch.hub.get_dir()) / 'checkpoints'}); evaluation never downloads"
-            )
-        weights_path = check_weights_file(weights_path)
+        weights_path = check_weights_file(inception_weights(weights_path))
     else:
         raise ValueError(f"feature_extractor must be 'digits' or 'inception', got {feature_extractor!r}")
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")

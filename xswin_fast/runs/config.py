@@ -10,6 +10,7 @@ with :meth:`TrainConfig.from_dict`.
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -19,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Union
 from ..checkpoints import plain_data
 from ..diffusion import PRECISIONS, SAMPLERS
 from ..models import list_models
+from ..sampling import DEFAULT_CFG_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def _json_object(value: str) -> Dict[str, Any]:
     return parsed
 
 
-def _threads(value: str) -> Union[int, str]:
+def parse_threads(value: str) -> Union[int, str]:
+    """--threads: an integer >= 0 or "auto" (argparse type)."""
     if value == "auto":
         return value
     try:
@@ -56,11 +59,35 @@ def _threads(value: str) -> Union[int, str]:
     return n
 
 
+class Range:
+    """The finite numbers from ``low`` to ``high`` (None: unbounded); ``open_low`` / ``open_high``
+    exclude an end. A setting's valid values (None, for an optional setting, passes)."""
+
+    def __init__(self, low=None, high=None, open_low: bool = False, open_high: bool = False):
+        self.low, self.high, self.open_low, self.open_high = low, high, open_low, open_high
+
+    def __contains__(self, value) -> bool:
+        if value is None:
+            return True
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.open_low else value >= self.low)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low}"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+
+
 def setting(default, help: str, *, data=_SAME, choices: Optional[Iterable] = None, parse: Optional[Callable] = None,
-            metavar: Optional[str] = None):
+            metavar: Optional[str] = None, valid: Optional[Range] = None):
     """A :class:`TrainConfig` field: ``default`` (digits job), ``data`` (a --data run's default, if
-    different), the flag's ``help``, ``choices``, ``parse`` (str -> value) and ``metavar``."""
-    meta = dict(help=help, data=data, choices=tuple(choices) if choices else None, parse=parse, metavar=metavar)
+    different), the flag's ``help``, ``choices``, ``parse`` (str -> value), ``metavar`` and the
+    ``valid`` range of a number."""
+    meta = dict(help=help, data=data, choices=tuple(choices) if choices else None, parse=parse, metavar=metavar,
+                valid=valid)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -71,10 +98,12 @@ class TrainConfig:
     """Every setting of a train.py run (flag ``--image-size`` is field ``image_size``)."""
 
     data: Optional[str] = setting(None, "ImageFolder root (one subfolder per class); default: sklearn's digits (built in)")
-    image_size: int = setting(8, "training resolution in pixels (resize + center crop)", data=256)
-    eval_fraction: float = setting(0.2, "stratified held-out fraction for evaluate.py", data=0.0)
+    image_size: int = setting(8, "training resolution in pixels (resize + center crop)", data=256, valid=Range(1))
+    eval_fraction: float = setting(
+        0.2, "stratified held-out fraction for evaluate.py", data=0.0, valid=Range(0, 1, open_high=True)
+    )
     hflip: bool = setting(False, "random horizontal flips", data=True)
-    num_workers: int = setting(0, "data-loader workers per process", data=4)
+    num_workers: int = setting(0, "data-loader workers per process", data=4, valid=Range(0))
     vae: Optional[str] = setting(
         None, '"none" (pixel space), a local AutoencoderKL dir, a hub id, or "ema"/"mse" (stabilityai/sd-vae-ft-*)',
         data="ema", parse=_vae_spec,
@@ -92,41 +121,53 @@ class TrainConfig:
     backend: str = setting("auto", "op backend of the model", choices=BACKENDS)
     grad_checkpointing: bool = setting(False, "recompute blocks in backward")
     compile: bool = setting(False, "torch.compile the training model")
-    diffusion_steps: int = setting(1000, "training timesteps T (linear betas 1e-4..0.02)")
+    diffusion_steps: int = setting(1000, "training timesteps T (linear betas 1e-4..0.02)", valid=Range(1))
     beta_schedule: str = setting("linear", "diffusers beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
-    global_batch_size: int = setting(64, "summed over all processes", data=256)
-    lr: float = setting(2e-3, "AdamW learning rate", data=1e-4)
-    weight_decay: float = setting(0.0, "AdamW weight decay (DiT: 0)")
-    lr_warmup_steps: int = setting(100, "linear warm-up steps", data=0)
+    global_batch_size: int = setting(64, "summed over all processes", data=256, valid=Range(1))
+    lr: float = setting(2e-3, "AdamW learning rate", data=1e-4, valid=Range(0, open_low=True))
+    weight_decay: float = setting(0.0, "AdamW weight decay (DiT: 0)", valid=Range(0))
+    lr_warmup_steps: int = setting(100, "linear warm-up steps", data=0, valid=Range(0))
     lr_schedule: str = setting(
         "cosine", "after warm-up: constant (DiT) or cosine decay to 0 at --max-steps", data="constant",
         choices=("constant", "cosine"),
     )
-    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables")
-    epochs: int = setting(1000, "epoch limit", data=1400)
-    max_steps: Optional[int] = setting(1500, "stop after this many optimizer steps", data=None)
-    ema_decay: float = setting(0.9999, "EMA decay over parameters and buffers")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables", valid=Range(0))
+    epochs: int = setting(1000, "epoch limit", data=1400, valid=Range(1))
+    max_steps: Optional[int] = setting(1500, "stop after this many optimizer steps", data=None, valid=Range(1))
+    ema_decay: float = setting(0.9999, "EMA decay over parameters and buffers", valid=Range(0, 1))
     ema_warmup: bool = setting(True, "use min(decay, (1+step)/(10+step))", data=False)
     precision: str = setting("auto", "autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
     tf32: bool = setting(True, "allow TF32 matmuls on Ampere+ GPUs")
-    global_seed: int = setting(0, "seed of rank r is global_seed * world_size + r")
+    global_seed: int = setting(0, "seed of rank r is global_seed * world_size + r", valid=Range(0))
     threads: Union[int, str] = setting(
         "auto", "CPU threads per process: N, 0 (torch's default) or auto (torch's default on an idle machine, 1 "
-        "when the load average shows other work)", data=0, parse=_threads,
+        "when the load average shows other work)", data=0, parse=parse_threads,
     )
     device: str = setting("auto", "auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1, ...")
     results_dir: str = setting("results", "parent of numbered run directories")
     run_dir: Optional[str] = setting(None, "explicit run directory (default RESULTS_DIR/NNN-MODEL; on resume, the checkpoint's)")
-    log_every: int = setting(100, "log (and flush losses.csv) every N steps")
-    ckpt_every: int = setting(500, "checkpoint every N steps (and always at the end)", data=50_000)
-    keep_last: int = setting(0, "keep only the newest N step checkpoints (0 = all)")
-    sample_every: int = setting(500, "EMA sample grid every N steps (0 = only at the end)", data=10_000)
-    sample_num: int = setting(100, "images per sample grid", data=16)
-    sample_steps: int = setting(50, "sampler steps for grids", data=250)
+    log_every: int = setting(100, "log (and flush losses.csv) every N steps", valid=Range(1))
+    ckpt_every: int = setting(500, "checkpoint every N steps (and always at the end)", data=50_000, valid=Range(1))
+    keep_last: int = setting(0, "keep only the newest N step checkpoints (0 = all)", valid=Range(0))
+    sample_every: int = setting(500, "EMA sample grid every N steps (0 = only at the end)", data=10_000, valid=Range(0))
+    sample_num: int = setting(100, "images per sample grid", data=16, valid=Range(1))
+    sample_steps: int = setting(50, "sampler steps for grids (at most --diffusion-steps)", data=250, valid=Range(1))
     sample_sampler: str = setting("ddpm", "ddpm (respaced) or ddim", choices=SAMPLERS)
-    sample_cfg: float = setting(2.5, "classifier-free guidance scale of grids", data=4.0)
+    sample_cfg: float = setting(
+        DEFAULT_CFG_SCALE, "classifier-free guidance scale of grids (1 = off; the same default as sample.py and "
+        "evaluate.py)", valid=Range(),
+    )
     progress: Optional[bool] = setting(None, "tqdm progress bar on rank 0; default: when stderr is a terminal")
     resume: Optional[str] = setting(None, "checkpoint file, checkpoints dir or run dir: continue that run exactly")
+
+    def __post_init__(self):
+        for f in fields(self):
+            value, valid = getattr(self, f.name), f.metadata["valid"]
+            if valid is not None and (isinstance(value, bool) or value not in valid):
+                kind = "a finite number " if _scalar_type(f) is float else ""
+                raise ConfigError(f"{_flag(f.name)} must be {kind}{valid}, got {_show(value)}")
+        if self.sample_steps > self.diffusion_steps:
+            raise ConfigError(f"--sample-steps must be at most --diffusion-steps {self.diffusion_steps}, got {self.sample_steps}")
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON data (what config.json and a checkpoint's "args" hold)."""
@@ -185,14 +226,14 @@ def _scalar_type(f) -> type:
     return args[0] if args else tp
 
 
-def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(description: Optional[str] = None, parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
     """train.py's argument parser, one flag per :class:`TrainConfig` field.
 
     Nothing has an argparse default: the parsed namespace holds exactly the flags that were
     typed, which is what both a new run (:func:`new_run_config`) and a resume
     (:func:`resume_config`) need.
     """
-    p = argparse.ArgumentParser(
+    p = parser_class(
         prog="train.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
@@ -211,9 +252,10 @@ def build_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
     return p
 
 
-def parse_flags(argv, description: Optional[str] = None) -> Dict[str, Any]:
-    """The flags typed in ``argv`` (a list of strings), as {field name: parsed value}."""
-    return vars(build_parser(description).parse_args(argv))
+def parse_flags(argv, description: Optional[str] = None, parser_class=argparse.ArgumentParser) -> Dict[str, Any]:
+    """The flags typed in ``argv`` (a list of strings), as {field name: parsed value}; ``parser_class``
+    is an ``argparse.ArgumentParser`` (sub)class."""
+    return vars(build_parser(description, parser_class).parse_args(argv))
 
 
 def defaults_for(data: Optional[str]) -> Dict[str, Any]:
@@ -225,14 +267,20 @@ def defaults_for(data: Optional[str]) -> Dict[str, Any]:
     return out
 
 
+def _absolute_paths(values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` with --data and a local --vae directory made absolute (the run may move)."""
+    values = dict(values)
+    if values.get("data"):
+        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
+    if values.get("vae") and os.path.isdir(os.path.expanduser(values["vae"])):
+        values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
+    return values
+
+
 def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     """The config of a new run: the typed ``flags`` over the digits or --data defaults, paths made
     absolute, ``progress`` resolved, and the combinations that cannot work refused (ConfigError)."""
-    values = {**defaults_for(flags.get("data")), **flags}
-    if values["data"]:
-        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
-    if values["vae"] and os.path.isdir(os.path.expanduser(values["vae"])):
-        values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
+    values = _absolute_paths({**defaults_for(flags.get("data")), **flags})
     if values["progress"] is None:
         values["progress"] = sys.stderr.isatty()
     config = TrainConfig(**values)
@@ -240,9 +288,6 @@ def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
         raise ConfigError("--cache-latents needs a --vae")
     if not config.data and config.vae:
         raise ConfigError("the built-in digits are 1-channel 8x8 images: train them in pixel space (--vae none)")
-    for name in ("global_batch_size", "log_every", "ckpt_every"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{_flag(name)} must be >= 1")
     return config
 
 
@@ -252,17 +297,35 @@ RESUME_SAFE = {
     "sample_steps", "sample_sampler", "sample_cfg", "progress", "num_workers", "run_dir", "results_dir",
     "compile", "backend", "grad_checkpointing",
 }
+# settings that define the model, its data or its noise schedule: a resume cannot change them
+# (the weights would not fit, or the held-out split would leak into training)
+RESUME_FIXED = (
+    "model", "model_kwargs", "data", "image_size", "eval_fraction", "vae", "vae_subfolder", "diffusion_steps",
+    "beta_schedule", "global_seed",
+)
 
 
 def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path) -> TrainConfig:
     """The config of a run resumed from ``checkpoint``: its saved settings (the checkpoint's
-    "args"), overridden by the ``flags`` typed next to ``--resume``. Changing a setting outside
-    :data:`RESUME_SAFE` logs a warning; the run stays in the checkpoint's directory unless
-    ``--run-dir`` is typed."""
-    overrides = {k: v for k, v in flags.items() if k != "resume"}
-    changed = sorted(k for k, v in overrides.items() if saved.get(k) != v and k not in RESUME_SAFE)
+    "args"), overridden by the ``flags`` typed next to ``--resume``.
+
+    Every typed setting is applied (the trainer puts --lr and --weight-decay into the loaded
+    optimizer). One of :data:`RESUME_FIXED` that differs from the saved value is refused with
+    :class:`ConfigError`; any other change outside :data:`RESUME_SAFE` logs a warning. The run
+    stays in the checkpoint's directory unless ``--run-dir`` is typed.
+    """
+    overrides = _absolute_paths({k: v for k, v in flags.items() if k != "resume"})
+    for name in RESUME_FIXED:
+        if name in overrides and overrides[name] != saved.get(name):
+            raise ConfigError(
+                f"cannot resume with {_flag(name)} {_show(overrides[name])}: the checkpoint was trained with "
+                f"{_show(saved.get(name))}, and {_flag(name)} defines the model or its data (start a new run instead)"
+            )
+    changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and k not in RESUME_SAFE}
     if changed:
-        logger.warning("resuming with changed %s: the run will not continue exactly as it would have", changed)
+        shown = ", ".join(f"{_flag(k)} {_show(old)} -> {_show(new)}" for k, (old, new) in sorted(changed.items()))
+        logger.warning("resuming with changed %s (%s): applied, so the run will not continue exactly as it would have",
+                       sorted(changed), shown)
     values = {**saved, **overrides, "resume": str(checkpoint)}
     if "run_dir" not in overrides:  # continue where the checkpoint is, even if the run was moved
         values["run_dir"] = None

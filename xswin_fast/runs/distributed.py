@@ -6,11 +6,14 @@ degrades to the single-process case.
 """
 import datetime
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
+
+from .config import ConfigError
 
 
 @dataclass
@@ -37,14 +40,30 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resolve_device(spec: Optional[str], local_rank: int = 0) -> torch.device:
+    """--device as a torch.device: None or "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu",
+    "cuda" (cuda:LOCAL_RANK) or "cuda:N". ConfigError for anything else, or CUDA without a GPU."""
+    if spec in (None, "auto"):
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", spec):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    dev = torch.device(spec)
+    if dev.type == "cpu":
+        return dev
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"--device {spec}: no CUDA GPU is available on this machine (use --device cpu)")
+    if dev.index is None:
+        return torch.device("cuda", local_rank % count)
+    if dev.index >= count:
+        raise ConfigError(f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return dev
+
+
 def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Pick the device and, under torchrun, join the process group."""
+    """Pick the device (see :func:`resolve_device`) and, under torchrun, join the process group."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:

@@ -12,7 +12,7 @@ import torch
 
 from .config import TrainConfig
 from .distributed import DistInfo, cleanup, setup
-from .run_dir import create_run_dir
+from .run_dir import open_run_dir
 from .trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ def train(config: TrainConfig, resume: Optional[Dict[str, Any]] = None) -> int:
     one of many. Returns the exit status (see :meth:`Trainer.fit`)."""
     dist = setup(config.device)
     try:
-        run_dir = create_run_dir(config, dist)
-        with run_logging(run_dir, dist):
+        with open_run_dir(config, dist) as run_dir, run_logging(run_dir, dist):
             config = configure_torch(config, dist)
             logger.info(
                 f"run directory {run_dir} | world size {dist.world_size} | device {dist.device} | seed {dist.seed(config.global_seed)}"

@@ -1,11 +1,15 @@
-"""Run directories: creating (auto-numbered) ones, and loading a run's model back for sampling.
+"""Run directories: opening (auto-numbered, locked) ones, and loading a run's model back for sampling.
 
 A run directory holds ``config.json``, ``log.txt``, ``losses.csv``, ``split.json``,
-``checkpoints/NNNNNNN.pt``, ``samples/`` and, at the end, ``samples.png`` and ``loss.png``.
+``checkpoints/NNNNNNN.pt``, ``samples/`` and, at the end, ``samples.png`` and ``loss.png``, plus
+``.lock``: the training process that writes it holds an exclusive ``flock`` on that file.
 """
+import fcntl
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -14,7 +18,7 @@ from ..diffusion import Diffusion
 from ..models import create_model
 from ..vae import LatentCodec, load_vae
 from .config import ConfigError, TrainConfig
-from .distributed import DistInfo, barrier, broadcast_object
+from .distributed import DistInfo, barrier, broadcast_object, resolve_device
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -23,33 +27,76 @@ def run_dir_of(checkpoint: Path) -> Path:
     return p.parent if p.name == "checkpoints" else p
 
 
-def _next_numbered(results_dir: Path, model: str) -> Path:
-    """``RESULTS_DIR/NNN-MODEL`` (DiT's scheme), NNN one past the numbered directories there."""
-    results_dir.mkdir(parents=True, exist_ok=True)
+LOCK_FILE = ".lock"
+
+
+def _ensure_directory(path: Path, flag: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def new_numbered_run_dir(results_dir: Path, model: str) -> Path:
+    """Create ``RESULTS_DIR/NNN-MODEL`` (DiT's scheme), NNN one past the numbered directories there.
+    ``mkdir`` is atomic: two runs started at once get two different numbers."""
+    _ensure_directory(results_dir, "--results-dir")
     index = len([d for d in results_dir.iterdir() if d.is_dir() and d.name[:3].isdigit()])
     name = model.replace("/", "-")
-    while (results_dir / f"{index:03d}-{name}").exists():
-        index += 1
-    return results_dir / f"{index:03d}-{name}"
+    while True:
+        path = results_dir / f"{index:03d}-{name}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            index += 1
 
 
-def create_run_dir(config: TrainConfig, dist: DistInfo) -> Path:
-    """The run directory: ``--run-dir``, the resumed checkpoint's, or a new numbered one (chosen
-    on rank 0 and broadcast). A new run refuses a directory that already holds checkpoints."""
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` exclusively (one writer per run directory); ConfigError if another
+    process holds it. The kernel releases a ``flock`` when its process dies, so the lock file of a
+    dead process is simply taken over."""
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by another training process (pid {owner}): one process writes a run "
+                "directory at a time; wait for it to finish, or pick another --run-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def open_run_dir(config: TrainConfig, dist: DistInfo) -> Iterator[Path]:
+    """The run directory, locked by rank 0 while the context lasts: ``--run-dir``, the resumed
+    checkpoint's, or a new numbered one (created on rank 0 and broadcast). A new run refuses a
+    directory that already holds checkpoints."""
     if config.run_dir:
         run_dir = Path(config.run_dir)
     elif config.resume:
         run_dir = run_dir_of(Path(config.resume))
     else:
-        chosen = str(_next_numbered(Path(config.results_dir), config.model)) if dist.is_main else None
+        chosen = str(new_numbered_run_dir(Path(config.results_dir), config.model)) if dist.is_main else None
         run_dir = Path(broadcast_object(chosen))
-    if config.resume is None and list_checkpoints(run_dir / "checkpoints"):
-        raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume {run_dir} to continue it, or pick another --run-dir")
-    if dist.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if not dist.is_main:
+        barrier()
+        yield run_dir
+        return
+    _ensure_directory(run_dir, "--run-dir")
+    with run_dir_lock(run_dir):
+        if config.resume is None and list_checkpoints(run_dir / "checkpoints"):
+            raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume {run_dir} to continue it, or pick another --run-dir")
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
         (run_dir / "samples").mkdir(exist_ok=True)
-    barrier()
-    return run_dir
+        barrier()
+        yield run_dir
 
 
 @dataclass
@@ -81,17 +128,20 @@ class SamplingRun:
 
 def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, backend: Optional[str] = None) -> SamplingRun:
     """Rebuild the model of a train.py checkpoint (file, checkpoints dir or run dir) on ``device``
-    (default: cuda if available), with the EMA weights unless ``use_ema`` is False, on op
+    (see ``resolve_device``; default: cuda if available), with the EMA weights unless ``use_ema`` is False, on op
     ``backend`` ("torch", "triton" or None for automatic)."""
     path, ck = load_newest_checkpoint(ckpt)
     for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args"):
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model = create_model(ck["model_name"], **ck["model_kwargs"])
     model.load_state_dict(ck["ema" if use_ema else "model"])
     model.set_backend(backend)
     model.to(dev).eval().requires_grad_(False)
     args = ck["args"]
-    codec = load_vae(args["vae"], dev, args.get("vae_subfolder")) if args.get("vae") else None
+    try:
+        codec = load_vae(args["vae"], dev, args.get("vae_subfolder")) if args.get("vae") else None
+    except RuntimeError as exc:  # load_vae's message says where a VAE can come from
+        raise ConfigError(f"the run's VAE cannot be loaded: {exc}") from exc
     return SamplingRun(model, Diffusion.from_config(ck["diffusion"]), codec, ck["data"], args, int(ck["step"]), Path(path), dev)

@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..diffusion import Diffusion, autocast_dtype
 from ..images import save_grid
 from ..models import create_model
 from ..sampling import generate
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
 from .ema import create_ema, ema_decay, update_ema
 from .losses import LossLog, NonFiniteLoss, plot_loss_curve
@@ -61,6 +61,26 @@ def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int) -> 
     return 1.0
 
 
+class NonFiniteState(RuntimeError):
+    """The weights, EMA or optimizer state hold NaN or inf: the run diverged (a loss can still be
+    finite, since it is computed before the update that overflowed)."""
+
+    def __init__(self, step: int, parts: List[str]):
+        super().__init__(f"the {' and '.join(parts)} hold NaN or inf values after step {step}")
+        self.step, self.parts = step, parts
+
+
+def non_finite_parts(model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> List[str]:
+    """Which of "parameters", "EMA", "optimizer state" hold a non-finite floating-point value."""
+    parts = {
+        "parameters": model.state_dict().values(),
+        "EMA": ema.state_dict().values(),
+        "optimizer state": [v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)],
+    }
+    checks = {name: [torch.isfinite(t).all() for t in tensors if t.is_floating_point()] for name, tensors in parts.items()}
+    return [name for name, ok in checks.items() if ok and not bool(torch.stack(ok).all())]
+
+
 def training_model(model: nn.Module, config: TrainConfig, dist: DistInfo) -> nn.Module:
     """``model`` as the loop calls it: wrapped in DDP under torchrun, compiled with --compile."""
     if dist.distributed:
@@ -80,7 +100,7 @@ class Trainer:
 
     Args:
         config (TrainConfig): the run's settings (resolved: see ``new_run_config``).
-        run_dir (Path): the run directory (it exists; see ``create_run_dir``).
+        run_dir (Path): the run directory (it exists; see ``open_run_dir``).
         dist (DistInfo): this process's rank, world size and device. Default: one CPU process.
         resume (dict, optional): a train.py checkpoint to continue (``config.resume`` is its path).
     """
@@ -96,7 +116,12 @@ class Trainer:
         self.model_kwargs = dict(input_size=info.latent_size, in_channels=info.latent_channels, num_classes=info.num_classes)
         self.model_kwargs.update(config.model_kwargs)
         torch.manual_seed(config.global_seed)  # the same initial weights on every rank
-        self.model = create_model(config.model, **self.model_kwargs)
+        try:
+            self.model = create_model(config.model, **self.model_kwargs)
+        except (TypeError, ValueError) as exc:  # a typo in --model-kwargs, a size the model cannot take
+            raise ConfigError(f"--model {config.model} cannot be built with {self.model_kwargs}: {exc}") from exc
+        if config.sample_cfg != 1 and getattr(getattr(self.model, "y_embedder", None), "dropout_prob", 0) <= 0:
+            raise ConfigError(f"--sample-cfg {config.sample_cfg:g} needs a model trained with class dropout; use --sample-cfg 1")
         self.model.set_backend(None if config.backend == "auto" else config.backend)
         if config.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -126,10 +151,22 @@ class Trainer:
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["opt"])
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+        self._apply_optimizer_settings()
         position = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
         if position.batch_in_epoch >= self.data.steps_per_epoch:
             position.epoch, position.batch_in_epoch = position.epoch + 1, 0
         return position
+
+    def _apply_optimizer_settings(self) -> None:
+        """Put the config's --lr and --weight-decay into a loaded optimizer and schedule, whose
+        state dicts restore the saved values: a resume with a new --lr must train with it.
+        Warm-up, schedule and --max-steps reach the schedule through its lambda; the current lr
+        is recomputed with it exactly as ``LambdaLR`` does, so an unchanged run continues exactly."""
+        sched, config = self.lr_scheduler, self.config
+        sched.base_lrs = [config.lr] * len(self.optimizer.param_groups)
+        lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group.update(initial_lr=config.lr, lr=lr, weight_decay=config.weight_decay)
 
     def _seed_random_streams(self, resume: Optional[Dict[str, Any]]) -> None:
         if resume is not None and resume.get("world_size") == self.dist.world_size:
@@ -190,7 +227,7 @@ class Trainer:
                 self._flush(report, log=True)
                 if self.position.step != self.last_saved_step:
                     self.save(stop or "end of training")
-        except NonFiniteLoss as exc:
+        except (NonFiniteLoss, NonFiniteState) as exc:
             self._report_non_finite(exc)
             return 2
         finally:
@@ -200,7 +237,7 @@ class Trainer:
             logger.info(f"stopped by {stop}; resume with: python train.py --resume {self.run_dir}")
             return 0
         if self.dist.is_main:
-            grid = self.sample_grid(self.run_dir / "samples.png")
+            grid = self.sample_grid(self.run_dir / "samples.png", progress="bar" if self.config.progress else "log")
             plot = plot_loss_curve(self.losses.path, self.run_dir / "loss.png")
             logger.info(f"wrote {grid} and {plot}")
         barrier()
@@ -263,10 +300,11 @@ class Trainer:
             f"{config.global_batch_size}, lr {config.lr:g}, EMA {config.ema_decay}{' with warm-up' if config.ema_warmup else ''})"
         )
 
-    def _report_non_finite(self, exc: NonFiniteLoss) -> None:
+    def _report_non_finite(self, exc: Exception) -> None:
         last = self.last_checkpoint if self.last_checkpoint and self.last_checkpoint.is_file() else None
+        kind = "non-finite loss" if isinstance(exc, NonFiniteLoss) else "non-finite weights"
         logger.error(
-            f"stopping: {exc} (non-finite loss). Nothing after step {self.last_saved_step if last else 0} was saved; "
+            f"stopping: {exc} ({kind}). Nothing after step {self.last_saved_step if last else 0} was saved; "
             f"the last good checkpoint is {last or 'none (no checkpoint was written yet)'}. "
             "Resume from it with a lower --lr, stronger --max-grad-norm or --precision fp32."
         )
@@ -280,9 +318,21 @@ class Trainer:
             )
 
     def save(self, reason: str = "") -> Path:
-        """Checkpoint the current step (every rank's RNG state gathered; rank 0 writes)."""
-        rng = all_gather_object(capture_rng_state(self.dist.device))
+        """Checkpoint the current step (every rank's RNG state gathered; rank 0 writes).
+
+        Only a good state is written: :class:`NonFiniteState` if the parameters, EMA or optimizer
+        state hold NaN or inf, or the model's outputs do, so the newest checkpoint is always the
+        last good one."""
         pos = self.position
+        bad = non_finite_parts(self.model, self.ema, self.optimizer)
+        if not bad and not self._output_is_finite():
+            bad = ["model's outputs"]
+        if self.dist.distributed:  # every rank must take the same decision
+            bad_anywhere = all_reduce_max(torch.tensor(float(bool(bad)), device=self.dist.device)).item()
+            bad = bad or (["weights on another rank"] if bad_anywhere else [])
+        if bad:
+            raise NonFiniteState(pos.step, bad)
+        rng = all_gather_object(capture_rng_state(self.dist.device))
         path = checkpoint_path(self.run_dir / "checkpoints", pos.step)
         if self.dist.is_main:
             ckpt = {
@@ -310,9 +360,29 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    def sample_grid(self, path: Path) -> Optional[Path]:
+    @torch.no_grad()
+    def _output_is_finite(self) -> bool:
+        """Whether the model maps a fixed noise batch to finite outputs: weights can be finite and
+        still diverged (1e37), and then the next step's loss would be inf. Eval mode and a private
+        generator: no running statistics move and no global random number is drawn."""
+        info, dev = self.data.info, self.dist.device
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, info.latent_channels, info.latent_size, info.latent_size, generator=g).to(dev)
+        t = torch.tensor([0, self.diffusion.num_timesteps - 1], device=dev)
+        y = torch.tensor([0, info.num_classes - 1], device=dev)
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                out = self.model(x, t, y)
+        finally:
+            self.model.train(training)
+        return bool(torch.isfinite(out).all())
+
+    def sample_grid(self, path: Path, progress: str = "none") -> Optional[Path]:
         """An EMA sample grid of ``sample_num`` images (fixed noise and labels: comparable across
-        steps). Rank 0 only; other ranks return None."""
+        steps), with ``progress`` "none", "bar" or "log" (see ``generate``). Rank 0 only; other
+        ranks return None."""
         if not self.dist.is_main:
             return None
         config, info = self.config, self.data.info
@@ -320,6 +390,6 @@ class Trainer:
         images = generate(
             self.ema, self.diffusion, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
             codec=self.data.codec, sampler=config.sample_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
-            seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype,
+            seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype, progress=progress,
         )
         return save_grid(images, path, nrow=min(nc, n) if nc <= 32 else None)

@@ -65,6 +65,7 @@ def _split_datasets(config: TrainConfig) -> Tuple[Dataset, List[str], List[str]]
         classes, samples = scan
         train_idx, eval_idx = stratified_split([lab for _, lab in samples], config.eval_fraction, config.global_seed)
         base = ImageFolderDataset(config.data, config.image_size, indices=train_idx, scan=scan)
+        base.readable(0)  # DataError now, in this process, if no image can be read (one read otherwise)
         return base, classes, [os.path.relpath(samples[i][0], base.root) for i in eval_idx]
     full = DigitsDataset()
     train_idx, eval_idx = stratified_split(full.all_targets, config.eval_fraction, config.global_seed)

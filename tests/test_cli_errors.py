@@ -1,0 +1,219 @@
+"""A user's mistake on train.py, sample.py or evaluate.py ends in one line naming the argument and
+a non-zero exit status, never in a traceback; run directories are locked and numbered atomically."""
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from xswin_fast.cli import evaluate, sample, train
+from xswin_fast.runs.run_dir import new_numbered_run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+from tiny_run import TINY  # noqa: E402
+
+
+def run_cli(main, argv, capsys):
+    """(exit status, stderr) of ``main(argv)``; any exception other than SystemExit propagates
+    (it would be a traceback)."""
+    try:
+        status, err = main(argv), ""
+    except SystemExit as exc:
+        status, err = (1, exc.code) if isinstance(exc.code, str) else (exc.code, "")
+    return status, err + capsys.readouterr().err
+
+
+def assert_one_line_error(status, err, *names):
+    assert status not in (0, None), err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")])
+    return e
+
+
+def tiny(run_dir, *extra):
+    return ["--run-dir", str(run_dir), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
+            "--global-batch-size", "16", "--sample-every", "0", "--sample-num", "4", "--sample-steps", "2",
+            "--no-progress", "--max-steps", "1", *extra]
+
+
+TRAIN_CASES = {
+    "lr nan": (["--lr", "nan"], ["--lr"]),
+    "lr negative": (["--lr", "-1"], ["--lr"]),
+    "weight decay inf": (["--weight-decay", "inf"], ["--weight-decay"]),
+    "batch 0": (["--global-batch-size", "0"], ["--global-batch-size"]),
+    "eval fraction 1": (["--eval-fraction", "1"], ["--eval-fraction"]),
+    "ema decay 2": (["--ema-decay", "2"], ["--ema-decay"]),
+    "max steps 0": (["--max-steps", "0"], ["--max-steps"]),
+    "epochs 0": (["--epochs", "0"], ["--epochs"]),
+    "sample cfg nan": (["--sample-cfg", "nan"], ["--sample-cfg"]),
+    "sample steps beyond T": (["--sample-steps", "2000"], ["--sample-steps"]),
+    "negative seed": (["--global-seed", "-1"], ["--global-seed"]),
+    "not a number": (["--lr", "fast"], ["--lr"]),
+    "unknown model": (["--model", "XSwin-Z/3"], ["--model"]),
+    "device gpu": (["--device", "gpu"], ["--device"]),
+    "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
+    "model kwargs typo": (["--model-kwargs", '{"embed_dimm": 8}'], ["--model"]),
+    "data missing": (["--data", "/nonexistent/images"], ["--data"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train_user_error_is_one_line(case, tmp_path, capsys):
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    extra, names = TRAIN_CASES[case]
+    argv = tiny(tmp_path / "run", *extra)
+    if case == "model kwargs typo":
+        argv[argv.index(TINY)] = extra[1]
+        argv = argv[: -len(extra)]
+    assert_one_line_error(*run_cli(train.main, argv, capsys), *names)
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
+def test_train_data_errors_are_one_line(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    assert_one_line_error(*run_cli(train.main, tiny(tmp_path / "a", "--data", str(data), "--vae", "none"), capsys),
+                          "--data", "no class subfolders")
+    (data / "cat").mkdir()
+    for i in range(3):
+        (data / "cat" / f"{i}.png").write_bytes(b"not a png")
+    status, err = run_cli(train.main, tiny(tmp_path / "b", "--data", str(data), "--vae", "none", "--image-size", "8"), capsys)
+    assert_one_line_error(status, err.split("skipping unreadable")[0] + err.splitlines()[-1], "--data", "none of its 3 images")
+
+
+def test_train_results_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "results").write_text("")
+    argv = tiny(tmp_path / "x")[2:] + ["--results-dir", str(tmp_path / "results")]
+    assert_one_line_error(*run_cli(train.main, argv, capsys), "--results-dir", "is a file")
+
+
+def test_train_read_only_folder_and_full_disk(tmp_path, capsys, monkeypatch):
+    def read_only(self, *a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "mkdir", read_only)
+        assert_one_line_error(*run_cli(train.main, tiny(tmp_path / "ro"), capsys), "Read-only file system", "ro")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    status, err = run_cli(train.main, tiny(tmp_path / "full"), capsys)
+    assert_one_line_error(status, err, "No space left on device", "0000001.pt")
+    assert not list((tmp_path / "full" / "checkpoints").iterdir())  # no temporary file left behind
+
+
+def test_train_run_dir_is_locked_against_a_second_process(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder_code = ("import sys, time; from pathlib import Path; from xswin_fast.runs.run_dir import run_dir_lock\n"
+                   "with run_dir_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", holder_code, str(run)], stdout=subprocess.PIPE, env=env(), text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        status, err = run_cli(train.main, tiny(run), capsys)
+        assert_one_line_error(status, err, "in use by another training process", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".lock").read_text().strip() == str(holder.pid)  # the lock file of a dead process...
+    assert train.main(tiny(run)) == 0  # ...is taken over
+
+
+def test_train_numbered_run_dirs_are_created_atomically(tmp_path):
+    a, b = new_numbered_run_dir(tmp_path, "XSwin-S/2"), new_numbered_run_dir(tmp_path, "XSwin-S/2")
+    assert (a.name, b.name) == ("000-XSwin-S-2", "001-XSwin-S-2") and a.is_dir() and b.is_dir()
+
+
+SAMPLE_CASES = {
+    "num samples 0": (["--num-samples", "0"], ["--num-samples"]),
+    "batch size 0": (["--batch-size", "0"], ["--batch-size"]),
+    "steps 0": (["--steps", "0"], ["--steps"]),
+    "steps beyond T": (["--steps", "5000"], ["--steps"]),
+    "cfg nan": (["--cfg-scale", "nan"], ["--cfg-scale"]),
+    "cfg inf": (["--cfg-scale", "inf"], ["--cfg-scale"]),
+    "seed negative": (["--seed", "-3"], ["--seed"]),
+    "nrow 0": (["--nrow", "0"], ["--nrow"]),
+    "threads": (["--threads", "-2"], ["--threads"]),
+    "unknown label": (["--labels", "7,zebra"], ["--labels", "zebra"]),
+    "label out of range": (["--labels", "12"], ["--labels"]),
+    "device gpu": (["--device", "gpu"], ["--device"]),
+    "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
+    "missing checkpoint": (["--ckpt", "/nonexistent/run"], ["/nonexistent/run"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLE_CASES))
+def test_sample_user_error_is_one_line(case, digits_run, tmp_path, capsys):
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    extra, names = SAMPLE_CASES[case]
+    argv = ["--ckpt", str(digits_run), "--num-samples", "2", "--steps", "2", "--out", str(tmp_path / "s"), *extra]
+    assert_one_line_error(*run_cli(sample.main, argv, capsys), *names)
+    assert not (tmp_path / "s").exists()
+
+
+def test_sample_out_that_is_a_file(digits_run, tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    argv = ["--ckpt", str(digits_run), "--num-samples", "2", "--steps", "2", "--out", str(tmp_path / "taken")]
+    assert_one_line_error(*run_cli(sample.main, argv, capsys), "--out", "is a file")
+
+
+EVALUATE_CASES = {
+    "kid subset 0": (["--kid-subset-size", "0"], ["--kid-subset-size"]),
+    "isc splits 0": (["--isc-splits", "0"], ["--isc-splits"]),
+    "prc neighborhood 0": (["--prc-neighborhood", "0"], ["--prc-neighborhood"]),
+    "unknown metric": (["--metrics", "fid,fdd"], ["--metrics"]),
+    "one sample": (["--num-samples", "1"], ["--num-samples"]),
+    "cfg nan": (["--cfg-scale", "nan"], ["--cfg-scale"]),
+    "steps 0": (["--steps", "0"], ["--steps"]),
+    "batch size 0": (["--batch-size", "0"], ["--batch-size"]),
+    "missing inception weights": (["--feature-extractor", "inception", "--inception-weights", "/nonexistent/w.pth"],
+                                  ["/nonexistent/w.pth"]),
+    "samples without ref": (["--samples", "x"], ["--samples", "--ref"]),
+    "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_CASES))
+def test_evaluate_user_error_is_one_line(case, digits_run, tmp_path, capsys):
+    if case == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    extra, names = EVALUATE_CASES[case]
+    argv = ["--ckpt", str(digits_run), "--steps", "2", "--out", str(tmp_path / "e"), *extra]
+    if case == "samples without ref":
+        argv = ["--samples", str(tmp_path), "--out", str(tmp_path / "e")]
+    assert_one_line_error(*run_cli(evaluate.main, argv, capsys), *names)
+    assert not (tmp_path / "e").exists()  # refused before any sampling
+
+
+def test_evaluate_without_torch_fidelity_stops_before_sampling(digits_run, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch_fidelity" else real(name, *a))
+    argv = ["--ckpt", str(digits_run), "--steps", "2", "--out", str(tmp_path / "e")]
+    assert_one_line_error(*run_cli(evaluate.main, argv, capsys), "torch-fidelity")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("script,argv,name", [
+    ("sample.py", ["--ckpt", "/nonexistent", "--num-samples", "0"], "--num-samples"),
+    ("train.py", ["--data", "/nonexistent/images"], "--data"),
+])
+def test_cli_script_prints_one_line_without_traceback(tmp_path, script, argv, name):
+    res = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=tmp_path, env=env(), capture_output=True,
+                         text=True, timeout=300)
+    assert_one_line_error(res.returncode, res.stderr, name)
