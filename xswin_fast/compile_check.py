@@ -45,8 +45,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
+
+from .op_calls import MODEL_BATCH, PRECISIONS, NoCompute, OpCall, TensorLayout, drive_model
 
 CHECK_VERSION = "1"
 
@@ -70,11 +70,7 @@ TARGETS = {
     80: Target(80, "sm_80", "A100", 108, 166912, 167936),
 }
 SMEM_RESERVED_PER_BLOCK = 1024  # the driver's reservation per block on sm_80 and later
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# the batch the models are driven at; no preset has a head count, channel count or window of 5,
-# so a leading dim of 5 marks a per-sample tensor when the calls are replayed at other batches
-MODEL_BATCH = 5
 
 
 @contextlib.contextmanager
@@ -116,170 +112,13 @@ def triton_on_cpu():
         dispatch.interpreter_active = saved
 
 
-def _to_meta(x):
-    if isinstance(x, torch.Tensor) and x.device.type == "cpu":
-        n = x.untyped_storage().nbytes() // x.element_size()
-        return torch.empty(max(n, 1), dtype=x.dtype, device="meta").as_strided(x.shape, x.stride(), x.storage_offset())
-    if isinstance(x, torch.device) and x.type == "cpu":
-        return torch.device("meta")
-    return x
-
-
-def empty_like_layout(shape, stride, offset: int, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor with exactly this layout (pages are never touched)."""
-    extent = 0 if 0 in shape else 1 + sum((s - 1) * abs(st) for s, st in zip(shape, stride))
-    return torch.empty(max(offset + extent, 1), dtype=dtype).as_strided(tuple(shape), tuple(stride), offset)
-
-
-def _to_cpu(x):
-    if isinstance(x, torch.Tensor) and x.device.type == "meta":
-        return empty_like_layout(x.shape, x.stride(), x.storage_offset(), x.dtype)
-    return x
-
-
-class NoCompute(TorchDispatchMode):
-    """Aten ops on big tensors run on the meta device: outputs get the right shape, strides and
-    dtype, uninitialised. Small ones (data-dependent checks, embeddings of t and y) run for real,
-    so do views, and non-aten ops (the kernels' custom ops) run their real implementation, which
-    reaches the kernel launches."""
-
-    SMALL = 1 << 16
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        flat = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        small = sum(t.numel() for t in flat) <= self.SMALL and "empty" not in func.__name__
-        if func.namespace != "aten" or func.is_view or small:
-            return func(*args, **kwargs)
-        out = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
-        if func._schema.is_mutable:
-            return self._mutated(func, args, kwargs)
-        return tree_map(_to_cpu, out)
-
-    @staticmethod
-    def _mutated(func, args, kwargs):
-        """In-place and out= ops return the argument they write to."""
-        schema, results = func._schema, []
-        for ret in schema.returns:
-            for i, arg in enumerate(schema.arguments):
-                if arg.alias_info is not None and ret.alias_info is not None and \
-                        arg.alias_info.before_set == ret.alias_info.before_set:
-                    results.append(kwargs[arg.name] if arg.name in kwargs else args[i])
-                    break
-        return results[0] if len(results) == 1 else tuple(results)
-
-
-class TensorLayout(NamedTuple):
-    shape: Tuple[int, ...]
-    stride: Tuple[int, ...]
-    offset: int
-    dtype: torch.dtype
-    requires_grad: bool
-
-    @classmethod
-    def of(cls, t: torch.Tensor) -> "TensorLayout":
-        return cls(tuple(t.shape), tuple(t.stride()), t.storage_offset(), t.dtype, t.requires_grad)
-
-    def per_sample(self) -> bool:
-        return len(self.shape) > 0 and self.shape[0] == MODEL_BATCH and self.stride[0] == max(self.stride)
-
-    def build(self, batch: Optional[int]) -> torch.Tensor:
-        shape = (batch,) + self.shape[1:] if batch is not None and self.per_sample() else self.shape
-        t = empty_like_layout(shape, self.stride, self.offset, self.dtype)
-        return t.requires_grad_(self.requires_grad)
-
-
-class OpCall(NamedTuple):
-    """One call of a public op: its name, arguments (tensors as layouts), autocast dtype and the
-    layout of the gradient its output received (None: no backward)."""
-
-    op: str
-    args: tuple
-    kwargs: tuple
-    autocast: Optional[torch.dtype]
-    grad: Optional[TensorLayout]
-
-    def run(self, batch: Optional[int]) -> None:
-        """Call the op with ``backend="triton"`` on fresh tensors, then its backward."""
-        from . import ops
-
-        def build(x):
-            return x.build(batch) if isinstance(x, TensorLayout) else x
-
-        args = [build(a) for a in self.args]
-        kwargs = {k: build(v) for k, v in self.kwargs}
-        leaves = [t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
-        with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
-            out = getattr(ops, self.op)(*args, **{**kwargs, "backend": "triton"})
-        if self.grad is not None and leaves:
-            torch.autograd.grad(out, leaves, self.grad.build(batch), allow_unused=True)
-
-
-def public_ops() -> List[str]:
-    import inspect
-
-    from . import ops
-
-    return [n for n in ops.__all__ if callable(getattr(ops, n)) and "backend" in inspect.signature(getattr(ops, n)).parameters]
-
-
-@contextlib.contextmanager
-def recording_op_calls(calls: Dict[OpCall, set], label: tuple):
-    """Record every public-op call (wrapping ``xswin_fast.ops.<op>``) into ``calls[call] -> labels``,
-    with the layout of the gradient its output receives in the backward run inside the block."""
-    from . import ops
-
-    pending = []
-
-    def layout(x):
-        return TensorLayout.of(x) if isinstance(x, torch.Tensor) else x
-
-    def wrap(name, f):
-        def recorded(*args, **kwargs):
-            kwargs.pop("backend", None)
-            autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-            call = OpCall(name, tuple(layout(a) for a in args), tuple(sorted((k, layout(v)) for k, v in kwargs.items())),
-                          autocast, None)
-            out = f(*args, **kwargs, backend="triton")
-            pending.append([call, None])
-            if out.requires_grad:
-                entry = pending[-1]
-                out.register_hook(lambda g: entry.__setitem__(1, TensorLayout.of(g)._replace(requires_grad=False)))
-            return out
-        return recorded
-
-    saved = {n: getattr(ops, n) for n in public_ops()}
-    for n, f in saved.items():
-        setattr(ops, n, wrap(n, f))
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(ops, n, f)
-    for call, grad in pending:
-        calls.setdefault(call._replace(grad=grad), set()).add(label)
-
-
 def model_calls(preset: str, latent: int, precision: str, calls: Dict[OpCall, set], recorder: "LaunchRecorder") -> None:
-    """Drive ``preset`` forward and backward at ``latent`` (uninitialised weights, no compute) on
-    an emulated sm_90a; record its public-op calls, labelled (preset, latent, precision), and its
-    launches at the model batch in ``recorder``."""
-    from .models.registry import create_model
-
-    with torch.device("meta"):
-        model = create_model(preset, input_size=latent)
-    model = model.to_empty(device="cpu").set_backend("triton").train()
-    B = MODEL_BATCH
-    x = torch.empty(B, model.in_channels, latent, latent)
-    t, y = torch.zeros(B), torch.zeros(B, dtype=torch.long)
-    dtype = PRECISIONS[precision]
+    """Drive ``preset`` forward and backward at ``latent`` with ``backend="triton"`` on an emulated
+    sm_90a: its public-op calls go to ``calls``, its launches at the model batch to ``recorder``."""
     label = ("preset", preset, latent, precision)
     recorder.label = (label, None)
-    with recording_op_calls(calls, label), NoCompute(), triton_on_cpu(), emulated_gpu(TARGETS[90]), \
-            recorder.active(TARGETS[90]):
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model(x, t, y)
-        out.backward(torch.empty_like(out))
+    with triton_on_cpu(), emulated_gpu(TARGETS[90]), recorder.active(TARGETS[90]):
+        drive_model(preset, latent, precision, calls, backend="triton")
 
 
 def _window_call(form: str, window: Tuple[int, int], d: int, dtype: torch.dtype, heads: int = 2) -> OpCall:
