@@ -22,12 +22,13 @@ import benchutils as bu
 from xswin_fast import ops
 from xswin_fast.ops import reference
 
-# stage token maps (B on GPU, B on CPU, H, W, C): the paper preset's and Swin-B-like stages
+# stage token maps (B on GPU, B on CPU, H, W, C): the paper preset's, Swin-B-like and XSwin-S/2 stages
 SHAPES = {
     "paper-s1": ((256, 8), 8, 8, 192),
     "paper-s2": ((256, 8), 4, 4, 384),
     "swinb-s1": ((64, 1), 64, 64, 128),
     "swinb-s2": ((64, 2), 32, 32, 256),
+    "xswin-s2-s1": ((64, 1), 16, 16, 192),  # XSwin-S/2 at 256 px, stage 1
 }
 
 # op: (per-sample vectors, token inputs, fwd token-tensor traffic, bwd token-tensor traffic,

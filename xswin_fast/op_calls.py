@@ -106,6 +106,16 @@ class OpCall(NamedTuple):
     autocast: Optional[torch.dtype]
     grad: Optional[TensorLayout]
 
+    @classmethod
+    def of(cls, op: str, args: tuple, kwargs: dict, grad: Optional[torch.Tensor] = None,
+           autocast: Optional[torch.dtype] = None) -> "OpCall":
+        """The call ``ops.<op>(*args, **kwargs)`` of these tensors, with output gradient ``grad``."""
+        def layout(x):
+            return TensorLayout.of(x) if isinstance(x, torch.Tensor) else x
+
+        return cls(op, tuple(layout(a) for a in args), tuple(sorted((k, layout(v)) for k, v in kwargs.items())),
+                   autocast, None if grad is None else TensorLayout.of(grad)._replace(requires_grad=False))
+
     def run(self, batch: Optional[int] = None, backend: Optional[str] = "triton") -> None:
         """Call the op on ``backend`` with fresh tensors (per-sample ones at ``batch`` if given),
         then its backward."""
