@@ -86,7 +86,7 @@ def test_rules_flag_fp32_spills_below_64_registers_and_anything_not_ok():
 CAPTURE_AND_COMPILE = """
 import json, sys
 from xswin_fast import compile_check as cc
-calls = cc.sweep_calls([(2, 2)], [16], ["bf16"])
+calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([(2, 2)], [16], ["bf16"]).items())]
 recorder = cc.LaunchRecorder()
 rejected, errors = cc.replay(calls, [1], cc.TARGETS[90], recorder, [])
 specs = {k: s for k, s in recorder.configs.items() if s["kernel"].endswith("fwd_kernel")}

@@ -70,7 +70,9 @@ TARGETS = {
     80: Target(80, "sm_80", "A100", 108, 166912, 167936),
 }
 SMEM_RESERVED_PER_BLOCK = 1024  # the driver's reservation per block on sm_80 and later
-DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# batch 1 to 256: the ends, an odd batch (per-sample counts not divisible by 16), the benchmark's
+# 64 and a power of two between (--batches for any other set)
+DEFAULT_BATCHES = (1, 3, 16, 64, 256)
 
 
 @contextlib.contextmanager
@@ -225,15 +227,16 @@ def config_key(spec: dict) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
 
-def replay(calls: Dict[OpCall, set], batches: Sequence[Optional[int]], target: Target,
+def replay(calls: Sequence[Tuple[int, OpCall, set]], batches: Sequence[Optional[int]], target: Target,
            recorder: LaunchRecorder, consulted: list) -> Tuple[list, list]:
-    """Run every call at every batch on ``target``; returns (rejected up front, errors) as
-    (label, batch, message) lists. A ValueError from the op is a rejection up front."""
+    """Run every (index, call, labels) at every batch on ``target``, launches recorded with the
+    source (index, batch); returns (rejected up front, errors) as (label, batch, message) lists.
+    A ValueError from the op is a rejection up front."""
     rejected, errors = [], []
     with triton_on_cpu(), emulated_gpu(target, consulted), NoCompute(), recorder.active(target):
-        for call, labels in calls.items():
+        for index, call, labels in calls:
             for batch in batches:
-                recorder.label = (call, batch)
+                recorder.label = (index, batch)
                 try:
                     call.run(batch)
                 except ValueError as exc:
@@ -241,6 +244,38 @@ def replay(calls: Dict[OpCall, set], batches: Sequence[Optional[int]], target: T
                 except Exception as exc:  # noqa: BLE001 - every other failure is a finding
                     errors.append((sorted(labels)[0], batch, f"{type(exc).__name__}: {exc}"))
     return rejected, errors
+
+
+def replay_chunk(calls, batches, arches) -> tuple:
+    """``replay`` on every target (a worker-process task): configs, sources, rejected, errors,
+    and how often the emulated GPU was consulted."""
+    recorder, consulted, rejected, errors = LaunchRecorder(), [], [], []
+    for arch in arches:
+        r, e = replay(calls, batches, TARGETS[arch], recorder, consulted)
+        rejected += r
+        errors += e
+    return recorder.configs, dict(recorder.sources), rejected, errors, len(consulted)
+
+
+def replay_all(groups, arches, jobs: int) -> tuple:
+    """``replay_chunk`` over [(indexed calls, batches)] in ``jobs`` processes, merged."""
+    import multiprocessing
+
+    worker = __import__("xswin_fast.compile_check").compile_check
+    configs, sources, rejected, errors, consulted = {}, defaultdict(set), [], [], 0
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(tempfile.gettempdir(),)) as pool:
+        futures = [pool.submit(worker.replay_chunk, calls[i::jobs * 4], batches, arches)
+                   for calls, batches in groups for i in range(jobs * 4) if calls[i::jobs * 4]]
+        for future in as_completed(futures):
+            c, s, r, e, n = future.result()
+            configs.update(c)
+            for key, src in s.items():
+                sources[key] |= src
+            rejected += r
+            errors += e
+            consulted += n
+    return configs, sources, rejected, errors, consulted
 
 
 class _NoFit(Exception):
@@ -464,11 +499,11 @@ def _label(label: tuple) -> str:
 
 
 def build_rows(specs: Dict[str, dict], results: Dict[str, dict], sources: Dict[str, set],
-               calls: Dict[OpCall, set]) -> List[dict]:
+               calls: Sequence[Tuple[int, OpCall, set]]) -> List[dict]:
     """One row per configuration and target: what it is, what it costs, where it is launched from."""
     rows = []
     for key, spec in specs.items():
-        labels = {label for call, _ in sources[key] for label in calls[call]}
+        labels = {label for index, _ in sources[key] for label in calls[index][2]}
         batches = sorted({b for _, b in sources[key] if b is not None})
         pointers = sorted({v[1:] for v in spec["signature"].values() if isinstance(v, str) and v.startswith("*")})
         rows.append(dict(
@@ -615,25 +650,23 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
     progress(f"recording {len(args.presets)} presets x latent {factors}x x {precisions} ...")
     calls, seen = record_presets(args.presets, factors, precisions, args.jobs, progress)
     again = LaunchRecorder()
-    replay(calls, [None], TARGETS[90], again, [])
+    indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
+    replay(indexed, [None], TARGETS[90], again, [])
     found = [] if set(again.configs) == set(seen) else [
         f"replaying the recorded op calls at the model batch gives {len(set(again.configs) ^ set(seen))} launch "
         f"configurations that differ from the model runs' own: the replay is not faithful"]
     sweep = sweep_calls(_windows(args.sweep_windows), _ints(args.sweep_head_dims), precisions) if args.sweep_windows else {}
-    recorder, consulted, rejected, errors = LaunchRecorder(), [], [], []
-    for target in args.targets:
-        for group, batches in ((calls, _ints(args.batches)), (sweep, [args.sweep_batch])):
-            r, e = replay(group, batches, target, recorder, consulted)
-            rejected += r
-            errors += e
-    all_calls = {**calls, **sweep}
-    progress(f"{len(calls)} op calls from the presets, {len(sweep)} from the sweep, {len(recorder.configs)} kernel "
-             f"configurations over {len(args.targets)} targets; recorded in {time.time() - start:.0f} s")
+    swept = [(len(indexed) + i, call, labels) for i, (call, labels) in enumerate(sweep.items())]
+    progress(f"replaying {len(indexed)} op calls from the presets at batches {args.batches} and {len(swept)} from "
+             f"the sweep at batch {args.sweep_batch} on {', '.join(t.name for t in args.targets)} ...")
+    configs, sources, rejected, errors, consulted = replay_all(
+        [(indexed, _ints(args.batches)), (swept, [args.sweep_batch])], [t.arch for t in args.targets], args.jobs)
+    progress(f"{len(configs)} kernel configurations; recorded and replayed in {time.time() - start:.0f} s")
     if not consulted:
         progress("note: no launch consulted the emulated GPU (torch.cuda.get_device_properties): launch geometries "
                  "that depend on the SM count are the kernels' CPU-tensor choices")
-    results = compile_all(recorder.configs, args.jobs, args.timeout, None if args.no_cache else args.cache_dir, progress)
-    rows = build_rows(recorder.configs, results, recorder.sources, all_calls)
+    results = compile_all(configs, args.jobs, args.timeout, None if args.no_cache else args.cache_dir, progress)
+    rows = build_rows(configs, results, sources, indexed + swept)
     found += problems(rows, errors)
     line = summary(rows, rejected, found) + f"; {time.time() - start:.0f} s (triton {triton.__version__})"
     return rows, found, line
