@@ -125,8 +125,9 @@ def model_calls(preset: str, latent: int, precision: str, calls: Dict[OpCall, se
 
 def _window_call(form: str, window: Tuple[int, int], d: int, dtype: torch.dtype, heads: int = 2) -> OpCall:
     """A window-attention call in the models' layouts: "self" = SwinV2 (q, k, v views of one qkv
-    projection, bias, cosine, shifted), "cross" = XSwin skip (q alone, k, v views of one kv
-    projection, dot product, not shifted); a 2x2-window map (+1 token: padded edge windows)."""
+    projection, a (heads, N, N) permuted-view bias and the logit scale in fp32, cosine, shifted),
+    "cross" = XSwin skip (q alone, k, v views of one kv projection, dot product, not shifted); on
+    a 2x2-window map plus one token (padded edge windows)."""
     wh, ww = window
     H, W = 2 * wh + 1, 2 * ww + 1
     N = wh * ww
@@ -148,7 +149,7 @@ def _window_call(form: str, window: Tuple[int, int], d: int, dtype: torch.dtype,
 
 def sweep_calls(windows: Sequence[Tuple[int, int]], head_dims: Sequence[int], dtypes: Sequence[str]) -> Dict[OpCall, set]:
     """Window attention across the op's accepted range: every window and head dim listed, self and
-    cross form, each precision (16-bit inputs as the trainer's autocast produces them)."""
+    cross form, q, k, v in each precision."""
     calls = {}
     for window in windows:
         for d in head_dims:
