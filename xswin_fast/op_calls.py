@@ -85,7 +85,10 @@ class TensorLayout(NamedTuple):
 
     @classmethod
     def of(cls, t: torch.Tensor) -> "TensorLayout":
-        return cls(tuple(t.shape), tuple(t.stride()), t.storage_offset(), t.dtype, t.requires_grad)
+        """``t``'s layout. The storage offset is kept modulo 16 elements: of the offset only the
+        pointer's alignment reaches a kernel (Triton specialises pointers on 16-byte divisibility),
+        and one (B, k*C) adaLN projection sliced per block would make every block a new call."""
+        return cls(tuple(t.shape), tuple(t.stride()), t.storage_offset() % 16, t.dtype, t.requires_grad)
 
     def per_sample(self) -> bool:
         return len(self.shape) > 0 and self.shape[0] == MODEL_BATCH and self.stride[0] == max(self.stride)
