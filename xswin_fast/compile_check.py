@@ -625,6 +625,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=default_cache_dir(), help="results by compile input + kernel source "
                    "+ Triton version")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    p.add_argument("--list", action="store_true", help="record and replay, print the configurations per kernel, "
+                   "compile nothing")
     p.add_argument("--out", default=None, help="write compile_check.md and compile_check.json here")
     p.add_argument("--check", action="store_true", help="exit 1 and list every configuration that breaks the rules")
     args = p.parse_args(argv)
@@ -666,6 +668,9 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
     if not consulted:
         progress("note: no launch consulted the emulated GPU (torch.cuda.get_device_properties): launch geometries "
                  "that depend on the SM count are the kernels' CPU-tensor choices")
+    if args.list:
+        rows = build_rows(configs, {}, sources, indexed + swept)
+        return rows, found, f"compile-check: {len(configs)} kernel configurations listed, none compiled (--list)"
     results = compile_all(configs, args.jobs, args.timeout, None if args.no_cache else args.cache_dir, progress)
     rows = build_rows(configs, results, sources, indexed + swept)
     found += problems(rows, errors)
