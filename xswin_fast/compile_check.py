@@ -4,7 +4,8 @@ H100/H200 (sm_90a) and A100 (sm_80) on a machine without a GPU, with its resourc
     python -m xswin_fast.compile_check                 # table + one-line summary
     python -m xswin_fast.compile_check --check         # exit 1 and list what breaks the rules
     python -m xswin_fast.compile_check --out DIR       # also DIR/compile_check.{md,json}
-    python -m xswin_fast.compile_check --quick         # the 256-px presets at batch 64, no sweep
+    python -m xswin_fast.compile_check --quick         # XSwin-S/2, XSwin-B/2, DiT-S/2 at 256 px, batch 64
+    python -m xswin_fast.compile_check --list          # count the configurations, compile nothing
 
 Method (docs/gpu_fitness.md):
  1. Launches are captured where Triton launches them: ``JITFunction.run`` is replaced by a
