@@ -36,4 +36,16 @@ BENCH_ARGS ?=
 bench: install-bench
 	env -u TRITON_INTERPRET $(PY) -m pytest benchmarks/ --benchmark-only $(BENCH_ARGS)
 
-.PHONY: install install-test install-bench train test bench
+# docs/gpu_fitness.md: registers, spills, shared memory and occupancy of every kernel configuration
+# on sm_90a and sm_80 (ptxas ships in the triton wheel), with the rules CI enforces (--check)
+COMPILE_CHECK_ARGS ?= --check
+compile-check: install
+	env -u TRITON_INTERPRET $(PY) -m xswin_fast.compile_check $(COMPILE_CHECK_ARGS)
+
+# on a CUDA machine, under 8 minutes: results in benchmarks/results/<gpu>-<date>-<commit>/
+# (GPU_SESSION_ARGS=--dry-run walks every step without a GPU)
+GPU_SESSION_ARGS ?=
+gpu-session: install-bench
+	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_session.py $(GPU_SESSION_ARGS)
+
+.PHONY: install install-test install-bench train test bench compile-check gpu-session

@@ -19,15 +19,17 @@ import pytest
 import torch
 
 import benchutils as bu
-from xswin_fast import ops
+from xswin_fast import ops, traffic
+from xswin_fast.op_calls import OpCall
 from xswin_fast.ops import reference
 
-# stage token maps (B on GPU, B on CPU, H, W, C): the paper preset's and Swin-B-like stages
+# stage token maps (B on GPU, B on CPU, H, W, C): the paper preset's, Swin-B-like and XSwin-S/2 stages
 SHAPES = {
     "paper-s1": ((256, 8), 8, 8, 192),
     "paper-s2": ((256, 8), 4, 4, 384),
     "swinb-s1": ((64, 1), 64, 64, 128),
     "swinb-s2": ((64, 2), 32, 32, 256),
+    "xswin-s2-s1": ((64, 1), 16, 16, 192),  # XSwin-S/2 at 256 px, stage 1
 }
 
 # op: (per-sample vectors, token inputs, fwd token-tensor traffic, bwd token-tensor traffic,
@@ -159,8 +161,13 @@ def test_adaln(benchmark, bench_env, op, mode, shape, impl):
         nbytes, flops = fwd_tok * numel * elt + small, flops_per_elt * numel
     else:  # small tensors read in both passes, their gradients written once
         nbytes, flops = (fwd_tok + bwd_tok) * numel * elt + 3 * small, 3 * flops_per_elt * numel
+    # the traffic model's bound (xswin_fast.traffic): reference bytes over a fused kernel's
+    _, args, go = arg_sets[0]
+    call = OpCall.of(op, args, {}, grad=go)
+    kernel, ref = traffic.kernel_traffic(call), traffic.reference_traffic(call)
     bu.record(
         benchmark, env, median, bytes_=nbytes, flops=flops,
         op=op, mode=mode, case=shape, impl=impl, dtype=bu.dtype_name(env.dtype),
         shape=dict(B=B, H=H, W=W, C=C), input_sets=n_sets, check_err=err,
+        ideal_speedup=round((ref.fwd + ref.bwd) / (kernel.fwd + kernel.bwd), 2),
     )

@@ -15,9 +15,10 @@ per-head logit scale, additive (heads, N, N) bias, q/k/v strided views of one qk
 Cross-attention is the XSwin skip form: no shift, dot-product, no bias, q from one map and k, v
 views of one kv projection of another.
 
-Minimal bytes: q, k, v read once and o written once (4 x B*H*W*C elements), plus the bias;
-forward+backward adds q, k, v and dO read once and dq, dk, dv written once (7 x), plus the bias
-and its gradient. FLOPs: 4*N*C per token forward (QK^T and PV over the padded map, masked pairs
+Minimal bytes (``xswin_fast.traffic.kernel_traffic``): q, k, v read once and o written once
+(4 x B*H*W*C elements), plus the bias; forward+backward adds q, k, v and dO read once and dq, dk,
+dv written once (7 x), plus the bias and its gradient. ``ideal_speedup`` is the reference path's
+bytes (``xswin_fast.traffic.reference_traffic``) over those. FLOPs: 4*N*C per token forward (QK^T and PV over the padded map, masked pairs
 counted as in dense attention); the backward counts 2.5x the forward (FlashAttention's
 convention); normalisation and softmax are not counted.
 """
@@ -29,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 import benchutils as bu
-from xswin_fast import ops
+from xswin_fast import ops, traffic
+from xswin_fast.op_calls import OpCall
 from xswin_fast.ops import reference
 
 # name: B on GPU, B on CPU, map H x W, width C, heads, window, shift of the self-attention
@@ -38,6 +40,11 @@ CASES = {
     "paper-s2": dict(B=(256, 8), H=4, W=4, C=384, heads=12, window=2, shift=1),  # XSwin-paper stage 2
     "swinb-s1": dict(B=(64, 1), H=64, W=64, C=128, heads=4, window=8, shift=4),  # Swin-B-like stage 1
     "swinb-s2": dict(B=(64, 2), H=32, W=32, C=256, heads=8, window=8, shift=4),  # Swin-B-like stage 2
+    # XSwin-S/2 and XSwin-B/2 at 256 px (latent 32): 16x16 and 8x8 token maps, batch 64
+    "xswin-s2-s1": dict(B=(64, 1), H=16, W=16, C=192, heads=6, window=8, shift=4),
+    "xswin-s2-s2": dict(B=(64, 2), H=8, W=8, C=384, heads=12, window=8, shift=0),
+    "xswin-b2-s1": dict(B=(64, 1), H=16, W=16, C=384, heads=6, window=8, shift=4),
+    "xswin-b2-s2": dict(B=(64, 2), H=8, W=8, C=768, heads=12, window=8, shift=0),
 }
 IMPLS = ("reference", "compile", "flex", "triton")
 
@@ -274,16 +281,19 @@ def test_window_attention(benchmark, bench_env, kind, mode, case, impl):
     median = bu.run_benchmark(benchmark, env, step, arg_sets, rounds=bu.KERNEL_ROUNDS)
 
     Hp, Wp = -(-H // win) * win, -(-W // win) * win
-    x_bytes = tokens * C * elt
-    bias_bytes = nh * N * N * elt if kind == "self" else 0
     fwd_flops = 4.0 * B * Hp * Wp * N * C
-    if mode == "fwd":
-        nbytes, flops = 4 * x_bytes + bias_bytes, fwd_flops
-    else:
-        nbytes, flops = 11 * x_bytes + 3 * bias_bytes, 3.5 * fwd_flops
+    flops = fwd_flops if mode == "fwd" else 3.5 * fwd_flops
+    # bytes from the traffic model (xswin_fast.traffic): the kernel's minimal bytes, and the
+    # reference's bytes over them, the ideal speedup of a memory-bound kernel
+    leaves, bias, ls, go = arg_sets[0]
+    shift = (cfg["shift"],) * 2 if kind == "self" else (0, 0)
+    call = OpCall.of("window_attention", (*qkv_views(leaves), (win, win), shift), dict(bias=bias, logit_scale=ls), grad=go)
+    kernel, ref = traffic.kernel_traffic(call), traffic.reference_traffic(call)
+    nbytes = kernel.fwd + kernel.bwd
     bu.record(
         benchmark, env, median, bytes_=nbytes, flops=flops,
         op="window_attention", kind=kind, mode=mode, case=case, impl=impl, dtype=bu.dtype_name(env.dtype),
         shape=dict(B=B, H=H, W=W, C=C, heads=nh, head_dim=C // nh, window=win, shift=cfg["shift"] if kind == "self" else 0),
         cosine_bias=kind == "self", input_sets=n_sets, check_err=err,
+        reference_bytes=ref.fwd + ref.bwd, ideal_speedup=round((ref.fwd + ref.bwd) / nbytes, 2),
     )

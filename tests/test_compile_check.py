@@ -1,0 +1,111 @@
+"""The offline GPU compile check's own logic: parsing ptxas / SASS, occupancy, dedup keys, the
+rules on synthetic rows, and one real capture + sm_90a compile of a tiny window attention (in a
+subprocess: the check needs the kernels imported without Triton's interpreter)."""
+import json
+import os
+import subprocess
+import sys
+
+from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary
+
+PTXAS_LOG = """ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'window_attn_bwd_kernel' for 'sm_90a'
+ptxas info    : Function properties for window_attn_bwd_kernel
+    200 bytes stack frame, 196 bytes spill stores, 204 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 200 bytes cumulative stack size
+"""
+
+SASS = """
+        /*0110*/                   LDG.E.128.CONSTANT R4, desc[UR6][R2.64] ;
+        /*0120*/                   LDG.E.U16 R8, desc[UR6][R6.64] ;
+        /*0130*/              @!P0 LDG.E.U16 R9, desc[UR6][R6.64+0x2] ;
+        /*0140*/                   LDGSTS.E.BYPASS.128 [R1], desc[UR4][R2.64] ;
+        /*0150*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ;
+        /*0160*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0170*/                   LDG.E R3, desc[UR6][R4.64] ;
+"""
+
+
+def test_parse_ptxas_reads_registers_and_spills():
+    assert parse_ptxas(PTXAS_LOG) == dict(regs=255, spill_stores=196, spill_loads=204, stack=200)
+    assert parse_ptxas("ptxas info    : Used 40 registers")["spill_stores"] == 0
+
+
+def test_sass_summary_counts_tensor_cores_and_load_widths():
+    s = sass_summary(SASS)
+    assert s["mma"] == {"HGMMA": 1, "HMMA": 1}
+    assert s["loads"] == {"128": 2, "32": 1, "16": 2}
+
+
+def test_occupancy_is_limited_by_registers_then_shared_memory():
+    h100 = TARGETS[90]
+    # 255 registers x 32 threads, rounded to 256 per warp: 8192 per warp -> 8 warps -> 2 blocks of 4
+    assert occupancy(h100, 255, 0, 4) == 8 / 64
+    # 40 registers: 1280 per warp -> 51 warps -> 12 blocks of 4; 32 registers: all 64 warps
+    assert occupancy(h100, 40, 0, 4) == 48 / 64
+    assert occupancy(h100, 32, 0, 4) == 1.0
+    # 100 KiB of shared memory (+1 KiB reserved per block): 2 blocks
+    assert occupancy(h100, 32, 100 * 1024, 4) == 8 / 64
+
+
+def _spec(**params):
+    return dict(module="m", qualname="k", kernel="k", arch=90, signature={"x": "*bf16", "n": "i32"},
+                constexprs={(2,): params.get("BN", 64)}, attrs={(0,): [["tt.divisibility", 16]]},
+                options={"num_warps": 4}, params=params)
+
+
+def test_config_key_dedupes_identical_compile_inputs_only():
+    assert config_key(_spec(BN=64)) == config_key(_spec(BN=64))
+    assert config_key(_spec(BN=64)) != config_key(_spec(BN=32))
+    other_arch = dict(_spec(BN=64), arch=80)
+    assert config_key(other_arch) != config_key(_spec(BN=64))
+
+
+def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",), precisions=("bf16",)):
+    return dict(kernel="k", config="BN=64", pointers="bf16", num_warps=4, target=TARGETS[target].name, status=status,
+                regs=regs, spill_stores=spill, spill_loads=spill, error="too big" if status != "OK" else None,
+                preset_precisions=list(preset_precisions), precisions=list(precisions))
+
+
+def test_rules_flag_16_bit_preset_spills_on_sm90_only():
+    assert problems([_row()]) == []
+    assert len(problems([_row(spill=4)])) == 1
+    assert problems([_row(target=80, spill=4)]) == []
+    # a sweep configuration (no preset) may spill at a high register count
+    assert problems([_row(spill=4, preset_precisions=())]) == []
+
+
+def test_rules_flag_fp32_spills_below_64_registers_and_anything_not_ok():
+    fp32 = dict(preset_precisions=("fp32",), precisions=("fp32",))
+    assert len(problems([_row(regs=32, spill=21000, **fp32)])) == 1
+    assert problems([_row(regs=255, spill=1000, **fp32)]) == []
+    assert len(problems([_row(status="NOFIT", **fp32), _row(target=80, status="FAIL")])) == 2
+    assert len(problems([], errors=[(("preset", "XSwin-S/2", 32, "bf16"), 64, "RuntimeError: boom")])) == 1
+
+
+CAPTURE_AND_COMPILE = """
+import json, sys
+from xswin_fast import compile_check as cc
+calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([(2, 2)], [16], ["bf16"]).items())]
+recorder = cc.LaunchRecorder()
+rejected, errors = cc.replay(calls, [1], cc.TARGETS[90], recorder, [])
+specs = {k: s for k, s in recorder.configs.items() if s["kernel"].endswith("fwd_kernel")}
+results = cc.compile_all(specs, 1, 300, None, progress=lambda line: None)
+json.dump(dict(kernels=sorted(s["kernel"] for s in recorder.configs.values()), errors=errors,
+               results=list(results.values())), sys.stdout)
+"""
+
+
+def test_capture_and_compile_a_tiny_window_attention_for_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["errors"] == []
+    # the forward and the backward of the self form (cosine, bias: its gradient partials are summed)
+    assert any(k.endswith("fwd_kernel") for k in out["kernels"]) and any(k.endswith("bwd_kernel") for k in out["kernels"])
+    assert out["results"] and all(r["status"] == "OK" for r in out["results"])
+    assert all(r["regs"] > 0 and r["spill_stores"] == 0 for r in out["results"])
+    # a real sm_90a cubin: the forward's tl.dot runs on tensor cores
+    assert all(r["mma"] for r in out["results"])
