@@ -75,6 +75,22 @@ def _dot(a, b, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
+def _isolated_dot(a, b, o_rs, o_ks, WPT: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # a [R, K] @ b [K, D] where row r may only see the reduction entries of its own window slot
+    # (o_rs [R], o_ks [K]). A packed tile holds several windows: a plain dot would multiply a
+    # foreign window's Inf/NaN by an exact 0 of a and spread NaN to every window of the tile.
+    # So each slot gets its own dot, on b with the other slots' entries selected away (never
+    # multiplied by 0), and each row takes the result of its own slot.
+    if WPT == 1:
+        return _dot(a, b, ACC, UPCAST, PREC)
+    b_o = tl.zeros([a.shape[0], b.shape[1]], dtype=ACC)
+    for i_s in tl.static_range(WPT):
+        b_s = tl.where((o_ks == i_s)[:, None], b, tl.zeros_like(b))
+        b_o = tl.where((o_rs == i_s)[:, None], _dot(a, b_s, ACC, UPCAST, PREC), b_o)
+    return b_o
+
+
+@triton.jit
 def _tokens(i_tile, o_t, H, W, NWH, NWW, NWIN,
             WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
             N: tl.constexpr, WPT: tl.constexpr):
@@ -137,7 +153,8 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
         # o_qn, o_kn < N always: the gather is in bounds without a mask
         b_s += tl.load(bias + o_qn[:, None] * s_bi + o_kn[None, :] * s_bj).to(ACC) * _LOG2E
     if MASK_MODE == 2:
-        b_s = tl.where(_allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED), b_s, float("-inf"))
+        m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
+        b_s = tl.where(m_a, b_s, float("-inf"))
     elif MASK_MODE == 1:
         # one window per tile: only windows of the last rows/columns need the mask
         i_w = i_tile % (NWH * NWW)
@@ -149,7 +166,11 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
     b_p = tl.exp2(b_s - b_m[:, None])
     b_l = tl.sum(b_p, 1)
     b_l = tl.where(b_l == 0.0, 1.0, b_l)
-    return b_c, b_p / b_l[:, None]
+    b_p = b_p / b_l[:, None]
+    if MASK_MODE == 2:
+        # exactly 0 even in a row made NaN by its own window's Inf/NaN: it must not reach others
+        b_p = tl.where(m_a, b_p, 0.0)
+    return b_c, b_p
 
 
 @triton.jit
@@ -159,7 +180,7 @@ def window_attn_fwd_kernel(
     s_kb, s_kh, s_kw, s_kn, s_kd,
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
-    s_bn, s_bi, s_bj,
+    s_bn, s_bi, s_bj, s_ls,
     H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
@@ -178,7 +199,7 @@ def window_attn_fwd_kernel(
     o_vd = _channels(i_hd, o_d, s_vn, s_vd)
     o_od = _channels(i_hd, o_d, s_on, s_od)
     if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd).to(ACC), _LOG_MAX))
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
     else:
         b_scale = scale
     bias += i_hd.to(tl.int64) * s_bn
@@ -211,7 +232,7 @@ def window_attn_fwd_kernel(
                                m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
                                WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BM, BD]
-            b_o = _dot(b_p.to(b_v.dtype), b_v, ACC, UPCAST, PREC)
+            b_o = _isolated_dot(b_p.to(b_v.dtype), b_v, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
             p_o = o + _offsets(o_qb, o_qh, o_qw, s_ob, s_oh, s_ow)[:, None] + o_od[None, :]
             tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_qd)
 
@@ -224,7 +245,7 @@ def window_attn_bwd_kernel(
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
     s_gb, s_gh, s_gw, s_gn, s_gd,
-    s_bn, s_bi, s_bj,
+    s_bn, s_bi, s_bj, s_ls,
     H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
@@ -246,7 +267,7 @@ def window_attn_bwd_kernel(
     o_od = _channels(i_hd, o_d, s_on, s_od)
     o_gd = _channels(i_hd, o_d, s_gn, s_gd)
     if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd).to(ACC), _LOG_MAX))
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
     else:
         b_scale = scale
     bias += i_hd.to(tl.int64) * s_bn
@@ -295,10 +316,17 @@ def window_attn_bwd_kernel(
                                m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
                                WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BN, BD]
-            b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do, ACC, UPCAST, PREC)
+            b_dv += _isolated_dot(tl.trans(b_p.to(b_do.dtype)), b_do, o_ks, o_qs, WPT, ACC, UPCAST, PREC)
             # [BM, BN] dp, then ds = dL/d(score) with delta = rowsum(p * dp) from the tile
             b_dp = _dot(b_do, tl.trans(b_v), ACC, UPCAST, PREC)
+            if MASK_MODE == 2:
+                # a masked or foreign key contributes exactly nothing (dp and c may be Inf there)
+                m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
+                b_dp = tl.where(m_a, b_dp, 0.0)
+                b_c = tl.where(m_a, b_c, 0.0)
             b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 1)[:, None])
+            if MASK_MODE == 2:
+                b_ds = tl.where(m_a, b_ds, 0.0)
             if HAS_DBIAS:
                 if NUM_QB == 1:
                     b_db += b_ds
@@ -316,15 +344,15 @@ def window_attn_bwd_kernel(
                 b_dcc = b_dc * b_c
                 b_qn = b_q.to(ACC) * b_rq[:, None]
                 # [BM, BD] dq = (dqn - qn <qn, dqn>) / max(|q|, eps); the norm term vanishes when clamped
-                b_dq = _dot(b_dc.to(b_q.dtype), b_kn, ACC, UPCAST, PREC)
+                b_dq = _isolated_dot(b_dc.to(b_q.dtype), b_kn, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
                 b_dq -= b_qn * tl.where(b_nq >= _EPS, tl.sum(b_dcc, 1), 0.0)[:, None]
                 b_dq = b_dq * b_rq[:, None]
-                b_dk += _dot(tl.trans(b_dc.to(b_q.dtype)), b_qn.to(b_q.dtype), ACC, UPCAST, PREC)
+                b_dk += _isolated_dot(tl.trans(b_dc.to(b_q.dtype)), b_qn.to(b_q.dtype), o_ks, o_qs, WPT, ACC, UPCAST, PREC)
                 b_dkn += tl.sum(b_dcc, 0)
             else:
                 b_dsh = b_ds.to(b_q.dtype)
-                b_dq = _dot(b_dsh, b_k, ACC, UPCAST, PREC) * scale
-                b_dk += _dot(tl.trans(b_dsh), b_q, ACC, UPCAST, PREC) * scale
+                b_dq = _isolated_dot(b_dsh, b_k, o_qs, o_ks, WPT, ACC, UPCAST, PREC) * scale
+                b_dk += _isolated_dot(tl.trans(b_dsh), b_q, o_ks, o_qs, WPT, ACC, UPCAST, PREC) * scale
             p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
             tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
         if COSINE:
@@ -400,6 +428,7 @@ def _precision(q: torch.Tensor) -> dict:
 def _bias_args(q: torch.Tensor, bias: Optional[torch.Tensor], logit_scale: Optional[torch.Tensor]):
     # unused pointers get a placeholder tensor (never dereferenced)
     strides = tuple(bias.stride()) if bias is not None else (0, 0, 0)
+    strides += (logit_scale.stride(0),) if logit_scale is not None else (0,)
     return (bias if bias is not None else q), (logit_scale if logit_scale is not None else q), strides
 
 
