@@ -205,10 +205,10 @@ def window_attn_fwd_kernel(
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
     s_bn, s_bi, s_bj, s_ls,
-    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
+    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-    NUM_QB: tl.constexpr, TILES: tl.constexpr, MASK_MODE: tl.constexpr,
+    NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -270,10 +270,10 @@ def window_attn_bwd_kernel(
     s_ob, s_oh, s_ow, s_on, s_od,
     s_gb, s_gh, s_gw, s_gn, s_gd,
     s_bn, s_bi, s_bj, s_ls,
-    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
+    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-    NUM_QB: tl.constexpr, TILES: tl.constexpr, MASK_MODE: tl.constexpr,
+    NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -411,6 +411,9 @@ class TilePlan(NamedTuple):
 
     num_tiles: int
     num_warps: int
+    # software-pipelining depth of the tile loops: 1 = no multi-buffered loads, whose copies of
+    # k, v, q and do (3 x 16 KB each for a 64 x 64 fp32 tile) would not fit in shared memory
+    num_stages: int
     # runtime ints of the kernels
     H: int
     W: int
@@ -434,7 +437,7 @@ class TilePlan(NamedTuple):
     def kernel_args(self) -> dict:
         """The plan's keyword arguments of both kernels."""
         args = self._asdict()
-        del args["num_tiles"], args["num_warps"]
+        del args["num_tiles"], args["num_warps"], args["num_stages"]
         args["MASK_MODE"] = int(self.MASK_MODE)
         return args
 
@@ -456,7 +459,9 @@ def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int
     else:
         mask_mode = MaskMode.NONE
     return TilePlan(
-        num_tiles=_cdiv(B * nwh * nww, WPT), num_warps=4 if BN <= 64 else 8,
+        # 8 warps from 64-token windows on: at 4, a thread holds 32 fp32 registers per 64 x 64
+        # tile and the backward's live tiles spill
+        num_tiles=_cdiv(B * nwh * nww, WPT), num_warps=4 if BN < 64 else 8, num_stages=1,
         H=H, W=W, NWH=nwh, NWW=nww, NWIN=B * nwh * nww,
         EDGE_WH=_first_masked_window(H, wh, sh), EDGE_WW=_first_masked_window(W, ww, sw),
         WH=wh, WW=ww, SH=sh, SW=sw, N=N, WPT=WPT, BM=BM, BN=BN, NUM_QB=_cdiv(WPT * N, BM), MASK_MODE=mask_mode,
@@ -515,7 +520,7 @@ def window_attention_fwd(
         q=q, k=k, v=v, o=o, **_bias_args(q, bias, logit_scale),
         **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o),
         scale=float(scale), D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
-        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps,
+        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     return out
 
@@ -570,7 +575,7 @@ def window_attention_bwd(
         **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
         scale=float(scale), D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
         HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
-        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps,
+        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     # second stage of the deterministic reductions: fixed-order sums over the programs
     if need_dbias:
@@ -655,6 +660,16 @@ def _backward(ctx, do):
 _window_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _shared_memory(plan: TilePlan, d: int, itemsize: int, backward: bool) -> int:
+    """Estimated shared memory (bytes) of one program: the staging of the [BN, BD] key and value
+    tiles and of the fp32 [BM, BN] score tiles for the dots, per key token of the tile. Fitted to
+    the sm_90a / sm_80 compiles at num_stages=1 (docs/window_attention.md), linear in BD for a
+    256-token tile, with a 10% margin; it over-estimates tiles of up to 64 tokens, which all fit."""
+    BD = max(16, triton.next_power_of_2(d))
+    per_key = (13 * BD * itemsize) // 4 + 320 if backward else 2 * BD * itemsize + 256
+    return int(1.1 * plan.BN * per_key)
+
+
 def unsupported_reason(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -686,6 +701,15 @@ def unsupported_reason(
         )
     if B * _cdiv(H, wh) * wh * _cdiv(W, ww) * ww >= 2**31:
         return f"q of shape {tuple(q.shape)} has too many (padded) tokens for the kernel's int32 window indices ({arch}, {q.dtype})"
+    plan, limit = _plan(B, H, W, (wh, ww), tuple(shift_size)), device.shared_memory_per_block(q.device)
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias, logit_scale))
+    for name, needed in (("forward", False), ("backward", True)):
+        smem = _shared_memory(plan, d, q.element_size(), needed)
+        if (backward or not needed) and smem > limit:
+            return (
+                f"the {name} kernel for a {wh}x{ww} window at head dim {d} needs about {smem // 1024} KB of "
+                f"shared memory per block, over the {limit // 1024} KB of {arch}, for {q.dtype}; use backend='torch'"
+            )
     return None
 
 
