@@ -71,15 +71,15 @@ def ops_used(model, latent):
     from xswin_fast.ops import dispatch
 
     seen = set()
-    original = dispatch.resolve
+    original = dispatch.use_triton
 
-    def spy(op, backend, *tensors):
+    def spy(op, *args):
         seen.add(op)
-        return original(op, backend, *tensors)
+        return original(op, *args)
 
-    patched = [m for m in list(sys.modules.values()) if m is not None and getattr(m, "__name__", "").startswith("xswin_fast.ops") and getattr(m, "resolve", None) is original]
+    patched = [m for m in list(sys.modules.values()) if m is not None and getattr(m, "__name__", "").startswith("xswin_fast.ops") and getattr(m, "use_triton", None) is original]
     for m in patched:
-        m.resolve = spy
+        m.use_triton = spy
     try:
         x = torch.zeros(2, model.in_channels, latent, latent, device="meta")
         with torch.no_grad():
@@ -88,7 +88,7 @@ def ops_used(model, latent):
         pass
     finally:
         for m in patched:
-            m.resolve = original
+            m.use_triton = original
     return tuple(sorted(seen))
 
 

@@ -1,24 +1,17 @@
 """Triton kernels of xswin_fast, imported as ``xswin_fast.kernels`` (never as top-level ``kernels``).
 
-Each op module here reads top to bottom: ``@triton.jit`` kernels -> host launchers ->
-``torch.autograd.Function``. Its PyTorch reference twin lives in ``xswin_fast.ops.reference``.
-This package knows nothing of models.
-
-``IMPLEMENTATIONS`` maps an op name of ``xswin_fast.ops`` to the callable that runs it on the
-Triton backend; ``xswin_fast.ops`` dispatches through it. An op missing here has no Triton path
-yet, and the automatic backend falls back to the PyTorch reference for it.
+Each op module here reads top to bottom: ``@triton.jit`` kernels -> launch plan -> host
+launchers -> ``torch.library.custom_op`` registration (fake and autograd) -> the entry points
+that ``xswin_fast.ops`` calls and ``unsupported_reason``, which says whether the kernels can run
+for given inputs on their device. Its PyTorch reference twin lives in
+``xswin_fast.ops.reference``. ``device`` is all the launchers know of the GPU. This package
+knows nothing of models.
 """
 import os
-from typing import Callable, Dict
 
 # read at @triton.jit decoration time, so it must be set before any kernel module is imported
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-IMPLEMENTATIONS: Dict[str, Callable] = {}
+from . import adaln, device, window_attention  # noqa: E402  (after INTERPRET: they read it at import)
 
-from . import adaln, window_attention  # noqa: E402  (after INTERPRET: they read it at import)
-
-IMPLEMENTATIONS.update({op: getattr(adaln, op) for op in adaln.OPS})
-IMPLEMENTATIONS["window_attention"] = window_attention.window_attention
-
-__all__ = ["INTERPRET", "IMPLEMENTATIONS"]
+__all__ = ["INTERPRET", "adaln", "device", "window_attention"]

@@ -1,4 +1,4 @@
-"""Fused adaptive-LayerNorm modulation kernels (DESIGN.md §3.2), forward and backward.
+"""Fused adaptive-LayerNorm modulation kernels (docs/design.md §3.2), forward and backward.
 
 Five fused forms, each one read of its token inputs and one write of its output:
 
@@ -21,18 +21,18 @@ program; ``sum_partials_kernel`` then reduces the partials in a fixed order. No 
 gradients are bitwise reproducible. LayerNorm statistics are recomputed in the backward pass
 (x is read there anyway) instead of being saved.
 
-Layout: jit kernels -> launchers -> ``torch.library.custom_op`` registration of the launchers
-(with fake implementations, so ``torch.compile(fullgraph=True)`` traces them as opaque ops) ->
-``torch.autograd.Function`` wrappers -> the entry points registered in ``IMPLEMENTATIONS``.
+Layout: jit kernels -> launch plan -> launchers -> one ``torch.library.custom_op`` per forward
+and per backward launcher (with fake implementations, so ``torch.compile(fullgraph=True)``
+traces them as opaque ops; the forward op carries its backward through ``register_autograd``)
+-> the entry points that ``xswin_fast.ops`` calls, and ``unsupported_reason``.
 """
-import functools
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, device
 
 __all__ = [
     "OPS",
@@ -42,17 +42,15 @@ __all__ = [
     "gated_residual",
     "modulate_layernorm",
     "residual_layernorm",
-    "ModulateFunction",
-    "LayerNormModulateFunction",
-    "GatedResidualFunction",
-    "ModulateLayerNormFunction",
-    "ResidualLayerNormFunction",
+    "unsupported_reason",
 ]
 
-# the ops of xswin_fast.ops implemented here, registered in xswin_fast.kernels.IMPLEMENTATIONS
+# the ops of xswin_fast.ops implemented here (one entry point each)
 OPS = ("modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm", "residual_layernorm")
 # whole rows live in one tile (the LayerNorm forms reduce over C)
 MAX_CHANNELS = 8192
+# inputs of other dtypes are computed in fp32 all the same, but only these are tested
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # elements of one [BT, BC] tile; the interpreter pays per program and per op, not per element
 TILE_ELEMENTS = 16384 if INTERPRET else 4096
 
@@ -432,34 +430,60 @@ def sum_partials_kernel(
         tl.store(o2 + i_r * C + o_c, b_sum.to(o2.dtype.element_ty), mask=m_c)
 
 
-# launchers
+# launch plan
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+class RowPlan(NamedTuple):
+    """Launch configuration of one adaLN kernel call."""
+
+    # (B, programs per sample)
+    grid: Tuple[int, int]
+    # tokens per program, walked in tiles of BT full rows of BC (>= C) channels
+    TPP: int
+    BT: int
+    BC: int
+    num_warps: int
 
 
-def _programs_per_sample(B: int, n_tiles: int, device: torch.device) -> int:
+def _programs_per_sample(B: int, n_tiles: int, dev: torch.device) -> int:
     """Programs that share one sample's tokens: enough to fill the GPU, one under the interpreter."""
-    if INTERPRET or device.type != "cuda":
+    sms = device.multiprocessors(dev)
+    if sms is None:
         return 1
-    target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return max(1, min(n_tiles, triton.cdiv(target, max(B, 1))))
+    return max(1, min(n_tiles, triton.cdiv(4 * sms, max(B, 1))))
 
 
-def _config(B: int, T: int, C: int, device: torch.device) -> dict:
+def _config(B: int, T: int, C: int, dev: torch.device) -> RowPlan:
     """Tile (BT rows x BC channels), tokens per program and the (B, P) grid."""
-    if C > MAX_CHANNELS:
-        raise ValueError(f"the fused adaLN kernels support C <= {MAX_CHANNELS} channels, got C = {C}")
     BC = triton.next_power_of_2(C)
     BT = max(1, min(TILE_ELEMENTS // BC, triton.next_power_of_2(max(T, 1))))
     n_tiles = triton.cdiv(T, BT)
-    P = _programs_per_sample(B, n_tiles, device)
+    P = _programs_per_sample(B, n_tiles, dev)
     TPP = triton.cdiv(n_tiles, P) * BT
     P = triton.cdiv(T, TPP)
     # 4 warps up to 2048 elements, 16 for 8192-wide rows (the backward holds ~7 tiles live)
-    return dict(grid=(B, P), TPP=TPP, BT=BT, BC=BC, num_warps=min(16, max(4, BT * BC // 512)))
+    return RowPlan(grid=(B, P), TPP=TPP, BT=BT, BC=BC, num_warps=min(16, max(4, BT * BC // 512)))
+
+
+def unsupported_reason(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> Optional[str]:
+    """None when the kernels can run for x (B, ..., C) and the op's other tensors on their device,
+    else one sentence naming the limit, the architecture and the dtype."""
+    arch, dtype = device.arch_name(x.device), x.dtype
+    why = device.arch_reason(x.device)
+    if why is not None:
+        return f"{why} (adaLN, {dtype})"
+    for t in (x, *tensors):
+        if t is not None and t.dtype not in SUPPORTED_DTYPES:
+            return f"the fused adaLN kernels support float16, bfloat16, float32 and float64, got {t.dtype} on {arch}"
+    if x.shape[-1] > MAX_CHANNELS:
+        return (
+            f"the fused adaLN kernels keep whole rows in one tile and support C <= {MAX_CHANNELS} "
+            f"channels on {arch} for {dtype}, got C = {x.shape[-1]}"
+        )
+    return None
+
+
+# launchers
 
 
 def _token_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
@@ -471,13 +495,14 @@ def _token_strides(t: torch.Tensor) -> Optional[Tuple[int, int, int]]:
     return t.stride(0), (dims[-1][1] if dims else 0), t.stride(-1)
 
 
-def _btc(t: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-    """t and its (B, T, C) strides; copied to contiguous only if its token dims do not fold."""
+def _btc(t: torch.Tensor, name: str) -> Tuple[torch.Tensor, dict]:
+    """t and its (B, T, C) strides as the kernel arguments s_<name>b, s_<name>t, s_<name>c; t is
+    copied to contiguous only if its token dims do not fold into one stride."""
     strides = _token_strides(t)
     if strides is None:
         t = t.contiguous()
         strides = _token_strides(t)
-    return t, strides
+    return t, {f"s_{name}{axis}": s for axis, s in zip("btc", strides)}
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -506,13 +531,17 @@ def _dims(x: torch.Tensor) -> Tuple[int, int, int]:
     return B, (x.numel() // (B * C) if B * C else 0), C
 
 
+def _plan(x: torch.Tensor) -> Tuple[RowPlan, int, int]:
+    B, T, C = _dims(x)
+    return _config(B, T, C, x.device), T, C
+
+
 def _sum_partials(part: torch.Tensor, outs: List[torch.Tensor]) -> None:
     """outs[k] (R, C) = part[k] (R, P, C) summed over P, for one or two outs."""
     K, R, P, C = part.shape
     BC = min(triton.next_power_of_2(C), 1024 if INTERPRET else 128)
     BP = max(1, min(triton.next_power_of_2(P), TILE_ELEMENTS // BC))
-    o1, o2 = outs[0], outs[-1]
-    sum_partials_kernel[(R, triton.cdiv(C, BC), K)](part, o1, o2, R, P, C, BP=BP, BC=BC)
+    sum_partials_kernel[(R, triton.cdiv(C, BC), K)](part=part, o1=outs[0], o2=outs[-1], R=R, P=P, C=C, BP=BP, BC=BC)
 
 
 def _reduce_per_sample(part: torch.Tensor, like: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -538,14 +567,13 @@ def modulate_fwd(x, shift, scale, eps: float = 0.0, norm: bool = False) -> torch
     o = _new_tokens(x, _promote(x, shift, scale))
     if o.numel() == 0:
         return o
-    B, T, C = _dims(x)
-    cfg = _config(B, T, C, x.device)
-    x, s_x = _btc(x)
-    _, s_o = _btc(o)
+    plan, T, C = _plan(x)
+    x, s_x = _btc(x, "x")
+    _, s_o = _btc(o, "o")
     shift, scale = _rows(shift), _rows(scale)
-    modulate_fwd_kernel[cfg["grid"]](
-        x, shift, scale, o, T, C, eps, cfg["TPP"], *s_x, *s_o, shift.stride(0), scale.stride(0),
-        NORM=norm, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    modulate_fwd_kernel[plan.grid](
+        x=x, shift=shift, scale=scale, o=o, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_o,
+        s_shift=shift.stride(0), s_scale=scale.stride(0), NORM=norm, BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     return o
 
@@ -553,18 +581,17 @@ def modulate_fwd(x, shift, scale, eps: float = 0.0, norm: bool = False) -> torch
 def modulate_bwd(x, shift, scale, do, eps: float = 0.0, norm: bool = False) -> List[torch.Tensor]:
     """[dx, dshift, dscale] of modulate_fwd."""
     dx = _new_tokens(x, x.dtype)
-    B, T, C = _dims(x)
     if dx.numel() == 0:
         return [dx, torch.zeros_like(shift), torch.zeros_like(scale)]
-    cfg = _config(B, T, C, x.device)
-    part = torch.empty((2, B, cfg["grid"][1], C), dtype=torch.float32, device=x.device)
-    x, s_x = _btc(x)
-    do, s_do = _btc(do)
-    _, s_dx = _btc(dx)
+    plan, T, C = _plan(x)
+    part = torch.empty((2, x.shape[0], plan.grid[1], C), dtype=torch.float32, device=x.device)
+    x, s_x = _btc(x, "x")
+    do, s_do = _btc(do, "do")
+    _, s_dx = _btc(dx, "dx")
     scale_rows = _rows(scale)
-    modulate_bwd_kernel[cfg["grid"]](
-        x, scale_rows, do, dx, part, T, C, eps, cfg["TPP"], *s_x, *s_do, *s_dx, scale_rows.stride(0),
-        NORM=norm, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    modulate_bwd_kernel[plan.grid](
+        x=x, scale=scale_rows, do=do, dx=dx, part=part, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_do, **s_dx,
+        s_scale=scale_rows.stride(0), NORM=norm, BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     return [dx, *_reduce_per_sample(part, [shift, scale])]
 
@@ -574,15 +601,14 @@ def gated_residual_fwd(x, y, gate) -> torch.Tensor:
     o = _new_tokens(x, _promote(x, y, gate))
     if o.numel() == 0:
         return o
-    B, T, C = _dims(x)
-    cfg = _config(B, T, C, x.device)
-    x, s_x = _btc(x)
-    y, s_y = _btc(y)
-    _, s_o = _btc(o)
+    plan, T, C = _plan(x)
+    x, s_x = _btc(x, "x")
+    y, s_y = _btc(y, "y")
+    _, s_o = _btc(o, "o")
     gate = _rows(gate)
-    gated_residual_fwd_kernel[cfg["grid"]](
-        x, y, gate, o, T, C, cfg["TPP"], *s_x, *s_y, *s_o, gate.stride(0),
-        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    gated_residual_fwd_kernel[plan.grid](
+        x=x, y=y, gate=gate, o=o, T=T, C=C, TPP=plan.TPP, **s_x, **s_y, **s_o, s_gate=gate.stride(0),
+        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     return o
 
@@ -590,18 +616,17 @@ def gated_residual_fwd(x, y, gate) -> torch.Tensor:
 def gated_residual_bwd(y, gate, do) -> List[torch.Tensor]:
     """[dy, dgate] of gated_residual_fwd (dx is do itself)."""
     dy = _new_tokens(y, y.dtype)
-    B, T, C = _dims(y)
     if dy.numel() == 0:
         return [dy, torch.zeros_like(gate)]
-    cfg = _config(B, T, C, y.device)
-    part = torch.empty((1, B, cfg["grid"][1], C), dtype=torch.float32, device=y.device)
-    y, s_y = _btc(y)
-    do, s_do = _btc(do)
-    _, s_dy = _btc(dy)
+    plan, T, C = _plan(y)
+    part = torch.empty((1, y.shape[0], plan.grid[1], C), dtype=torch.float32, device=y.device)
+    y, s_y = _btc(y, "y")
+    do, s_do = _btc(do, "do")
+    _, s_dy = _btc(dy, "dy")
     gate_rows = _rows(gate)
-    gated_residual_bwd_kernel[cfg["grid"]](
-        y, gate_rows, do, dy, part, T, C, cfg["TPP"], *s_y, *s_do, *s_dy, gate_rows.stride(0),
-        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    gated_residual_bwd_kernel[plan.grid](
+        y=y, gate=gate_rows, do=do, dy=dy, part=part, T=T, C=C, TPP=plan.TPP, **s_y, **s_do, **s_dy,
+        s_gate=gate_rows.stride(0), BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     return [dy, *_reduce_per_sample(part, [gate])]
 
@@ -611,16 +636,15 @@ def modulate_layernorm_fwd(x, shift, scale, weight, bias, eps: float) -> torch.T
     o = _new_tokens(x, _promote(x, shift, scale, weight, bias))
     if o.numel() == 0:
         return o
-    B, T, C = _dims(x)
-    cfg = _config(B, T, C, x.device)
-    x, s_x = _btc(x)
-    _, s_o = _btc(o)
+    plan, T, C = _plan(x)
+    x, s_x = _btc(x, "x")
+    _, s_o = _btc(o, "o")
     shift, scale = _rows(shift), _rows(scale)
-    w = _rows(weight) if weight is not None else x
-    b = _rows(bias) if bias is not None else x
-    modulate_layernorm_fwd_kernel[cfg["grid"]](
-        x, shift, scale, w, b, o, T, C, eps, cfg["TPP"], *s_x, *s_o, shift.stride(0), scale.stride(0),
-        HAS_W=weight is not None, HAS_B=bias is not None, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    modulate_layernorm_fwd_kernel[plan.grid](
+        x=x, shift=shift, scale=scale, w=_rows(weight) if weight is not None else x,
+        b=_rows(bias) if bias is not None else x, o=o, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_o,
+        s_shift=shift.stride(0), s_scale=scale.stride(0), HAS_W=weight is not None, HAS_B=bias is not None,
+        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     return o
 
@@ -628,21 +652,20 @@ def modulate_layernorm_fwd(x, shift, scale, weight, bias, eps: float) -> torch.T
 def modulate_layernorm_bwd(x, shift, scale, weight, bias, do, eps: float) -> List[torch.Tensor]:
     """[dx, dshift, dscale] + [dweight] if weight + [dbias] if bias, of modulate_layernorm_fwd."""
     dx = _new_tokens(x, x.dtype)
-    B, T, C = _dims(x)
     affine = [t for t in (weight, bias) if t is not None]
     if dx.numel() == 0:
         return [dx, torch.zeros_like(shift), torch.zeros_like(scale), *map(torch.zeros_like, affine)]
-    cfg = _config(B, T, C, x.device)
-    part = torch.empty((4, B, cfg["grid"][1], C), dtype=torch.float32, device=x.device)
-    x, s_x = _btc(x)
-    do, s_do = _btc(do)
-    _, s_dx = _btc(dx)
+    plan, T, C = _plan(x)
+    part = torch.empty((4, x.shape[0], plan.grid[1], C), dtype=torch.float32, device=x.device)
+    x, s_x = _btc(x, "x")
+    do, s_do = _btc(do, "do")
+    _, s_dx = _btc(dx, "dx")
     shift_rows, scale_rows = _rows(shift), _rows(scale)
-    w = _rows(weight) if weight is not None else x
-    modulate_layernorm_bwd_kernel[cfg["grid"]](
-        x, shift_rows, scale_rows, w, do, dx, part, T, C, eps, cfg["TPP"], *s_x, *s_do, *s_dx,
-        shift_rows.stride(0), scale_rows.stride(0),
-        HAS_W=weight is not None, BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    modulate_layernorm_bwd_kernel[plan.grid](
+        x=x, shift=shift_rows, scale=scale_rows, w=_rows(weight) if weight is not None else x, do=do, dx=dx,
+        part=part, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_do, **s_dx,
+        s_shift=shift_rows.stride(0), s_scale=scale_rows.stride(0), HAS_W=weight is not None,
+        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     grads = [dx, *_reduce_per_sample(part[:2], [shift, scale])]
     return grads + (_reduce_affine(part[2:], weight, bias) if affine else [])
@@ -653,18 +676,16 @@ def residual_layernorm_fwd(x, y, weight, bias, keep, eps: float) -> torch.Tensor
     o = _new_tokens(x, _promote(x, y, weight, bias, keep))
     if o.numel() == 0:
         return o
-    B, T, C = _dims(x)
-    cfg = _config(B, T, C, x.device)
-    x, s_x = _btc(x)
-    y, s_y = _btc(y)
-    _, s_o = _btc(o)
-    w = _rows(weight) if weight is not None else x
-    b = _rows(bias) if bias is not None else x
+    plan, T, C = _plan(x)
+    x, s_x = _btc(x, "x")
+    y, s_y = _btc(y, "y")
+    _, s_o = _btc(o, "o")
     k = keep if keep is not None else x
-    residual_layernorm_fwd_kernel[cfg["grid"]](
-        x, y, w, b, k, o, T, C, eps, cfg["TPP"], *s_x, *s_y, *s_o, k.stride(0),
+    residual_layernorm_fwd_kernel[plan.grid](
+        x=x, y=y, w=_rows(weight) if weight is not None else x, b=_rows(bias) if bias is not None else x,
+        keep=k, o=o, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_y, **s_o, s_keep=k.stride(0),
         HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None,
-        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     return o
 
@@ -673,24 +694,22 @@ def residual_layernorm_bwd(y, weight, bias, keep, do, eps: float, keep_grad: boo
     """[dy] + [dweight] if weight + [dbias] if bias + [dkeep] if keep_grad (dx is do itself)."""
     keep_grad = keep_grad and keep is not None
     dy = _new_tokens(y, y.dtype)
-    B, T, C = _dims(y)
     wanted = [t for t in (weight, bias) if t is not None] + ([keep] if keep_grad else [])
     if dy.numel() == 0:
         return [dy, *map(torch.zeros_like, wanted)]
-    cfg = _config(B, T, C, y.device)
-    P = cfg["grid"][1]
+    plan, T, C = _plan(y)
+    B, P = plan.grid
     part = torch.empty((2, B, P, C), dtype=torch.float32, device=y.device)
     part_keep = torch.empty((1, B, P, 1), dtype=torch.float32, device=y.device) if keep_grad else part
-    y, s_y = _btc(y)
-    do, s_do = _btc(do)
-    _, s_dy = _btc(dy)
-    w = _rows(weight) if weight is not None else y
-    b = _rows(bias) if bias is not None else y
+    y, s_y = _btc(y, "y")
+    do, s_do = _btc(do, "do")
+    _, s_dy = _btc(dy, "dy")
     k = keep if keep is not None else y
-    residual_layernorm_bwd_kernel[cfg["grid"]](
-        y, w, b, k, do, dy, part, part_keep, T, C, eps, cfg["TPP"], *s_y, *s_do, *s_dy, k.stride(0),
-        HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None, KEEP_GRAD=keep_grad,
-        BT=cfg["BT"], BC=cfg["BC"], num_warps=cfg["num_warps"],
+    residual_layernorm_bwd_kernel[plan.grid](
+        y=y, w=_rows(weight) if weight is not None else y, b=_rows(bias) if bias is not None else y, keep=k,
+        do=do, dy=dy, part=part, part_keep=part_keep, T=T, C=C, eps=eps, TPP=plan.TPP, **s_y, **s_do, **s_dy,
+        s_keep=k.stride(0), HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None,
+        KEEP_GRAD=keep_grad, BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
     )
     grads = [dy] + (_reduce_affine(part, weight, bias) if weight is not None or bias is not None else [])
     if keep_grad:
@@ -700,10 +719,19 @@ def residual_layernorm_bwd(y, weight, bias, keep, do, eps: float, keep_grad: boo
     return grads
 
 
-# custom ops: opaque to torch.compile, with fake (meta) implementations for tracing
+# custom ops: opaque to torch.compile, with fake (meta) implementations for tracing; each forward
+# op's autograd formula calls its backward op
 
 _NS = "xswin_fast"
 Tensor = torch.Tensor
+
+
+def _as(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return grad if grad.dtype == dtype else grad.to(dtype)
+
+
+def _needed(ctx, grads) -> tuple:
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
 
 
 @torch.library.custom_op(f"{_NS}::modulate_fwd", mutates_args=())
@@ -726,6 +754,19 @@ def _(x, shift, scale, do, eps, norm):
     return [_new_tokens(x, x.dtype), torch.empty_like(shift), torch.empty_like(scale)]
 
 
+def _modulate_setup(ctx, inputs, output) -> None:
+    x, shift, scale, ctx.eps, ctx.norm = inputs
+    ctx.save_for_backward(x, shift, scale)
+
+
+def _modulate_backward(ctx, do):
+    x, shift, scale = ctx.saved_tensors
+    return _needed(ctx, _modulate_bwd_op(x, shift, scale, do, ctx.eps, ctx.norm)) + (None, None)
+
+
+_modulate_fwd_op.register_autograd(_modulate_backward, setup_context=_modulate_setup)
+
+
 @torch.library.custom_op(f"{_NS}::gated_residual_fwd", mutates_args=())
 def _gated_residual_fwd_op(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
     return gated_residual_fwd(x, y, gate)
@@ -744,6 +785,21 @@ def _gated_residual_bwd_op(y: Tensor, gate: Tensor, do: Tensor) -> List[Tensor]:
 @_gated_residual_bwd_op.register_fake
 def _(y, gate, do):
     return [_new_tokens(y, y.dtype), torch.empty_like(gate)]
+
+
+def _gated_residual_setup(ctx, inputs, output) -> None:
+    x, y, gate = inputs
+    ctx.save_for_backward(y, gate)
+    ctx.x_dtype = x.dtype
+
+
+def _gated_residual_backward(ctx, do):
+    y, gate = ctx.saved_tensors
+    dy, dgate = _gated_residual_bwd_op(y, gate, do)
+    return _needed(ctx, (_as(do, ctx.x_dtype), dy, dgate))
+
+
+_gated_residual_fwd_op.register_autograd(_gated_residual_backward, setup_context=_gated_residual_setup)
 
 
 @torch.library.custom_op(f"{_NS}::modulate_layernorm_fwd", mutates_args=())
@@ -769,6 +825,23 @@ def _modulate_layernorm_bwd_op(
 def _(x, shift, scale, weight, bias, do, eps):
     affine = [torch.empty_like(t) for t in (weight, bias) if t is not None]
     return [_new_tokens(x, x.dtype), torch.empty_like(shift), torch.empty_like(scale), *affine]
+
+
+def _modulate_layernorm_setup(ctx, inputs, output) -> None:
+    x, shift, scale, weight, bias, ctx.eps = inputs
+    ctx.save_for_backward(x, shift, scale, weight, bias)
+
+
+def _modulate_layernorm_backward(ctx, do):
+    x, shift, scale, weight, bias = ctx.saved_tensors
+    grads = iter(_modulate_layernorm_bwd_op(x, shift, scale, weight, bias, do, ctx.eps))
+    dx, dshift, dscale = next(grads), next(grads), next(grads)
+    dweight = next(grads) if weight is not None else None
+    dbias = next(grads) if bias is not None else None
+    return _needed(ctx, (dx, dshift, dscale, dweight, dbias)) + (None,)
+
+
+_modulate_layernorm_fwd_op.register_autograd(_modulate_layernorm_backward, setup_context=_modulate_layernorm_setup)
 
 
 @torch.library.custom_op(f"{_NS}::residual_layernorm_fwd", mutates_args=())
@@ -799,120 +872,44 @@ def _(y, weight, bias, keep, do, eps, keep_grad):
     return grads
 
 
-# autograd
+def _residual_layernorm_setup(ctx, inputs, output) -> None:
+    x, y, weight, bias, keep, ctx.eps = inputs
+    ctx.save_for_backward(y, weight, bias, keep)
+    ctx.x_dtype = x.dtype
 
 
-def _as(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return grad if grad.dtype == dtype else grad.to(dtype)
+def _residual_layernorm_backward(ctx, do):
+    y, weight, bias, keep = ctx.saved_tensors
+    keep_grad = keep is not None and ctx.needs_input_grad[4]
+    grads = iter(_residual_layernorm_bwd_op(y, weight, bias, keep, do, ctx.eps, keep_grad))
+    dy = next(grads)
+    dweight = next(grads) if weight is not None else None
+    dbias = next(grads) if bias is not None else None
+    dkeep = next(grads) if keep_grad else None
+    return _needed(ctx, (_as(do, ctx.x_dtype), dy, dweight, dbias, dkeep)) + (None,)
 
 
-def _needed(ctx, grads):
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
-
-
-class ModulateFunction(torch.autograd.Function):
-    """x * (1 + scale) + shift, with (B, C) shift/scale broadcast over the tokens of x (B, ..., C)."""
-
-    @staticmethod
-    def forward(ctx, x, shift, scale):
-        ctx.save_for_backward(x, shift, scale)
-        return _modulate_fwd_op(x, shift, scale, 0.0, False)
-
-    @staticmethod
-    def backward(ctx, do):
-        x, shift, scale = ctx.saved_tensors
-        return _needed(ctx, _modulate_bwd_op(x, shift, scale, do, 0.0, False))
-
-
-class LayerNormModulateFunction(torch.autograd.Function):
-    """LN(x) (no affine) * (1 + scale) + shift: DiT's adaLN."""
-
-    @staticmethod
-    def forward(ctx, x, shift, scale, eps):
-        ctx.save_for_backward(x, shift, scale)
-        ctx.eps = eps
-        return _modulate_fwd_op(x, shift, scale, eps, True)
-
-    @staticmethod
-    def backward(ctx, do):
-        x, shift, scale = ctx.saved_tensors
-        return _needed(ctx, _modulate_bwd_op(x, shift, scale, do, ctx.eps, True)) + (None,)
-
-
-class GatedResidualFunction(torch.autograd.Function):
-    """x + gate * y: DiT's adaLN-Zero residual."""
-
-    @staticmethod
-    def forward(ctx, x, y, gate):
-        ctx.save_for_backward(y, gate)
-        ctx.x_dtype = x.dtype
-        return _gated_residual_fwd_op(x, y, gate)
-
-    @staticmethod
-    def backward(ctx, do):
-        y, gate = ctx.saved_tensors
-        dy, dgate = _gated_residual_bwd_op(y, gate, do)
-        return _needed(ctx, (_as(do, ctx.x_dtype), dy, dgate))
-
-
-class ModulateLayerNormFunction(torch.autograd.Function):
-    """LN(x * (1 + scale) + shift) * weight + bias: the XSwin bottleneck's modulate-then-norm."""
-
-    @staticmethod
-    def forward(ctx, x, shift, scale, weight, bias, eps):
-        ctx.save_for_backward(x, shift, scale, weight, bias)
-        ctx.eps = eps
-        return _modulate_layernorm_fwd_op(x, shift, scale, weight, bias, eps)
-
-    @staticmethod
-    def backward(ctx, do):
-        x, shift, scale, weight, bias = ctx.saved_tensors
-        grads = iter(_modulate_layernorm_bwd_op(x, shift, scale, weight, bias, do, ctx.eps))
-        dx, dshift, dscale = next(grads), next(grads), next(grads)
-        dweight = next(grads) if weight is not None else None
-        dbias = next(grads) if bias is not None else None
-        return _needed(ctx, (dx, dshift, dscale, dweight, dbias)) + (None,)
-
-
-class ResidualLayerNormFunction(torch.autograd.Function):
-    """x + keep * (LN(y) * weight + bias): the post-norm SwinV2 residual, keep (B,) drop-path."""
-
-    @staticmethod
-    def forward(ctx, x, y, weight, bias, keep, eps):
-        ctx.save_for_backward(y, weight, bias, keep)
-        ctx.eps, ctx.x_dtype = eps, x.dtype
-        return _residual_layernorm_fwd_op(x, y, weight, bias, keep, eps)
-
-    @staticmethod
-    def backward(ctx, do):
-        y, weight, bias, keep = ctx.saved_tensors
-        keep_grad = keep is not None and ctx.needs_input_grad[4]
-        grads = iter(_residual_layernorm_bwd_op(y, weight, bias, keep, do, ctx.eps, keep_grad))
-        dy = next(grads)
-        dweight = next(grads) if weight is not None else None
-        dbias = next(grads) if bias is not None else None
-        dkeep = next(grads) if keep_grad else None
-        return _needed(ctx, (_as(do, ctx.x_dtype), dy, dweight, dbias, dkeep)) + (None,)
+_residual_layernorm_fwd_op.register_autograd(_residual_layernorm_backward, setup_context=_residual_layernorm_setup)
 
 
 # entry points (the positional signatures of xswin_fast.ops.reference)
 
 
 def modulate(x, shift, scale):
-    return ModulateFunction.apply(x, shift, scale)
+    return _modulate_fwd_op(x, shift, scale, 0.0, False)
 
 
 def layernorm_modulate(x, shift, scale, eps=1e-6):
-    return LayerNormModulateFunction.apply(x, shift, scale, float(eps))
+    return _modulate_fwd_op(x, shift, scale, float(eps), True)
 
 
 def gated_residual(x, y, gate):
-    return GatedResidualFunction.apply(x, y, gate)
+    return _gated_residual_fwd_op(x, y, gate)
 
 
 def modulate_layernorm(x, shift, scale, weight=None, bias=None, eps=1e-5):
-    return ModulateLayerNormFunction.apply(x, shift, scale, weight, bias, float(eps))
+    return _modulate_layernorm_fwd_op(x, shift, scale, weight, bias, float(eps))
 
 
 def residual_layernorm(x, y, weight=None, bias=None, keep=None, eps=1e-5):
-    return ResidualLayerNormFunction.apply(x, y, weight, bias, keep, float(eps))
+    return _residual_layernorm_fwd_op(x, y, weight, bias, keep, float(eps))

@@ -1,4 +1,4 @@
-"""Fused shifted-window self-attention and localized window cross-attention (DESIGN.md §3.1),
+"""Fused shifted-window self-attention and localized window cross-attention (docs/design.md §3.1),
 forward and backward, straight from the (B, H, W, heads, d) layouts.
 
 One kernel family serves Swin's (shifted) window self-attention and XSwin's window
@@ -30,25 +30,34 @@ gradient are sums over every window and batch: each program accumulates its shar
 registers (fp64 for fp64 inputs) and writes one partial, and the partials are summed by torch
 in a fixed order. No atomics: gradients are bitwise reproducible.
 
-Layout of this file: jit kernels -> launchers -> ``torch.autograd.Function`` (the in-place
-``out=`` form) -> ``torch.library.custom_op`` registration (fake and autograd) -> the entry
-point registered in ``xswin_fast.kernels.IMPLEMENTATIONS``.
+Isolation. A packed tile holds several windows, possibly of different samples. A masked or
+foreign key contributes exactly nothing, forward and backward: probabilities, dp and ds are
+selected (``tl.where``), never multiplied by a 0 mask, and the products whose reduction runs
+over the tile's tokens are taken per window slot (``_isolated_dot``), so an Inf or NaN in one
+window never reaches another.
+
+Layout of this file: jit kernels -> tile plan -> launchers -> ``torch.library.custom_op``
+registration (fake, and autograd on the forward op) -> ``unsupported_reason`` and the entry
+point ``window_attention`` that ``xswin_fast.ops.window_attention`` calls.
 """
+import enum
 import functools
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET
+from . import INTERPRET, device
 
 __all__ = [
     "window_attention",
     "window_attention_fwd",
     "window_attention_bwd",
-    "WindowAttentionFunction",
+    "unsupported_reason",
+    "MaskMode",
+    "TilePlan",
     "MAX_HEAD_DIM",
     "MAX_WINDOW_TOKENS",
 ]
@@ -66,12 +75,43 @@ _LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _EPS: tl.constexpr = tl.constexpr(1e-12)
 
 
+class MaskMode(enum.IntEnum):
+    """Which windows of a launch evaluate the attention mask (the ``MASK_MODE`` constexpr)."""
+
+    # no shift, no padding, one full window per tile: compiled without mask code
+    NONE = 0
+    # a shift or padding, one window per tile: only windows from EDGE_WH / EDGE_WW on
+    EDGE_WINDOWS = 1
+    # packed or partially filled tiles: every window
+    ALWAYS = 2
+
+
+_MASK_EDGE_WINDOWS: tl.constexpr = tl.constexpr(int(MaskMode.EDGE_WINDOWS))
+_MASK_ALWAYS: tl.constexpr = tl.constexpr(int(MaskMode.ALWAYS))
+
+
 @triton.jit
 def _dot(a, b, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     # the interpreter multiplies bf16 bit patterns as integers: upcast there (never on a GPU)
     if UPCAST:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC, out_dtype=ACC)
     return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _isolated_dot(a, b, o_rs, o_ks, WPT: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # a [R, K] @ b [K, D] where row r may only see the reduction entries of its own window slot
+    # (o_rs [R], o_ks [K]). A packed tile holds several windows: a plain dot would multiply a
+    # foreign window's Inf/NaN by an exact 0 of a and spread NaN to every window of the tile.
+    # So each slot gets its own dot, on b with the other slots' entries selected away (never
+    # multiplied by 0), and each row takes the result of its own slot.
+    if WPT == 1:
+        return _dot(a, b, ACC, UPCAST, PREC)
+    b_o = tl.zeros([a.shape[0], b.shape[1]], dtype=ACC)
+    for i_s in tl.static_range(WPT):
+        b_s = tl.where((o_ks == i_s)[:, None], b, tl.zeros_like(b))
+        b_o = tl.where((o_rs == i_s)[:, None], _dot(a, b_s, ACC, UPCAST, PREC), b_o)
+    return b_o
 
 
 @triton.jit
@@ -136,9 +176,10 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
     if HAS_BIAS:
         # o_qn, o_kn < N always: the gather is in bounds without a mask
         b_s += tl.load(bias + o_qn[:, None] * s_bi + o_kn[None, :] * s_bj).to(ACC) * _LOG2E
-    if MASK_MODE == 2:
-        b_s = tl.where(_allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED), b_s, float("-inf"))
-    elif MASK_MODE == 1:
+    if MASK_MODE == _MASK_ALWAYS:
+        m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
+        b_s = tl.where(m_a, b_s, float("-inf"))
+    elif MASK_MODE == _MASK_EDGE_WINDOWS:
         # one window per tile: only windows of the last rows/columns need the mask
         i_w = i_tile % (NWH * NWW)
         if (i_w // NWW >= EDGE_WH) | (i_w % NWW >= EDGE_WW):
@@ -149,7 +190,11 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
     b_p = tl.exp2(b_s - b_m[:, None])
     b_l = tl.sum(b_p, 1)
     b_l = tl.where(b_l == 0.0, 1.0, b_l)
-    return b_c, b_p / b_l[:, None]
+    b_p = b_p / b_l[:, None]
+    if MASK_MODE == _MASK_ALWAYS:
+        # exactly 0 even in a row made NaN by its own window's Inf/NaN: it must not reach others
+        b_p = tl.where(m_a, b_p, 0.0)
+    return b_c, b_p
 
 
 @triton.jit
@@ -159,11 +204,11 @@ def window_attn_fwd_kernel(
     s_kb, s_kh, s_kw, s_kn, s_kd,
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
-    s_bn, s_bi, s_bj,
-    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
+    s_bn, s_bi, s_bj, s_ls,
+    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-    NUM_QB: tl.constexpr, TILES: tl.constexpr, MASK_MODE: tl.constexpr,
+    NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -178,7 +223,7 @@ def window_attn_fwd_kernel(
     o_vd = _channels(i_hd, o_d, s_vn, s_vd)
     o_od = _channels(i_hd, o_d, s_on, s_od)
     if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd).to(ACC), _LOG_MAX))
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
     else:
         b_scale = scale
     bias += i_hd.to(tl.int64) * s_bn
@@ -211,7 +256,7 @@ def window_attn_fwd_kernel(
                                m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
                                WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BM, BD]
-            b_o = _dot(b_p.to(b_v.dtype), b_v, ACC, UPCAST, PREC)
+            b_o = _isolated_dot(b_p.to(b_v.dtype), b_v, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
             p_o = o + _offsets(o_qb, o_qh, o_qw, s_ob, s_oh, s_ow)[:, None] + o_od[None, :]
             tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_qd)
 
@@ -224,11 +269,11 @@ def window_attn_bwd_kernel(
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
     s_gb, s_gh, s_gw, s_gn, s_gd,
-    s_bn, s_bi, s_bj,
-    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, scale,
+    s_bn, s_bi, s_bj, s_ls,
+    H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
-    NUM_QB: tl.constexpr, TILES: tl.constexpr, MASK_MODE: tl.constexpr,
+    NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -246,7 +291,7 @@ def window_attn_bwd_kernel(
     o_od = _channels(i_hd, o_d, s_on, s_od)
     o_gd = _channels(i_hd, o_d, s_gn, s_gd)
     if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd).to(ACC), _LOG_MAX))
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
     else:
         b_scale = scale
     bias += i_hd.to(tl.int64) * s_bn
@@ -295,10 +340,17 @@ def window_attn_bwd_kernel(
                                m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
                                WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BN, BD]
-            b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do, ACC, UPCAST, PREC)
+            b_dv += _isolated_dot(tl.trans(b_p.to(b_do.dtype)), b_do, o_ks, o_qs, WPT, ACC, UPCAST, PREC)
             # [BM, BN] dp, then ds = dL/d(score) with delta = rowsum(p * dp) from the tile
             b_dp = _dot(b_do, tl.trans(b_v), ACC, UPCAST, PREC)
+            if MASK_MODE == _MASK_ALWAYS:
+                # a masked or foreign key contributes exactly nothing (dp and c may be Inf there)
+                m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
+                b_dp = tl.where(m_a, b_dp, 0.0)
+                b_c = tl.where(m_a, b_c, 0.0)
             b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 1)[:, None])
+            if MASK_MODE == _MASK_ALWAYS:
+                b_ds = tl.where(m_a, b_ds, 0.0)
             if HAS_DBIAS:
                 if NUM_QB == 1:
                     b_db += b_ds
@@ -316,15 +368,15 @@ def window_attn_bwd_kernel(
                 b_dcc = b_dc * b_c
                 b_qn = b_q.to(ACC) * b_rq[:, None]
                 # [BM, BD] dq = (dqn - qn <qn, dqn>) / max(|q|, eps); the norm term vanishes when clamped
-                b_dq = _dot(b_dc.to(b_q.dtype), b_kn, ACC, UPCAST, PREC)
+                b_dq = _isolated_dot(b_dc.to(b_q.dtype), b_kn, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
                 b_dq -= b_qn * tl.where(b_nq >= _EPS, tl.sum(b_dcc, 1), 0.0)[:, None]
                 b_dq = b_dq * b_rq[:, None]
-                b_dk += _dot(tl.trans(b_dc.to(b_q.dtype)), b_qn.to(b_q.dtype), ACC, UPCAST, PREC)
+                b_dk += _isolated_dot(tl.trans(b_dc.to(b_q.dtype)), b_qn.to(b_q.dtype), o_ks, o_qs, WPT, ACC, UPCAST, PREC)
                 b_dkn += tl.sum(b_dcc, 0)
             else:
                 b_dsh = b_ds.to(b_q.dtype)
-                b_dq = _dot(b_dsh, b_k, ACC, UPCAST, PREC) * scale
-                b_dk += _dot(tl.trans(b_dsh), b_q, ACC, UPCAST, PREC) * scale
+                b_dq = _isolated_dot(b_dsh, b_k, o_qs, o_ks, WPT, ACC, UPCAST, PREC) * scale
+                b_dk += _isolated_dot(tl.trans(b_dsh), b_q, o_ks, o_qs, WPT, ACC, UPCAST, PREC) * scale
             p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
             tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
         if COSINE:
@@ -354,9 +406,44 @@ def _first_masked_window(size: int, window: int, shift: int) -> int:
     return padded // window
 
 
+class TilePlan(NamedTuple):
+    """Tile geometry of one (B, H, W) map and window, shared by the forward and backward launches."""
+
+    num_tiles: int
+    num_warps: int
+    # software-pipelining depth of the tile loops: 1 = no multi-buffered loads, whose copies of
+    # k, v, q and do (3 x 16 KB each for a 64 x 64 fp32 tile) would not fit in shared memory
+    num_stages: int
+    # runtime ints of the kernels
+    H: int
+    W: int
+    NWH: int
+    NWW: int
+    NWIN: int
+    EDGE_WH: int
+    EDGE_WW: int
+    # constexprs of the kernels
+    WH: int
+    WW: int
+    SH: int
+    SW: int
+    N: int
+    WPT: int
+    BM: int
+    BN: int
+    NUM_QB: int
+    MASK_MODE: MaskMode
+
+    def kernel_args(self) -> dict:
+        """The plan's keyword arguments of both kernels."""
+        args = self._asdict()
+        del args["num_tiles"], args["num_warps"], args["num_stages"]
+        args["MASK_MODE"] = int(self.MASK_MODE)
+        return args
+
+
 @functools.lru_cache(maxsize=256)
-def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int]) -> dict:
-    """Tile geometry: constexprs and runtime ints shared by the forward and backward launches."""
+def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int]) -> TilePlan:
     (wh, ww), (sh, sw) = window, shift
     N = wh * ww
     nwh, nww = _cdiv(H, wh), _cdiv(W, ww)
@@ -366,23 +453,18 @@ def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int
     BM = min(BN, MAX_BLOCK_M)
     padded = (nwh * wh, nww * ww) != (H, W)
     if WPT > 1 or N < BN:
-        mask_mode = 2
+        mask_mode = MaskMode.ALWAYS
     elif padded or sh > 0 or sw > 0:
-        mask_mode = 1
+        mask_mode = MaskMode.EDGE_WINDOWS
     else:
-        mask_mode = 0
-    return dict(
-        nwin=B * nwh * nww,
-        num_tiles=_cdiv(B * nwh * nww, WPT),
-        runtime=dict(
-            H=H, W=W, NWH=nwh, NWW=nww, NWIN=B * nwh * nww,
-            EDGE_WH=_first_masked_window(H, wh, sh), EDGE_WW=_first_masked_window(W, ww, sw),
-        ),
-        constexprs=dict(
-            WH=wh, WW=ww, SH=sh, SW=sw, N=N, WPT=WPT, BM=BM, BN=BN,
-            NUM_QB=_cdiv(WPT * N, BM), MASK_MODE=mask_mode,
-        ),
-        num_warps=4 if BN <= 64 else 8,
+        mask_mode = MaskMode.NONE
+    return TilePlan(
+        # 8 warps from 64-token windows on: at 4, a thread holds 32 fp32 registers per 64 x 64
+        # tile and the backward's live tiles spill
+        num_tiles=_cdiv(B * nwh * nww, WPT), num_warps=4 if BN < 64 else 8, num_stages=1,
+        H=H, W=W, NWH=nwh, NWW=nww, NWIN=B * nwh * nww,
+        EDGE_WH=_first_masked_window(H, wh, sh), EDGE_WW=_first_masked_window(W, ww, sw),
+        WH=wh, WW=ww, SH=sh, SW=sw, N=N, WPT=WPT, BM=BM, BN=BN, NUM_QB=_cdiv(WPT * N, BM), MASK_MODE=mask_mode,
     )
 
 
@@ -397,10 +479,21 @@ def _precision(q: torch.Tensor) -> dict:
     )
 
 
-def _bias_args(q: torch.Tensor, bias: Optional[torch.Tensor], logit_scale: Optional[torch.Tensor]):
-    # unused pointers get a placeholder tensor (never dereferenced)
-    strides = tuple(bias.stride()) if bias is not None else (0, 0, 0)
-    return (bias if bias is not None else q), (logit_scale if logit_scale is not None else q), strides
+def _strides(name: str, t: torch.Tensor) -> dict:
+    """Keyword arguments s_<name>b, s_<name>h, s_<name>w, s_<name>n, s_<name>d: the strides of a
+    (B, H, W, heads, d) tensor."""
+    return {f"s_{name}{axis}": s for axis, s in zip("bhwnd", t.stride())}
+
+
+def _bias_args(q: torch.Tensor, bias: Optional[torch.Tensor], logit_scale: Optional[torch.Tensor]) -> dict:
+    """Keyword arguments of the bias and logit-scale pointers and strides; an absent tensor gets
+    q as a placeholder pointer (never dereferenced) and zero strides."""
+    s_bn, s_bi, s_bj = bias.stride() if bias is not None else (0, 0, 0)
+    return dict(
+        bias=bias if bias is not None else q, logit_scale=logit_scale if logit_scale is not None else q,
+        s_bn=s_bn, s_bi=s_bi, s_bj=s_bj, s_ls=logit_scale.stride(0) if logit_scale is not None else 0,
+        COSINE=logit_scale is not None, HAS_BIAS=bias is not None,
+    )
 
 
 def window_attention_fwd(
@@ -412,37 +505,32 @@ def window_attention_fwd(
     window: Sequence[int],
     shift: Sequence[int],
     scale: float,
-    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Forward launch: (B, H, W, heads, d) q, k, v -> (B, H, W, heads*d), into ``out`` if given.
+    """Forward launch: (B, H, W, heads, d) q, k, v -> (B, H, W, heads*d).
 
     Inputs are assumed valid (``window_attention`` checks them); ``scale`` is the dot-product
     scale, unused in cosine mode (``logit_scale`` given).
     """
     B, H, W, nh, d = q.shape
     plan = _plan(B, H, W, tuple(window), tuple(shift))
-    if out is None:
-        out = torch.empty((B, H, W, nh * d), dtype=q.dtype, device=q.device)
+    out = torch.empty((B, H, W, nh * d), dtype=q.dtype, device=q.device)
     o = out.unflatten(-1, (nh, d))
-    bias_t, ls_t, s_bias = _bias_args(q, bias, logit_scale)
-    tiles = max(1, 64 // plan["constexprs"]["BN"])
-    grid = (_cdiv(plan["num_tiles"], tiles), nh)
-    window_attn_fwd_kernel[grid](
-        q, k, v, o, bias_t, ls_t,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), *s_bias,
-        **plan["runtime"], scale=float(scale),
-        D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
-        COSINE=logit_scale is not None, HAS_BIAS=bias is not None,
-        **plan["constexprs"], **_precision(q), num_warps=plan["num_warps"],
+    tiles = max(1, 64 // plan.BN)
+    window_attn_fwd_kernel[(_cdiv(plan.num_tiles, tiles), nh)](
+        q=q, k=k, v=v, o=o, **_bias_args(q, bias, logit_scale),
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o),
+        scale=float(scale), D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
+        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     return out
 
 
-def _num_splits(device: torch.device, num_tiles: int, heads: int) -> int:
+def _num_splits(dev: torch.device, num_tiles: int, heads: int) -> int:
     """Backward programs per head: enough to fill the device, few enough that each walks several
     windows and the bias-gradient partials stay small. A function of the device and the shapes
     only, so the reduction order (and the gradients' bits) is fixed."""
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    sms = device.multiprocessors(dev)
+    target = 4 * sms if sms is not None else 8
     return max(1, min(num_tiles, target // heads))
 
 
@@ -464,12 +552,11 @@ def window_attention_bwd(
     dlogit_scale (heads,); the last two are empty tensors when not requested."""
     B, H, W, nh, d = q.shape
     plan = _plan(B, H, W, tuple(window), tuple(shift))
-    cx = plan["constexprs"]
-    N, WPT, BM, BN, NUM_QB = cx["N"], cx["WPT"], cx["BM"], cx["BN"], cx["NUM_QB"]
+    N, WPT, BM, BN, NUM_QB = plan.N, plan.WPT, plan.BM, plan.BN, plan.NUM_QB
     need_dbias = need_dbias and bias is not None
     need_dlogit_scale = need_dlogit_scale and logit_scale is not None
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
-    num_tiles = plan["num_tiles"]
+    num_tiles = plan.num_tiles
     splits = num_splits or _num_splits(q.device, num_tiles, nh)
     tiles = _cdiv(num_tiles, min(splits, num_tiles))
     splits = _cdiv(num_tiles, tiles)
@@ -481,16 +568,14 @@ def window_attention_bwd(
     else:
         dbias_part = q
     dtemp_part = torch.empty((splits, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
-    bias_t, ls_t, s_bias = _bias_args(q, bias, logit_scale)
     do5 = do.unflatten(-1, (nh, d))
     window_attn_bwd_kernel[(splits, nh)](
-        q, k, v, do5, dq, dk, dv, bias_t, ls_t, dbias_part, dtemp_part,
-        *q.stride(), *k.stride(), *v.stride(), *do5.stride(), *dq.stride(), *s_bias,
-        **plan["runtime"], scale=float(scale),
-        D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
-        COSINE=logit_scale is not None, HAS_BIAS=bias is not None,
+        q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
+        dbias_part=dbias_part, dtemp_part=dtemp_part,
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
+        scale=float(scale), D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
         HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
-        **cx, **_precision(q), num_warps=plan["num_warps"],
+        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     # second stage of the deterministic reductions: fixed-order sums over the programs
     if need_dbias:
@@ -510,40 +595,8 @@ def window_attention_bwd(
     return dq, dk, dv, dbias, dls
 
 
-def _save(ctx, q, k, v, bias, logit_scale, window, shift, scale) -> None:
-    ctx.save_for_backward(q, k, v, bias, logit_scale)
-    ctx.geometry = (list(window), list(shift), float(scale))
-
-
-def _grads(ctx, do: torch.Tensor, first: int):
-    """(dq, dk, dv, dbias, dlogit_scale) for inputs q, k, v, bias, logit_scale at needs_input_grad[first:]."""
-    q, k, v, bias, logit_scale = ctx.saved_tensors
-    need = ctx.needs_input_grad[first:first + 5]
-    dq, dk, dv, dbias, dls = torch.ops.xswin_fast.window_attention_backward(
-        do, q, k, v, bias, logit_scale, *ctx.geometry, bias is not None and need[3], logit_scale is not None and need[4],
-    )
-    return dq, dk, dv, dbias if bias is not None and need[3] else None, dls if logit_scale is not None and need[4] else None
-
-
-class WindowAttentionFunction(torch.autograd.Function):
-    """Window attention written in place into ``out`` (e.g. one half of a concatenation buffer).
-
-    ``out`` comes first: autograd rebases the history of an in-place op's base on its first
-    input. Eager only; under ``torch.compile`` the functional op plus ``copy_`` is used.
-    """
-
-    @staticmethod
-    def forward(ctx, out, q, k, v, bias, logit_scale, window, shift, scale):
-        window_attention_fwd(q, k, v, bias, logit_scale, window, shift, scale, out=out)
-        ctx.mark_dirty(out)
-        _save(ctx, q, k, v, bias, logit_scale, window, shift, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        # the old contents of out are overwritten: their gradient is zero (None would drop the
-        # gradient of the rest of out's base)
-        return (torch.zeros_like(do), *_grads(ctx, do, first=1), None, None, None)
+# custom ops: opaque to torch.compile, with fake implementations; the forward op's autograd
+# formula calls the backward op
 
 
 @torch.library.custom_op("xswin_fast::window_attention", mutates_args=())
@@ -591,34 +644,73 @@ def _(do, q, k, v, bias, logit_scale, window, shift, scale, need_dbias, need_dlo
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    _save(ctx, *inputs)
+    q, k, v, bias, logit_scale, window, shift, scale = inputs
+    ctx.save_for_backward(q, k, v, bias, logit_scale)
+    ctx.geometry = (list(window), list(shift), float(scale))
 
 
 def _backward(ctx, do):
-    return (*_grads(ctx, do, first=0), None, None, None)
+    q, k, v, bias, logit_scale = ctx.saved_tensors
+    need_dbias = bias is not None and ctx.needs_input_grad[3]
+    need_dls = logit_scale is not None and ctx.needs_input_grad[4]
+    dq, dk, dv, dbias, dls = _window_attention_backward_op(do, q, k, v, bias, logit_scale, *ctx.geometry, need_dbias, need_dls)
+    return dq, dk, dv, dbias if need_dbias else None, dls if need_dls else None, None, None, None
 
 
 _window_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_limits(q: torch.Tensor, window: Tuple[int, int]) -> None:
-    """The kernel's own limits (``xswin_fast.ops.window_attention`` has checked everything else)."""
+def _shared_memory(plan: TilePlan, d: int, itemsize: int, backward: bool) -> int:
+    """Estimated shared memory (bytes) of one program: the staging of the [BN, BD] key and value
+    tiles and of the fp32 [BM, BN] score tiles for the dots, per key token of the tile. Fitted to
+    the sm_90a / sm_80 compiles at num_stages=1 (docs/window_attention.md), linear in BD for a
+    256-token tile, with a 10% margin; it over-estimates tiles of up to 64 tokens, which all fit."""
+    BD = max(16, triton.next_power_of_2(d))
+    per_key = (13 * BD * itemsize) // 4 + 320 if backward else 2 * BD * itemsize + 256
+    return int(1.1 * plan.BN * per_key)
+
+
+def unsupported_reason(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window_size: Sequence[int],
+    shift_size: Sequence[int] = (0, 0),
+    bias: Optional[torch.Tensor] = None,
+    logit_scale: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> Optional[str]:
+    """None when the kernels can run for these (valid) inputs on their device, else one sentence
+    naming the limit, the architecture and the dtype."""
     B, H, W, nh, d = q.shape
+    (wh, ww), arch = window_size, device.arch_name(q.device)
+    why = device.arch_reason(q.device)
+    if why is not None:
+        return f"{why} (window attention, {q.dtype})"
     if q.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"the Triton window attention supports float16, bfloat16, float32 and float64, got q of dtype {q.dtype}")
+        return f"the Triton window attention supports float16, bfloat16, float32 and float64, got q of dtype {q.dtype} on {arch}"
     if d > MAX_HEAD_DIM:
-        raise ValueError(
+        return (
             f"head dim d = {d} of q (B, H, W, heads, d) = {tuple(q.shape)} exceeds the Triton kernel's "
-            f"limit of {MAX_HEAD_DIM}; use backend='torch'"
+            f"limit of {MAX_HEAD_DIM} on {arch} for {q.dtype}; use backend='torch'"
         )
-    wh, ww = window
     if wh * ww > MAX_WINDOW_TOKENS:
-        raise ValueError(
+        return (
             f"window_size {(wh, ww)} has {wh * ww} tokens; the Triton kernel supports at most "
-            f"{MAX_WINDOW_TOKENS} (e.g. 16x16); use backend='torch'"
+            f"{MAX_WINDOW_TOKENS} (e.g. 16x16) on {arch} for {q.dtype}; use backend='torch'"
         )
     if B * _cdiv(H, wh) * wh * _cdiv(W, ww) * ww >= 2**31:
-        raise ValueError(f"q of shape {tuple(q.shape)} has too many (padded) tokens for the kernel's int32 window indices")
+        return f"q of shape {tuple(q.shape)} has too many (padded) tokens for the kernel's int32 window indices ({arch}, {q.dtype})"
+    plan, limit = _plan(B, H, W, (wh, ww), tuple(shift_size)), device.shared_memory_per_block(q.device)
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias, logit_scale))
+    for name, needed in (("forward", False), ("backward", True)):
+        smem = _shared_memory(plan, d, q.element_size(), needed)
+        if (backward or not needed) and smem > limit:
+            return (
+                f"the {name} kernel for a {wh}x{ww} window at head dim {d} needs about {smem // 1024} KB of "
+                f"shared memory per block, over the {limit // 1024} KB of {arch}, for {q.dtype}; use backend='torch'"
+            )
+    return None
 
 
 def window_attention(
@@ -634,20 +726,18 @@ def window_attention(
 ) -> torch.Tensor:
     """The Triton implementation of ``xswin_fast.ops.window_attention`` (same arguments and result).
 
-    Differentiable in q, k, v, bias and logit_scale. Without ``out`` it is the custom op
-    ``torch.ops.xswin_fast.window_attention`` (opaque to ``torch.compile``); with ``out`` the
-    kernel writes into that view in place and ``out`` is returned.
+    Differentiable in q, k, v, bias and logit_scale: the custom op
+    ``torch.ops.xswin_fast.window_attention`` (opaque to ``torch.compile``). With ``out`` its result
+    is copied into that view (autograd and ``torch.compile`` see an ordinary ``copy_``) and ``out``
+    is returned. Raises TypeError (dtype) or ValueError (other limits) with ``unsupported_reason``.
     """
     window, shift = [int(w) for w in window_size], [int(s) for s in shift_size]
-    _check_limits(q, tuple(window))
+    why = unsupported_reason(q, k, v, window, shift, bias, logit_scale, scale)
+    if why is not None:
+        raise (TypeError if q.dtype not in SUPPORTED_DTYPES else ValueError)(why)
     if logit_scale is not None:
         scale = 1.0
     elif scale is None:
         scale = q.shape[-1] ** -0.5
-    args = (q, k, v, bias, logit_scale, window, shift, float(scale))
-    if out is None:
-        return torch.ops.xswin_fast.window_attention(*args)
-    if torch.compiler.is_compiling():
-        # Dynamo drops the gradient of an in-place autograd.Function on a view (torch 2.13)
-        return out.copy_(torch.ops.xswin_fast.window_attention(*args))
-    return WindowAttentionFunction.apply(out, *args)
+    o = _window_attention_op(q, k, v, bias, logit_scale, window, shift, float(scale))
+    return o if out is None else out.copy_(o)

@@ -85,7 +85,7 @@ def test_many_programs_and_tiles_per_sample(op, monkeypatch):
     monkeypatch.setattr(adaln, "_programs_per_sample", lambda B, n_tiles, device: 4)
     monkeypatch.setattr(adaln, "TILE_ELEMENTS", 256)  # C = 100 -> BC = 128, BT = 2
     cfg = adaln._config(2, 37, 100, torch.device("cpu"))
-    assert cfg["BT"] == 2 and cfg["grid"] == (2, 4) and cfg["TPP"] == 10
+    assert cfg.BT == 2 and cfg.grid == (2, 4) and cfg.TPP == 10
     check_against_reference(op, *make_args(op, (2, 37, 100)))
 
 
@@ -186,7 +186,7 @@ def test_poisoning_catches_an_unwritten_program(monkeypatch):
 
     def short(*a, **k):
         cfg = config(*a, **k)
-        return {**cfg, "grid": (cfg["grid"][0], cfg["grid"][1] - 1)}
+        return cfg._replace(grid=(cfg.grid[0], cfg.grid[1] - 1))
 
     monkeypatch.setattr(adaln, "_config", short)
     (x, shift, scale), _ = make_args("modulate", (2, 16, 8))

@@ -1,15 +1,15 @@
-"""Backend selection of ``xswin_fast.ops`` (DESIGN.md §3): None is automatic (Triton on CUDA or
-under ``TRITON_INTERPRET=1``, when a kernel exists; the PyTorch reference otherwise), "torch" and
-"triton" force one, and forcing Triton where it cannot run is an error, never a silent fallback.
-
-These tests hold whether or not ``xswin_fast.kernels.IMPLEMENTATIONS`` has real kernels yet.
+"""Backend selection of ``xswin_fast.ops`` (docs/design.md §3): None is automatic (Triton on CUDA or
+under ``TRITON_INTERPRET=1`` when the kernel supports the inputs; the PyTorch reference
+otherwise), "torch" and "triton" force one, and forcing Triton where it cannot run is an error,
+never a silent fallback: RuntimeError for the environment, ValueError naming the kernel's limit.
 """
 import pytest
 import torch
 
-from naive import single_thread  # noqa: F401 (autouse fixture)
-from xswin_fast import kernels, ops
+from xswin_fast import ops
 from xswin_fast.ops import dispatch, reference
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TRITON_OK, WHY_NOT = dispatch._triton_importable()
 needs_triton = pytest.mark.skipif(not TRITON_OK, reason=f"triton unavailable: {WHY_NOT}")
@@ -41,6 +41,13 @@ def _modulation_case(op):
     return args, {}, getattr(reference, op)(*ref_args)
 
 
+def kernel_module(op):
+    """The kernel module whose entry point ``op`` the op of ``xswin_fast.ops`` calls."""
+    from xswin_fast.kernels import adaln, window_attention
+
+    return window_attention if op == "window_attention" else adaln
+
+
 OPS = ["window_attention", "modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm", "residual_layernorm"]
 
 
@@ -68,10 +75,10 @@ def test_torch_backend_is_the_reference(op):
 
 @pytest.mark.parametrize("op", OPS)
 def test_forced_triton_on_cpu(op):
-    """No kernel (or no interpreter): a clear RuntimeError. A registered kernel under the
-    interpreter: it runs and matches the reference."""
+    """No interpreter: a clear RuntimeError. Under the interpreter: the kernel runs and matches the
+    reference."""
     args, kwargs, expected = case(op)
-    runnable = TRITON_OK and op in kernels.IMPLEMENTATIONS and dispatch.interpreter_active()
+    runnable = TRITON_OK and dispatch.interpreter_active()
     if not runnable:
         with pytest.raises(RuntimeError, match=rf"backend='triton' cannot run {op}: "):
             call(op, args, kwargs, "triton")
@@ -80,36 +87,61 @@ def test_forced_triton_on_cpu(op):
         torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)
 
 
+@needs_triton
 @pytest.mark.parametrize("op", OPS)
-def test_forced_triton_without_kernel_names_the_reason(op, monkeypatch):
-    monkeypatch.delitem(kernels.IMPLEMENTATIONS, op, raising=False)
+def test_forced_triton_outside_the_kernel_limits_names_the_limit(op, monkeypatch):
+    fake = _FakeKernel(op)
+    monkeypatch.setattr(kernel_module(op), op, fake)
+    monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: "a limit, on sm_90 for float32")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     args, kwargs, _ = case(op)
-    why = "no Triton kernel is implemented" if TRITON_OK else "triton cannot be imported"
-    with pytest.raises(RuntimeError, match=rf"backend='triton' cannot run {op}: {why}"):
+    with pytest.raises(ValueError, match=rf"backend='triton' cannot run {op}: a limit, on sm_90 for float32"):
         call(op, args, kwargs, "triton")
+    assert fake.calls == []
+
+
+@needs_triton
+@pytest.mark.parametrize("op", OPS)
+def test_automatic_backend_outside_the_kernel_limits_is_the_reference(op, monkeypatch):
+    fake = _FakeKernel(op)
+    monkeypatch.setattr(kernel_module(op), op, fake)
+    monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: "a limit")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args, kwargs, expected = case(op)
+    assert torch.equal(call(op, args, kwargs, None), expected)
+    assert fake.calls == []
+
+
+@needs_triton
+def test_real_limits_fall_back_or_raise(monkeypatch):
+    """The kernels' own limits: a head dim over 128, rows wider than 8192 channels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q = torch.randn(1, 2, 2, 1, 160)
+    want = reference.window_attention(q, q, q, (2, 2))
+    assert torch.equal(ops.window_attention(q, q, q, (2, 2)), want)
+    with pytest.raises(ValueError, match=r"head dim d = 160 .* limit of 128 on sm_90 for torch.float32"):
+        ops.window_attention(q, q, q, (2, 2), backend="triton")
+    x, shift = torch.randn(1, 2, 8200), torch.randn(1, 8200)
+    assert torch.equal(ops.modulate(x, shift, shift), reference.modulate(x, shift, shift))
+    with pytest.raises(ValueError, match=r"C <= 8192 channels on sm_90 for torch.float32"):
+        ops.modulate(x, shift, shift, backend="triton")
 
 
 @needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_forced_triton_without_interpreter_names_the_reason(op, monkeypatch):
-    monkeypatch.setitem(kernels.IMPLEMENTATIONS, op, _FakeKernel(op))
+    monkeypatch.setattr(kernel_module(op), op, _FakeKernel(op))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     args, kwargs, _ = case(op)
     with pytest.raises(RuntimeError, match=r"not on a CUDA device.*TRITON_INTERPRET=1"):
         call(op, args, kwargs, "triton")
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_automatic_backend_without_kernel_is_the_reference(op, monkeypatch):
-    monkeypatch.delitem(kernels.IMPLEMENTATIONS, op, raising=False)
-    args, kwargs, expected = case(op)
-    assert torch.equal(call(op, args, kwargs, None), expected)
-
-
+@needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_automatic_backend_on_cpu_without_interpreter_is_the_reference(op, monkeypatch):
     fake = _FakeKernel(op)
-    monkeypatch.setitem(kernels.IMPLEMENTATIONS, op, fake)
+    monkeypatch.setattr(kernel_module(op), op, fake)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     args, kwargs, expected = case(op)
     assert torch.equal(call(op, args, kwargs, None), expected)
@@ -118,7 +150,7 @@ def test_automatic_backend_on_cpu_without_interpreter_is_the_reference(op, monke
 
 @pytest.mark.parametrize("op", OPS)
 def test_automatic_backend_gives_reference_result(op):
-    """Whatever is registered today: backend=None on CPU computes the reference function."""
+    """backend=None on CPU computes the reference function, on the kernel or the reference."""
     args, kwargs, expected = case(op)
     torch.testing.assert_close(call(op, args, kwargs, None), expected, rtol=2e-5, atol=2e-5)
 
@@ -145,7 +177,7 @@ class _FakeKernel:
 @pytest.mark.parametrize("op", OPS)
 def test_automatic_backend_picks_kernel_under_interpreter(op, monkeypatch):
     fake = _FakeKernel(op)
-    monkeypatch.setitem(kernels.IMPLEMENTATIONS, op, fake)
+    monkeypatch.setattr(kernel_module(op), op, fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     args, kwargs, expected = case(op)
 
@@ -166,7 +198,7 @@ def test_automatic_backend_picks_kernel_under_interpreter(op, monkeypatch):
 @needs_triton
 def test_window_attention_kernel_receives_out_and_normalised_sizes(monkeypatch):
     fake = _FakeKernel("window_attention")
-    monkeypatch.setitem(kernels.IMPLEMENTATIONS, "window_attention", fake)
+    monkeypatch.setattr(kernel_module("window_attention"), "window_attention", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     q, k, v = (torch.randn(1, 4, 4, 2, 8) for _ in range(3))
     buf = torch.full((1, 4, 4, 32), float("nan"))
@@ -183,7 +215,7 @@ def test_window_attention_kernel_receives_out_and_normalised_sizes(monkeypatch):
 @needs_triton
 def test_validation_runs_before_dispatch(monkeypatch):
     fake = _FakeKernel("window_attention")
-    monkeypatch.setitem(kernels.IMPLEMENTATIONS, "window_attention", fake)
+    monkeypatch.setattr(kernel_module("window_attention"), "window_attention", fake)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     q = torch.randn(1, 4, 4, 2, 8)
     with pytest.raises(ValueError, match="shift_size"):

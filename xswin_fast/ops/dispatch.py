@@ -1,12 +1,14 @@
 """Backend selection for ``xswin_fast.ops``: the Triton kernel or the PyTorch reference.
 
-``backend=None`` is automatic: the Triton kernel when one exists for the op and the tensors are
-on a CUDA device or Triton's interpreter is active (``TRITON_INTERPRET=1``), the reference
-otherwise. ``"triton"`` and ``"torch"`` force one; forcing ``"triton"`` where it cannot run is
-an error, never a silent fallback.
+``backend=None`` is automatic: the Triton kernel when the tensors are on a CUDA device or Triton's
+interpreter is active (``TRITON_INTERPRET=1``) and the kernel supports the inputs, the reference
+otherwise. ``"triton"`` and ``"torch"`` force one. Forcing ``"triton"`` where it cannot run is an
+error, never a silent fallback: RuntimeError when the environment cannot run Triton (no triton,
+CPU tensors without the interpreter), ValueError naming the kernel's limit when the inputs are
+outside it (its ``unsupported_reason``).
 """
 import os
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
@@ -19,6 +21,7 @@ def check_backend(backend: Optional[str]) -> None:
 
 
 def interpreter_active() -> bool:
+    """Whether CPU tensors may go to the Triton launchers (Triton's interpreter runs them)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -38,31 +41,41 @@ def _triton_importable() -> Tuple[bool, str]:
     return _TRITON_STATUS
 
 
-def triton_kernel(op: str, *tensors: torch.Tensor) -> Tuple[Optional[Callable], str]:
-    """The Triton implementation of ``op`` for these tensors, or None and the reason why not."""
+def _environment_reason(tensors: Iterable[Optional[torch.Tensor]]) -> Optional[str]:
+    """Why Triton cannot run on these tensors' device in this process, or None."""
     ok, why = _triton_importable()
     if not ok:
-        return None, why
-    from xswin_fast import kernels
-
-    fn = kernels.IMPLEMENTATIONS.get(op)
-    if fn is None:
-        return None, f"no Triton kernel is implemented for {op} yet"
-    on_cuda = all(t.is_cuda for t in tensors)
-    if not (on_cuda or (interpreter_active() and not any(t.is_cuda for t in tensors))):
-        return None, (
-            "the tensors are not on a CUDA device and Triton's interpreter is not active "
-            "(set TRITON_INTERPRET=1 before importing xswin_fast to run kernels on the CPU)"
-        )
-    return fn, ""
+        return why
+    present = [t for t in tensors if t is not None]
+    if all(t.is_cuda for t in present) or (interpreter_active() and not any(t.is_cuda for t in present)):
+        return None
+    return (
+        "the tensors are not on a CUDA device and Triton's interpreter is not active "
+        "(set TRITON_INTERPRET=1 before importing xswin_fast to run kernels on the CPU)"
+    )
 
 
-def resolve(op: str, backend: Optional[str], *tensors: torch.Tensor) -> Optional[Callable]:
-    """Return the Triton callable to run ``op`` with, or None for the PyTorch reference."""
+def use_triton(
+    op: str,
+    backend: Optional[str],
+    tensors: Iterable[Optional[torch.Tensor]],
+    unsupported_reason: Callable[[], Optional[str]],
+) -> bool:
+    """Whether ``op`` runs on its Triton kernel. ``unsupported_reason`` (called only when Triton
+    can run here) returns None when the kernel supports the inputs, else one sentence naming the
+    limit; forced ``backend="triton"`` raises with it (RuntimeError for the environment,
+    ValueError for the inputs)."""
     check_backend(backend)
     if backend == "torch":
-        return None
-    fn, why = triton_kernel(op, *tensors)
-    if backend == "triton" and fn is None:
-        raise RuntimeError(f"backend='triton' cannot run {op}: {why}")
-    return fn
+        return False
+    why = _environment_reason(tensors)
+    if why is not None:
+        if backend == "triton":
+            raise RuntimeError(f"backend='triton' cannot run {op}: {why}")
+        return False
+    why = unsupported_reason()
+    if why is not None:
+        if backend == "triton":
+            raise ValueError(f"backend='triton' cannot run {op}: {why}")
+        return False
+    return True

@@ -1,13 +1,20 @@
-"""``window_attention``: shifted-window self- and cross-attention (DESIGN.md §3.1)."""
+"""``window_attention``: shifted-window self- and cross-attention (docs/design.md §3.1)."""
 import math
 from typing import Optional, Sequence
 
 import torch
 
 from . import checks, reference
-from .dispatch import resolve
+from .dispatch import use_triton
 
 __all__ = ["window_attention"]
+
+
+def _kernel():
+    # imported on first use: the reference path must work where triton cannot be imported
+    from xswin_fast.kernels import window_attention as kernel
+
+    return kernel
 
 
 def window_attention(
@@ -85,10 +92,10 @@ def window_attention(
             raise TypeError(f"out must have dtype {q.dtype}, got {out.dtype}")
     checks.same_device(q=q, k=k, v=v, bias=bias, logit_scale=logit_scale, out=out)
 
-    kernel = resolve("window_attention", backend, q, k, v)
     args = (q, k, v, (wh, ww), (sh, sw), bias, logit_scale, scale)
-    if kernel is not None:
-        return kernel(*args, out=out)
+    tensors = (q, k, v, bias, logit_scale, out)
+    if use_triton("window_attention", backend, tensors, lambda: _kernel().unsupported_reason(*args)):
+        return _kernel().window_attention(*args, out=out)
     o = reference.window_attention(*args)
     if out is None:
         return o

@@ -1,4 +1,4 @@
-"""Adaptive-LayerNorm modulation ops (DESIGN.md §3.2) and the fused forms the XSwin blocks need.
+"""Adaptive-LayerNorm modulation ops (docs/design.md §3.2) and the fused forms the XSwin blocks need.
 
 x, y: (B, ..., C) with any number of token dims; shift, scale, gate: (B, C), broadcast over the
 tokens of each sample. Gradients flow to every tensor argument.
@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from . import checks, reference
-from .dispatch import resolve
+from .dispatch import use_triton
 
 __all__ = ["modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm", "residual_layernorm"]
 
@@ -33,11 +33,16 @@ def _eps(eps) -> float:
     return float(eps)
 
 
-def _run(op: str, backend, tensors: dict, args: tuple):
+def _kernel():
+    # imported on first use: the reference path must work where triton cannot be imported
+    from xswin_fast.kernels import adaln as kernel
+
+    return kernel
+
+
+def _on_triton(op: str, backend: Optional[str], tensors: dict) -> bool:
     checks.same_device(**tensors)
-    kernel = resolve(op, backend, *(t for t in tensors.values() if t is not None))
-    fn = kernel if kernel is not None else getattr(reference, op)
-    return fn(*args)
+    return use_triton(op, backend, tensors.values(), lambda: _kernel().unsupported_reason(*tensors.values()))
 
 
 def modulate(x, shift, scale, backend: Optional[str] = None) -> torch.Tensor:
@@ -45,7 +50,9 @@ def modulate(x, shift, scale, backend: Optional[str] = None) -> torch.Tensor:
     _tokens("x", x)
     checks.per_sample("shift", shift, x)
     checks.per_sample("scale", scale, x)
-    return _run("modulate", backend, dict(x=x, shift=shift, scale=scale), (x, shift, scale))
+    if _on_triton("modulate", backend, dict(x=x, shift=shift, scale=scale)):
+        return _kernel().modulate(x, shift, scale)
+    return reference.modulate(x, shift, scale)
 
 
 def layernorm_modulate(x, shift, scale, eps: float = 1e-6, backend: Optional[str] = None) -> torch.Tensor:
@@ -53,7 +60,10 @@ def layernorm_modulate(x, shift, scale, eps: float = 1e-6, backend: Optional[str
     _tokens("x", x)
     checks.per_sample("shift", shift, x)
     checks.per_sample("scale", scale, x)
-    return _run("layernorm_modulate", backend, dict(x=x, shift=shift, scale=scale), (x, shift, scale, _eps(eps)))
+    eps = _eps(eps)
+    if _on_triton("layernorm_modulate", backend, dict(x=x, shift=shift, scale=scale)):
+        return _kernel().layernorm_modulate(x, shift, scale, eps)
+    return reference.layernorm_modulate(x, shift, scale, eps)
 
 
 def gated_residual(x, y, gate, backend: Optional[str] = None) -> torch.Tensor:
@@ -63,7 +73,9 @@ def gated_residual(x, y, gate, backend: Optional[str] = None) -> torch.Tensor:
     if y.shape != x.shape:
         raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
     checks.per_sample("gate", gate, x)
-    return _run("gated_residual", backend, dict(x=x, y=y, gate=gate), (x, y, gate))
+    if _on_triton("gated_residual", backend, dict(x=x, y=y, gate=gate)):
+        return _kernel().gated_residual(x, y, gate)
+    return reference.gated_residual(x, y, gate)
 
 
 def modulate_layernorm(
@@ -74,8 +86,10 @@ def modulate_layernorm(
     checks.per_sample("shift", shift, x)
     checks.per_sample("scale", scale, x)
     _affine(x, weight, bias)
-    tensors = dict(x=x, shift=shift, scale=scale, weight=weight, bias=bias)
-    return _run("modulate_layernorm", backend, tensors, (x, shift, scale, weight, bias, _eps(eps)))
+    eps = _eps(eps)
+    if _on_triton("modulate_layernorm", backend, dict(x=x, shift=shift, scale=scale, weight=weight, bias=bias)):
+        return _kernel().modulate_layernorm(x, shift, scale, weight, bias, eps)
+    return reference.modulate_layernorm(x, shift, scale, weight, bias, eps)
 
 
 def residual_layernorm(
@@ -94,5 +108,7 @@ def residual_layernorm(
         checks.floating("keep", keep)
         if tuple(keep.shape) != (x.shape[0],):
             raise ValueError(f"keep must have shape (B,) = ({x.shape[0]},), got {tuple(keep.shape)}")
-    tensors = dict(x=x, y=y, weight=weight, bias=bias, keep=keep)
-    return _run("residual_layernorm", backend, tensors, (x, y, weight, bias, keep, _eps(eps)))
+    eps = _eps(eps)
+    if _on_triton("residual_layernorm", backend, dict(x=x, y=y, weight=weight, bias=bias, keep=keep)):
+        return _kernel().residual_layernorm(x, y, weight, bias, keep, eps)
+    return reference.residual_layernorm(x, y, weight, bias, keep, eps)
