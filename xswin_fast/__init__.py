@@ -10,4 +10,17 @@ from .models import DiT, USwin, UViT, XSwin, create_model, from_pretrained, list
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "XSwin", "USwin", "DiT", "UViT", "create_model", "list_models", "from_pretrained", "__version__"]
+_PIPELINES = ("XSwinPipeline", "DiTPipelineTransformer")
+
+
+def __getattr__(name):
+    # the pipelines import diffusers' pipeline machinery: loaded on first use, and reachable as
+    # xswin_fast.<name> because that is where a pipeline folder's model_index.json finds them
+    if name in _PIPELINES:
+        from . import pipelines
+
+        return getattr(pipelines, name)
+    raise AttributeError(f"module 'xswin_fast' has no attribute {name!r}")
+
+
+__all__ = ["ops", "XSwin", "USwin", "DiT", "UViT", "create_model", "list_models", "from_pretrained", *_PIPELINES, "__version__"]

@@ -3,6 +3,7 @@ gradient-checkpointing switches, input checks, and the diffusers model format (`
 ``ConfigMixin``: ``save_pretrained`` / ``from_pretrained`` of a config.json + safetensors folder)."""
 import functools
 import inspect
+import sys
 from typing import Dict, Optional
 
 import torch
@@ -42,7 +43,8 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
     Every subclass is a diffusers model without further code: its ``__init__`` is wrapped in
     ``register_to_config`` when the class is defined (so its constructor arguments are its
     config.json), and it is recorded in ``families`` by class name (so a folder loads without
-    naming its class: ``xswin_fast.from_pretrained``). Its ``__init__`` therefore names every
+    naming its class: ``xswin_fast.from_pretrained``), and its module can be named as a
+    component's library in a pipeline's model_index.json. Its ``__init__`` therefore names every
     argument (no ``**kwargs``, or a ``__signature__`` that names them, as USwin's). A subclass
     lists the class names of its repeated blocks in ``_repeated_blocks`` for
     ``compile_repeated_blocks()``.
@@ -62,6 +64,9 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
                 raise TypeError(f"{cls.__name__}.__init__ must name every argument (no **kwargs): they are its config.json")
             cls.__init__ = _register_outermost(init)
         DiffusionBackbone.families[cls.__name__] = cls
+        # diffusers' pipeline loader finds a component's loading method by looking its base class
+        # up by name in the module that defines the component's class
+        vars(sys.modules[cls.__module__]).setdefault("ModelMixin", ModelMixin)
 
     def set_backend(self, backend: Optional[str]) -> "DiffusionBackbone":
         """Run every op of the model on ``backend``: None (automatic), "torch" or "triton"."""
