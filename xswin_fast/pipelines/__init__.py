@@ -6,5 +6,6 @@ ensure_torchvision_importable()  # diffusers' pipeline modules import torchvisio
 
 from .dit_pipeline_transformer import DiTPipelineTransformer  # noqa: E402
 from .xswin_pipeline import XSwinPipeline  # noqa: E402
+from .export import ModelFolder, export_run, is_model_folder, read_model_folder  # noqa: E402
 
-__all__ = ["XSwinPipeline", "DiTPipelineTransformer"]
+__all__ = ["XSwinPipeline", "DiTPipelineTransformer", "export_run", "is_model_folder", "read_model_folder", "ModelFolder"]
