@@ -49,3 +49,28 @@ def test_what_is_not_a_run_or_a_model_folder_is_a_clear_error(tmp_path):
         read_model_folder(tmp_path)
     with pytest.raises(CheckpointError, match="no loadable checkpoint"):
         export_run(tmp_path, tmp_path / "out")
+
+
+def test_a_latent_run_exports_its_vae(tmp_path):
+    from test_diffusers_pipeline import tiny_vae
+    from xswin_fast.checkpoints import plain_data, save_checkpoint
+    from xswin_fast.models import create_model
+
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    kwargs = {"in_channels": 4, "input_size": 8}
+    weights = create_model("XSwin-digits", **kwargs).state_dict()
+    data = {"kind": "folder", "classes": [f"c{i}" for i in range(10)], "num_classes": 10, "latent_size": 8, "latent_channels": 4}
+    ckpt = {
+        "model_name": "XSwin-digits", "model_kwargs": kwargs, "model": weights, "ema": weights, "step": 7,
+        "diffusion": plain_data(Diffusion().config()), "data": data, "args": {"vae": str(tmp_path / "vae")},
+    }
+    save_checkpoint(ckpt, tmp_path / "run" / "checkpoints" / "0000007.pt")
+
+    out = export_run(tmp_path / "run", tmp_path / "model")
+    assert (out / "vae" / "config.json").is_file()
+    folder = read_model_folder(out, device="cpu", backend="torch")
+    assert folder.codec.latent_channels == 4 and folder.codec.downsample == 2 and folder.step == 7
+    pipe = XSwinPipeline.from_pretrained(out)
+    pipe.transformer.set_backend("torch")
+    images = pipe(class_labels=pipe.get_label_ids(["c1", "c2"]), num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
