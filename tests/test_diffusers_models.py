@@ -94,6 +94,7 @@ def test_families_added_later_are_diffusers_models_automatically(tmp_path):
         def __init__(self, width: int = 64, num_classes: int = 3):
             super().__init__(input_size=8, hidden_size=width, depth=1, num_heads=2, num_classes=num_classes)
 
+    assert DiffusionBackbone.families["WideDiT"] is WideDiT
     model = randomize_(WideDiT(width=32))
     model.save_pretrained(tmp_path)
     loaded = xswin_fast.from_pretrained(str(tmp_path))

@@ -1,7 +1,7 @@
 """``XSwinPipeline``: class-conditional generation with any backbone, a diffusers scheduler and
 an optional VAE, saved and loaded as one diffusers pipeline folder."""
 import inspect
-from typing import Dict, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
