@@ -21,6 +21,7 @@ setup(
         "xswin_fast.evaluation",
         "xswin_fast.runs",
         "xswin_fast.cli",
+        "xswin_fast.pipelines",
     ],
     package_dir={"xswin_fast.kernels": "kernels"},
     install_requires=[

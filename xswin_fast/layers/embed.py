@@ -10,11 +10,14 @@ from ..ops.reference import cached_constant
 class TimestepEmbedder(nn.Module):
     """Scalar timesteps (B,) -> (B, hidden): sinusoidal features [cos, sin] -> Linear -> SiLU -> Linear.
 
-    Parameter names match DiT (``mlp.0``, ``mlp.2``).
+    Parameter names match DiT (``mlp.0``, ``mlp.2``). ``freq_shift`` (int): frequencies are
+    ``10000 ** (-i / (half - freq_shift))``; 0 is DiT's, 1 is diffusers' DiT port
+    (``CombinedTimestepLabelEmbeddings``).
     """
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, freq_shift: int = 0):
         super().__init__()
+        self.freq_shift = freq_shift
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size, bias=True),
             nn.SiLU(),
@@ -25,10 +28,11 @@ class TimestepEmbedder(nn.Module):
         nn.init.normal_(self.mlp[2].weight, std=0.02)
 
     @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: int = 0) -> torch.Tensor:
         """(B,) possibly fractional timesteps -> (B, dim) float32 sinusoidal features."""
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+        freqs = torch.exp(exponent / (half - freq_shift))
         args = t[:, None].float() * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
         if dim % 2:
@@ -36,7 +40,7 @@ class TimestepEmbedder(nn.Module):
         return emb
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        t_freq = self.timestep_embedding(t, self.frequency_embedding_size)
+        t_freq = self.timestep_embedding(t, self.frequency_embedding_size, freq_shift=self.freq_shift)
         return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 

@@ -1,25 +1,72 @@
 """The interface every backbone shares: ``model(x, t, y)``, ``forward_with_cfg``, backend and
-gradient-checkpointing switches, and input checks."""
-from typing import Optional
+gradient-checkpointing switches, input checks, and the diffusers model format (``ModelMixin`` +
+``ConfigMixin``: ``save_pretrained`` / ``from_pretrained`` of a config.json + safetensors folder)."""
+import functools
+import inspect
+import sys
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.embed import check_labels
 from ..ops.dispatch import check_backend
 
 
-class DiffusionBackbone(nn.Module):
+def _checkpoint_block(block: nn.Module, *args):
+    return checkpoint(block, *args, use_reentrant=False)
+
+
+def _register_outermost(init):
+    """``register_to_config(init)`` when ``init`` is the instance's own ``__init__``; a parent's
+    ``__init__`` called through ``super()`` records nothing (the subclass's arguments are its config)."""
+    registering = register_to_config(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        (registering if type(self).__init__ is __init__ else init)(self, *args, **kwargs)
+
+    return __init__
+
+
+class DiffusionBackbone(ModelMixin, ConfigMixin):
     """Base class of XSwin, USwin, DiT and UViT.
 
     Subclasses set ``in_channels``, ``out_channels``, ``learn_sigma``, ``num_classes`` and
     ``y_embedder`` and implement ``forward(x, t, y)`` with x (B, in_channels, H, W) latents,
     t (B,) timesteps and y (B,) integer labels (``num_classes`` is the null class); the output
     is (B, out_channels, H, W) with ``out_channels = 2 * in_channels`` under learned sigma.
+
+    Every subclass is a diffusers model without further code: its ``__init__`` is wrapped in
+    ``register_to_config`` when the class is defined (so its constructor arguments are its
+    config.json), and it is recorded in ``families`` by class name (so a folder loads without
+    naming its class: ``xswin_fast.from_pretrained``), and its module can be named as a
+    component's library in a pipeline's model_index.json. Its ``__init__`` therefore names every
+    argument (no ``**kwargs``, or a ``__signature__`` that names them, as USwin's). A subclass
+    lists the class names of its repeated blocks in ``_repeated_blocks`` for
+    ``compile_repeated_blocks()``.
     """
 
-    grad_checkpointing: bool = False
+    families: Dict[str, type] = {}
+    # diffusers' switches (enable_/disable_gradient_checkpointing) and set_grad_checkpointing set
+    # this one flag, which run_block reads
+    _supports_gradient_checkpointing = True
+    gradient_checkpointing: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+                raise TypeError(f"{cls.__name__}.__init__ must name every argument (no **kwargs): they are its config.json")
+            cls.__init__ = _register_outermost(init)
+        DiffusionBackbone.families[cls.__name__] = cls
+        # diffusers' pipeline loader finds a component's loading method by looking its base class
+        # up by name in the module that defines the component's class
+        vars(sys.modules[cls.__module__]).setdefault("ModelMixin", ModelMixin)
 
     def set_backend(self, backend: Optional[str]) -> "DiffusionBackbone":
         """Run every op of the model on ``backend``: None (automatic), "torch" or "triton"."""
@@ -30,13 +77,17 @@ class DiffusionBackbone(nn.Module):
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> "DiffusionBackbone":
-        """Recompute each transformer block in the backward pass instead of storing activations."""
-        self.grad_checkpointing = bool(enable)
+        """Recompute each transformer block in the backward pass instead of storing activations
+        (the same switch as diffusers' ``enable_gradient_checkpointing()``)."""
+        if enable:
+            self.enable_gradient_checkpointing(_checkpoint_block)
+        else:
+            self.disable_gradient_checkpointing()
         return self
 
     def run_block(self, block: nn.Module, *args):
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(block, *args)
         return block(*args)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:

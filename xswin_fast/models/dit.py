@@ -46,14 +46,14 @@ class DiTBlock(nn.Module):
     the six (B, D) modulation vectors come from ``adaLN_modulation(c)``.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, mlp_norm_eps: float = 1e-6):
         super().__init__()
         self.backend: Optional[str] = None
         # The norms have no parameters; they are kept as modules so the structure (and repr)
         # matches DiT, while the forward normalises inside ops.layernorm_modulate.
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate="tanh")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
@@ -72,8 +72,10 @@ class UViTBlock(DiTBlock):
     x, skip: (B, L, D); c: (B, D) -> (B, L, D).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, skip: bool = False):
-        super().__init__(hidden_size, num_heads, mlp_ratio)
+    def __init__(
+        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, skip: bool = False, mlp_norm_eps: float = 1e-6
+    ):
+        super().__init__(hidden_size, num_heads, mlp_ratio, mlp_norm_eps)
         self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if skip else None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -108,7 +110,13 @@ class DiT(DiffusionBackbone):
 
     The frozen sin-cos ``pos_embed`` (1, L, D) is built for ``input_size`` at construction, as
     in DiT, so the model runs at that latent size only.
+
+    ``timestep_freq_shift`` (int) and ``mlp_norm_eps`` (float) default to DiT's arithmetic (0 and
+    1e-6); diffusers' ``DiTTransformer2DModel`` computes with 1 and its ``norm_eps`` (1e-5 by
+    default), and ``dit_from_diffusers`` sets them so that a converted model matches it exactly.
     """
+
+    _repeated_blocks = ["DiTBlock"]
 
     def __init__(
         self,
@@ -122,6 +130,8 @@ class DiT(DiffusionBackbone):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = True,
+        timestep_freq_shift: int = 0,
+        mlp_norm_eps: float = 1e-6,
     ):
         super().__init__()
         if input_size % patch_size:
@@ -140,18 +150,20 @@ class DiT(DiffusionBackbone):
         self.depth = depth
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         self.grid_size = input_size // patch_size
         num_patches = self.grid_size**2
         # A frozen Parameter rather than a buffer, so that the state dict is exactly DiT's.
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList(self._make_blocks(depth, hidden_size, num_heads, mlp_ratio))
+        self.blocks = nn.ModuleList(self._make_blocks(depth, hidden_size, num_heads, mlp_ratio, mlp_norm_eps))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
-    def _make_blocks(self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float) -> List[nn.Module]:
-        return [DiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio) for _ in range(depth)]
+    def _make_blocks(
+        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
+    ) -> List[nn.Module]:
+        return [DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth)]
 
     def initialize_weights(self) -> None:
         """DiT's initialisation (official HEAD): xavier Linears with zero bias, patch embed as a flat
@@ -224,11 +236,16 @@ class UViT(DiT):
     original code's indexing, which pairs block i with block depth-1-i for every depth.
     """
 
-    def _make_blocks(self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float) -> List[nn.Module]:
+    _repeated_blocks = ["UViTBlock"]
+
+    def _make_blocks(
+        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
+    ) -> List[nn.Module]:
         self.encoders_n = (depth - 1) // 2
         self.decoders_n = self.encoders_n + (depth + 1) % 2
         return [
-            UViTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, skip=i > self.decoders_n) for i in range(depth)
+            UViTBlock(hidden_size, num_heads, mlp_ratio, skip=i > self.decoders_n, mlp_norm_eps=mlp_norm_eps)
+            for i in range(depth)
         ]
 
     def _run_blocks(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@
 Every parameterised layer is preceded by an adaLN modulator driven by timestep + class
 embeddings. Deviations from the original code are listed in docs/design.md §4 and the README.
 """
+import inspect
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -98,6 +99,8 @@ class XSwin(DiffusionBackbone):
         conv_blocks (bool): the outer modulated conv triplets. Default: True.
         norm_eps (float): LayerNorm eps. Default: 1e-5.
     """
+
+    _repeated_blocks = ["SwinBlock", "ViTBlock"]
 
     def __init__(
         self,
@@ -271,6 +274,14 @@ class USwin(XSwin):
     def __init__(self, **kwargs):
         kwargs.setdefault("cross_attention_skips", False)
         super().__init__(**kwargs)
+
+    # diffusers reads the config keys from the __init__ signature: XSwin's, with USwin's default
+    __init__.__signature__ = inspect.signature(XSwin.__init__).replace(
+        parameters=[
+            p.replace(default=False) if p.name == "cross_attention_skips" else p
+            for p in inspect.signature(XSwin.__init__).parameters.values()
+        ]
+    )
 
 
 # the X-Swin report's configuration: 64-px images through the SD VAE (latent 8x8x4), 101 classes

@@ -1,0 +1,32 @@
+"""Load any backbone folder without naming its class: ``from_pretrained(path_or_hub_id)``.
+
+A folder written by ``model.save_pretrained(dir)`` holds ``config.json`` (the constructor
+arguments and ``_class_name``) and ``diffusion_pytorch_model.safetensors``; the class is looked
+up among every ``DiffusionBackbone`` subclass defined so far.
+"""
+from typing import Any
+
+from .base import DiffusionBackbone
+
+# the from_pretrained keywords that also locate config.json (hub download and cache options)
+_CONFIG_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "subfolder")
+
+
+def backbone_class(name: str) -> type:
+    """The ``DiffusionBackbone`` subclass called ``name`` ("XSwin", "USwin", "DiT", "UViT", ...)."""
+    families = DiffusionBackbone.families
+    if name not in families:
+        raise ValueError(f"config.json names class {name!r}, which is not a backbone; known: {', '.join(families)}")
+    return families[name]
+
+
+def from_pretrained(pretrained_model_name_or_path: str, **kwargs: Any) -> DiffusionBackbone:
+    """Load the backbone saved in a local folder or a hub repository (str), whatever its family.
+
+    ``kwargs`` go to diffusers' ``ModelMixin.from_pretrained``: ``torch_dtype``, ``variant``,
+    ``subfolder`` (e.g. "transformer" inside a pipeline folder), ``revision``, ``cache_dir``, ...
+    """
+    config = DiffusionBackbone.load_config(
+        pretrained_model_name_or_path, **{k: kwargs[k] for k in _CONFIG_KWARGS if k in kwargs}
+    )
+    return backbone_class(config["_class_name"]).from_pretrained(pretrained_model_name_or_path, **kwargs)

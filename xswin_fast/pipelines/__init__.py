@@ -1,0 +1,11 @@
+"""diffusers pipelines for the backbones: ``XSwinPipeline`` (class-conditional generation with any
+family) and ``DiTPipelineTransformer`` (a backbone inside diffusers' own ``DiTPipeline``)."""
+from ..compat import ensure_torchvision_importable
+
+ensure_torchvision_importable()  # diffusers' pipeline modules import torchvision
+
+from .dit_pipeline_transformer import DiTPipelineTransformer  # noqa: E402
+from .xswin_pipeline import XSwinPipeline  # noqa: E402
+from .export import ModelFolder, export_run, is_model_folder, read_model_folder  # noqa: E402
+
+__all__ = ["XSwinPipeline", "DiTPipelineTransformer", "export_run", "is_model_folder", "read_model_folder", "ModelFolder"]
