@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from helpers import FAMILIES, randomize_, tiny
 from xswin_fast.diffusion import Diffusion
 from xswin_fast.flow import FlowMatching, resolution_shift, shift_time
 from xswin_fast.models import create_model
@@ -83,6 +84,23 @@ def test_flow_loss_lowers_on_a_fixed_batch_for_a_learned_sigma_backbone():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize("learn_sigma", [True, False])
+@pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
+def test_every_backbone_trains_with_both_objectives(cls, learn_sigma):
+    model = randomize_(tiny(cls, learn_sigma=learn_sigma))
+    x0 = torch.randn(2, model.in_channels, model.input_size, model.input_size)
+    y = torch.tensor([0, 1])
+    for objective in (Diffusion(learn_sigma=learn_sigma), FlowMatching(time_shift=2.0)):
+        model.zero_grad()
+        noise, t = torch.randn_like(x0), objective.sample_timesteps(2, "cpu")
+        x_t = objective.add_noise(x0, noise, t)
+        loss = objective.training_losses(model(x_t, t, y), x0, x_t, t, noise)["loss"].mean()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert sum(bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2, (cls.__name__, objective.objective)
 
 
 class GaussianVelocity(torch.nn.Module):

@@ -69,6 +69,9 @@ class Diffusion:
         clip_sample (bool): clip predicted x0 to [-1, 1] when sampling (pixel space). Default: False.
     """
 
+    objective = "eps"
+    samplers, default_sampler, default_steps = SAMPLERS, "ddpm", 250
+
     def __init__(
         self,
         num_train_timesteps: int = 1000,
@@ -81,8 +84,6 @@ class Diffusion:
         ensure_torchvision_importable()
         from diffusers import DDPMScheduler
 
-        self.objective = "eps"
-        self.samplers, self.default_sampler, self.default_steps = SAMPLERS, "ddpm", 250
         self.learn_sigma = learn_sigma
         self.clip_sample = clip_sample
         self.scheduler = DDPMScheduler(

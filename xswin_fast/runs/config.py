@@ -199,7 +199,8 @@ class TrainConfig:
             raise ConfigError(f"--time-shift must be a finite number > 0 or auto, got {_show(self.time_shift)}")
         allowed = FLOW_SAMPLERS if self.objective == "flow" else SAMPLERS
         if self.sample_sampler is not None and self.sample_sampler not in allowed:
-            raise ConfigError(f"--sample-sampler {self.sample_sampler} does not fit --objective {self.objective}: use one of {', '.join(allowed)}")
+            raise ConfigError(f"--sample-sampler {self.sample_sampler} does not fit --objective {self.objective}: "
+                              f"use one of {', '.join(allowed)}")
         if self.sample_steps > self.diffusion_steps:
             raise ConfigError(f"--sample-steps must be at most --diffusion-steps {self.diffusion_steps}, got {self.sample_steps}")
 

@@ -312,7 +312,7 @@ class Trainer:
             pos = self.position
             logger.info(f"resumed from {config.resume} at step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})")
         logger.info(
-            f"training to step {self.total_steps} ({self.data.steps_per_epoch} steps/epoch, global batch "
+            f"training ({config.objective}) to step {self.total_steps} ({self.data.steps_per_epoch} steps/epoch, global batch "
             f"{config.global_batch_size}, lr {config.lr:g}, EMA {config.ema_decay}{' with warm-up' if config.ema_warmup else ''})"
         )
 
