@@ -238,17 +238,18 @@ def test_train_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
     assert ck["step"] == read_losses(run)[-1][0] >= 3
 
 
-def test_train_torchrun_two_process_gloo(tmp_path):
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_train_torchrun_two_process_gloo(tmp_path, objective):
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
-        *tiny_args(run, "--max-steps", "3", "--ckpt-every", "2", "--device", "cpu"),
+        *tiny_args(run, "--max-steps", "3", "--ckpt-every", "2", "--device", "cpu", "--objective", objective),
     ]
     res = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000003.pt"]
     ck = load_checkpoint(run / "checkpoints" / "0000003.pt")
-    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and ck["objective"] == objective
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank seeds
     assert [s for s, _ in read_losses(run)] == [1, 2, 3]
     assert "world size 2" in (run / "log.txt").read_text()
