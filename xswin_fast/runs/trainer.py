@@ -406,7 +406,7 @@ class Trainer:
         n, nc = config.sample_num, info.num_classes
         images = generate(
             self.ema, self.diffusion, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
-            codec=self.data.codec, sampler=config.sample_sampler or self.diffusion.default_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
+            codec=self.data.codec, sampler=config.sample_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
             seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype, progress=progress,
         )
         return save_grid(images, path, nrow=min(nc, n) if nc <= 32 else None)
