@@ -64,6 +64,12 @@ TRAIN_CASES = {
     "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
     "model kwargs typo": (["--model-kwargs", '{"embed_dimm": 8}'], ["--model"]),
     "data missing": (["--data", "/nonexistent/images"], ["--data"]),
+    "unknown objective": (["--objective", "x0"], ["--objective"]),
+    "time shift 0": (["--time-shift", "0"], ["--time-shift"]),
+    "time shift word": (["--time-shift", "big"], ["--time-shift"]),
+    "logit std 0": (["--logit-std", "0"], ["--logit-std"]),
+    "flow sampler for eps": (["--sample-sampler", "euler"], ["--sample-sampler euler", "--objective eps"]),
+    "eps sampler for flow": (["--objective", "flow", "--sample-sampler", "ddim"], ["--sample-sampler ddim"]),
 }
 
 
@@ -152,6 +158,10 @@ SAMPLE_CASES = {
     "device gpu": (["--device", "gpu"], ["--device"]),
     "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
     "missing checkpoint": (["--ckpt", "/nonexistent/run"], ["/nonexistent/run"]),
+    "flow sampler for eps": (["--sampler", "heun"], ["--sampler heun", "eps"]),
+    "cfg interval reversed": (["--cfg-interval", "0.8", "0.2"], ["--cfg-interval"]),
+    "cfg interval beyond 1": (["--cfg-interval", "0", "2"], ["--cfg-interval"]),
+    "cfg interval nan": (["--cfg-interval", "nan", "1"], ["--cfg-interval"]),
 }
 
 
@@ -180,6 +190,7 @@ EVALUATE_CASES = {
     "cfg nan": (["--cfg-scale", "nan"], ["--cfg-scale"]),
     "steps 0": (["--steps", "0"], ["--steps"]),
     "batch size 0": (["--batch-size", "0"], ["--batch-size"]),
+    "flow sampler for eps": (["--sampler", "euler"], ["--sampler euler"]),
     "missing inception weights": (["--feature-extractor", "inception", "--inception-weights", "/nonexistent/w.pth"],
                                   ["/nonexistent/w.pth"]),
     "samples without ref": (["--samples", "x"], ["--samples", "--ref"]),

@@ -31,7 +31,7 @@ def test_every_field_is_a_flag_whose_help_comes_from_the_config():
         assert action.help.startswith(f.metadata["help"].replace("%", "%%")), f.name
     lr = _action(parser, "lr").help
     assert "default 0.002 (digits) / 0.0001 (--data)" in lr
-    assert _action(parser, "sample_sampler").choices == ("ddpm", "ddim")
+    assert _action(parser, "sample_sampler").choices == ("ddpm", "ddim", "euler", "heun")  # eps, then flow samplers
 
 
 def test_model_choices_are_the_registry():
@@ -97,7 +97,11 @@ def test_old_config_json_still_loads(tmp_path):
         "sample_steps": 50, "sample_sampler": "ddpm", "sample_cfg": 2.5, "progress": True, "resume": None,
     }
     (tmp_path / "config.json").write_text(json.dumps(old))
-    assert TrainConfig.load(tmp_path / "config.json").to_dict() == old
+    loaded = TrainConfig.load(tmp_path / "config.json").to_dict()
+    assert {k: loaded[k] for k in old} == old
+    # settings added since take their defaults: an old run is an eps run
+    assert {k: loaded[k] for k in set(loaded) - set(old)} == {
+        "objective": "eps", "t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "time_shift": 1.0}
 
 
 def test_resume_merge_keeps_saved_settings_and_warns_on_unsafe_changes(tmp_path, caplog):
@@ -131,3 +135,27 @@ def test_docs_list_every_flag():
     text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     missing = [f.name for f in fields(TrainConfig) if f"`--{f.name.replace('_', '-')}" not in text]
     assert not missing, missing
+
+
+def test_flow_settings_and_the_sampler_of_each_objective():
+    flow = new_run_config({"objective": "flow", "time_shift": "auto", "t_sampling": "logit-normal", "progress": False})
+    assert (flow.objective, flow.time_shift, flow.sample_sampler) == ("flow", "auto", None)
+    assert parse_flags(["--time-shift", "3"]) == {"time_shift": 3.0}
+    for bad in (["--time-shift", "0"], ["--time-shift", "nan"], ["--objective", "v"], ["--t-sampling", "beta"]):
+        with pytest.raises(SystemExit):
+            parse_flags(bad)
+    with pytest.raises(ConfigError, match="--sample-sampler heun does not fit --objective eps"):
+        new_run_config({"sample_sampler": "heun"})
+    with pytest.raises(ConfigError, match="--sample-sampler ddpm does not fit --objective flow"):
+        new_run_config({"objective": "flow", "sample_sampler": "ddpm"})
+    with pytest.raises(ConfigError, match="--time-shift"):
+        TrainConfig(time_shift=-1.0)
+
+
+def test_resume_refuses_another_objective_and_old_runs_are_eps(tmp_path):
+    saved = new_run_config({"progress": False}).to_dict()
+    old = {k: v for k, v in saved.items() if k not in ("objective", "t_sampling", "logit_mean", "logit_std", "time_shift")}
+    ckpt = tmp_path / "run" / "checkpoints" / "0000010.pt"
+    assert resume_config(old, {"objective": "eps"}, ckpt).objective == "eps"  # a checkpoint from before flow matching
+    with pytest.raises(ConfigError, match="cannot resume with --objective flow: the checkpoint was trained with eps"):
+        resume_config(old, {"objective": "flow"}, ckpt)

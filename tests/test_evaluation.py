@@ -23,6 +23,23 @@ def test_eval_digits_all_metrics_offline(digits_run, tmp_path):
     assert len(list((digits_run / "eval" / "reference").glob("*.png"))) == 359
 
 
+def test_eval_flow_run_samples_with_its_own_scheduler(tmp_path):
+    from tiny_run import train_tiny_digits
+    from xswin_fast.cli import evaluate
+    from xswin_fast.evaluation.digits_extractor import train_digits_extractor
+
+    run = train_tiny_digits(tmp_path / "flow", "--objective", "flow")
+    weights = train_digits_extractor(tmp_path / "digits_cnn.pt", epochs=1, verbose=False)
+    out = tmp_path / "eval"
+    rc = evaluate.main(["--ckpt", str(run), "--num-samples", "20", "--steps", "3", "--cfg-interval", "0", "0.5",
+                        "--metrics", "fid", "--digits-extractor-weights", str(weights), "--out", str(out),
+                        "--no-progress", "--backend", "torch"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(m["fid"]) and m["num_generated"] == 20
+    assert (m["objective"], m["sampler"], m["steps"], m["cfg_interval"]) == ("flow", "euler", 3, [0.0, 0.5])
+
+
 def test_eval_digits_extractor_is_registered_in_torch_fidelity():
     from xswin_fast.evaluation.digits_extractor import register
 

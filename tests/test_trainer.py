@@ -238,17 +238,18 @@ def test_train_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
     assert ck["step"] == read_losses(run)[-1][0] >= 3
 
 
-def test_train_torchrun_two_process_gloo(tmp_path):
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_train_torchrun_two_process_gloo(tmp_path, objective):
     run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
-        *tiny_args(run, "--max-steps", "3", "--ckpt-every", "2", "--device", "cpu"),
+        *tiny_args(run, "--max-steps", "3", "--ckpt-every", "2", "--device", "cpu", "--objective", objective),
     ]
     res = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000003.pt"]
     ck = load_checkpoint(run / "checkpoints" / "0000003.pt")
-    assert ck["world_size"] == 2 and len(ck["rng"]) == 2
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and ck["objective"] == objective
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank seeds
     assert [s for s, _ in read_losses(run)] == [1, 2, 3]
     assert "world size 2" in (run / "log.txt").read_text()
@@ -321,3 +322,42 @@ def test_train_ema_tracks_parameters_and_buffers():
         else:
             assert torch.equal(ema.state_dict()[k], v), k  # num_batches_tracked is copied
     assert not ema.training and not any(p.requires_grad for p in ema.parameters())
+
+
+def test_train_flow_run_samples_and_resumes_exactly(tmp_path):
+    from xswin_fast.cli import sample
+
+    common = ["--objective", "flow", "--t-sampling", "logit-normal", "--time-shift", "auto", "--lr-schedule", "constant",
+              "--ckpt-every", "2", "--ema-decay", "0.9"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train.main(tiny_args(full, *common, "--max-steps", "4")) == 0
+    assert json.loads((full / "config.json").read_text())["objective"] == "flow"
+    ck = load_checkpoint(full / "checkpoints" / "0000004.pt")
+    assert ck["objective"] == "flow" and ck["args"]["objective"] == "flow"
+    assert ck["diffusion"]["objective"] == "flow" and ck["diffusion"]["time_shift"] == 0.125  # sqrt(1*8*8 / 4096)
+    assert (full / "samples.png").stat().st_size > 0  # the end-of-run grid, sampled with Euler
+    assert [float(r["vb"]) for r in csv.DictReader(open(full / "losses.csv"))] == [0.0] * 4
+
+    assert train.main(tiny_args(part, *common, "--max-steps", "2")) == 0
+    assert train.main(["--resume", str(part), "--max-steps", "4"]) == 0
+    assert read_losses(full) == read_losses(part)  # bit-identical continuation
+    fb = load_checkpoint(part / "checkpoints" / "0000004.pt")
+    assert all(torch.equal(v, fb["ema"][k]) for k, v in ck["ema"].items())
+
+    out = tmp_path / "samples"
+    assert sample.main(["--ckpt", str(full), "--sampler", "heun", "--steps", "3", "--cfg-interval", "0", "0.5",
+                        "--num-samples", "4", "--out", str(out), "--backend", "torch"]) == 0
+    assert len(list((out / "images").glob("*.png"))) == 4
+    with pytest.raises(SystemExit, match="--sampler ddpm does not fit the run's flow objective"):
+        sample.main(["--ckpt", str(full), "--sampler", "ddpm", "--out", str(tmp_path / "x")])
+
+
+def test_train_resume_refuses_another_objective(tmp_path):
+    run = tmp_path / "run"
+    assert train.main(tiny_args(run, "--max-steps", "1")) == 0
+    with pytest.raises(SystemExit, match="cannot resume with --objective flow: the checkpoint was trained with eps"):
+        train.main(["--resume", str(run), "--objective", "flow"])
+    ck = load_checkpoint(run / "checkpoints" / "0000001.pt")
+    config = TrainConfig.from_dict({**ck["args"], "objective": "flow", "sample_sampler": None, "resume": None})
+    with pytest.raises(ValueError, match="cannot resume with --objective flow: the checkpoint was trained with eps"):
+        Trainer(config, tmp_path / "other", resume=ck)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 
 from .compat import ensure_torchvision_importable
+from .guidance import Interval, check_guidance, guided_at, model_output
 
 SAMPLERS = ("ddpm", "ddim")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -58,7 +59,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales) -> torch.Tensor:
 
 
 class Diffusion:
-    """Noise schedule, training losses and samplers for eps-prediction models.
+    """Noise schedule, training losses and samplers for eps-prediction models (objective "eps").
 
     Args:
         num_train_timesteps (int): diffusion steps T. Default: 1000.
@@ -67,6 +68,9 @@ class Diffusion:
         learn_sigma (bool): the model outputs 2C channels (eps, variance interpolation). Default: True.
         clip_sample (bool): clip predicted x0 to [-1, 1] when sampling (pixel space). Default: False.
     """
+
+    objective = "eps"
+    samplers, default_sampler, default_steps = SAMPLERS, "ddpm", 250
 
     def __init__(
         self,
@@ -193,6 +197,7 @@ class Diffusion:
         sampler: str = "ddpm",
         steps: int = 250,
         cfg_scale: float = 1.0,
+        cfg_interval: Interval = None,
         generator: Optional[torch.Generator] = None,
         autocast_dtype: Optional[torch.dtype] = None,
         on_step: Optional[Callable[[], Any]] = None,
@@ -200,29 +205,22 @@ class Diffusion:
         """Draw ``len(labels)`` samples of ``shape`` (C, H, W) from ``model`` (in eval mode).
 
         With ``cfg_scale != 1`` the batch is doubled with the null label (``model.num_classes``)
-        and ``model.forward_with_cfg`` guides every eps channel. ``on_step`` is called after
-        every denoising step (progress reports).
+        and ``model.forward_with_cfg`` guides every eps channel, at the steps whose noise level
+        ``t / T`` lies in ``cfg_interval`` (lo, hi) (None: every step; see ``xswin_fast.guidance``).
+        ``on_step`` is called after every denoising step (progress reports).
         """
+        check_guidance(model, cfg_scale, cfg_interval)
         device = labels.device
         B = labels.shape[0]
         C = shape[0]
         sched = self.make_sampler(sampler, steps)
         x = torch.randn((B, *shape), generator=generator, device=generator.device if generator else device)
         x = x.to(device)
-        if not math.isfinite(cfg_scale):
-            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
-        use_cfg = cfg_scale != 1.0
-        if use_cfg and getattr(getattr(model, "y_embedder", None), "dropout_prob", 0) <= 0:
-            raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
-        null = torch.full_like(labels, model.num_classes)
         for t in sched.timesteps:
             tt = torch.full((B,), int(t), device=device, dtype=torch.long)
+            guided = guided_at(int(t) / self.num_timesteps, cfg_scale, cfg_interval)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                if use_cfg:
-                    out = model.forward_with_cfg(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null]), cfg_scale)
-                    out = out[:B]
-                else:
-                    out = model(x, tt, labels)
+                out = model_output(model, x, tt, labels, cfg_scale, guided)
             out = out.float()
             if sampler == "ddim" or not self.learn_sigma:
                 out = out[:, :C]

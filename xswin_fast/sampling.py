@@ -9,8 +9,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .diffusion import Diffusion
+from .guidance import Interval
 from .images import to_uint8
+from .objectives import Objective
 from .progress_lines import ProgressLines
 from .vae import LatentCodec
 
@@ -23,14 +24,15 @@ PROGRESS = ("none", "bar", "log")
 @torch.no_grad()
 def generate(
     model: nn.Module,
-    diffusion: Diffusion,
+    diffusion: Objective,
     labels: Sequence[int],
     shape: Tuple[int, int, int],
     *,
     codec: Optional[LatentCodec] = None,
-    sampler: str = "ddpm",
-    steps: int = 250,
+    sampler: Optional[str] = None,
+    steps: Optional[int] = None,
     cfg_scale: float = DEFAULT_CFG_SCALE,
+    cfg_interval: Interval = None,
     seed: int = 0,
     batch_size: int = 64,
     autocast_dtype: Optional[torch.dtype] = None,
@@ -39,6 +41,9 @@ def generate(
     """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels`` (N ints).
 
     ``model`` (eval mode) samples ``shape`` = (C, H, W) of its input space on its own device;
+    ``diffusion`` is the run's objective (``Diffusion`` or ``FlowMatching``); ``sampler`` and
+    ``steps`` default to its own (ddpm 250 for eps, euler 25 for flow); ``cfg_interval`` (lo, hi)
+    limits guidance to those noise levels (see ``xswin_fast.guidance``).
     ``codec`` decodes latents to pixels (None: pixel space). One generator seeded with ``seed``
     draws all noise, so a given seed and ``batch_size`` always give the same images.
     ``progress`` over all denoising steps: "none", "bar" (tqdm) or "log" (k/N, elapsed and ETA
@@ -46,6 +51,8 @@ def generate(
     """
     if progress not in PROGRESS:
         raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
+    sampler = sampler or diffusion.default_sampler
+    steps = steps or diffusion.default_steps
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     total = math.ceil(len(labels) / batch_size) * steps
@@ -63,7 +70,7 @@ def generate(
     for i in range(0, len(labels), batch_size):
         y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
         x = diffusion.sample(
-            model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, generator=gen,
+            model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, generator=gen,
             autocast_dtype=autocast_dtype, on_step=on_step,
         )
         if codec is not None:

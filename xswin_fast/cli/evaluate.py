@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
+from ..diffusion import PRECISIONS, autocast_dtype
 from ..evaluation.digits_extractor import load_digits_cnn
 from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_weights_file, compute_metrics, inception_weights
 from ..evaluation.reference import export_reference, reference_labels
@@ -32,7 +32,7 @@ from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
 from ..sampling import DEFAULT_CFG_SCALE, generate
 from .process import apply_threads, log_to_stdout, progress_mode
-from .sample import check_generation
+from .sample import add_sampler_flags, check_generation, generation_tag
 from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
 
 logger = logging.getLogger("xswin_fast.cli.evaluate")
@@ -47,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ref", help="reference images folder (default: the run's held-out split)")
     gen = p.add_argument_group("generation (with --ckpt)")
     gen.add_argument("--num-samples", type=positive_int, default=None, help="default: as many as reference images")
-    gen.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
-    gen.add_argument("--steps", type=positive_int, default=250)
+    add_sampler_flags(gen)
     gen.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
                      help=f"guidance scale (1 = off; default {DEFAULT_CFG_SCALE}, as sample.py and train.py's grids)")
     gen.add_argument("--seed", type=non_negative_int, default=0)
@@ -102,15 +101,17 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
     images = generate(
         run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
+        seed=args.seed, batch_size=args.batch_size,
         autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
     )
-    tag = f"{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
+    tag = f"{run.step:07d}-{generation_tag(args)}"
     out = Path(args.out) if args.out else run.run_dir / "eval" / tag
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     save_grid(images[:100], out / "grid.png")
-    info = {"checkpoint": str(run.checkpoint), "step": run.step, "sampler": args.sampler, "steps": args.steps,
-            "cfg_scale": args.cfg_scale, "seed": args.seed, "ema": not args.no_ema}
+    info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.diffusion.objective,
+            "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "cfg_interval": args.cfg_interval,
+            "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
 
 

@@ -3,16 +3,19 @@
     python sample.py --ckpt results/000-XSwin-digits                   # newest checkpoint of the run
     python sample.py --ckpt results/000-XSwin-S-2/checkpoints/0400000.pt --num-samples 64 \\
         --labels 207,360,387,974 --cfg-scale 4.0 --sampler ddim --steps 50 --seed 1
+    python sample.py --ckpt results/002-XSwin-digits --sampler heun --steps 10 --cfg-interval 0 0.7  # a flow run
 
 Writes ``grid.png`` and one PNG per image under ``images/`` (the folder FID tools read) plus
 ``labels.json`` into ``--out`` (default: RUN_DIR/samples-<step>-<sampler><steps>-cfg<scale>-seed<seed>).
+The sampler follows the run's saved objective: DDPM/DDIM for eps runs, Euler/Heun for flow runs.
 """
 import argparse
 import json
 from pathlib import Path
 from typing import List, Optional
 
-from ..diffusion import PRECISIONS, SAMPLERS, autocast_dtype
+from ..diffusion import PRECISIONS, autocast_dtype
+from ..objectives import ALL_SAMPLERS
 from ..images import save_grid, save_pngs
 from ..runs.config import BACKENDS, ConfigError, parse_threads
 from ..runs.run_dir import SamplingRun, load_run
@@ -48,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated class indices or names, repeated to --num-samples; default: all classes in turn")
     p.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
                    help=f"classifier-free guidance scale (1 = off; default {DEFAULT_CFG_SCALE}, as evaluate.py and train.py's grids)")
-    p.add_argument("--sampler", default="ddpm", choices=SAMPLERS, help="ddpm (respaced, learned variance) or ddim (eta 0)")
-    p.add_argument("--steps", type=positive_int, default=250, help="sampling steps (DiT: 250 DDPM)")
+    add_sampler_flags(p)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--no-ema", action="store_true", help="use the raw model weights instead of the EMA")
@@ -65,8 +67,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_sampler_flags(group) -> None:
+    """--sampler, --steps and --cfg-interval (shared with evaluate.py); their defaults depend on
+    the run's objective and are filled in by :func:`check_generation`."""
+    group.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
+                       help="eps runs: ddpm (respaced, learned variance; default) or ddim (eta 0); flow runs: euler "
+                            "(default) or heun (2nd order, two model calls per step)")
+    group.add_argument("--steps", type=positive_int, default=None,
+                       help="sampling steps; default 250 for eps runs (DiT: 250 DDPM), 25 for flow runs")
+    group.add_argument("--cfg-interval", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
+                       help="guide only at noise levels in [LO, HI] (0 = data, 1 = pure noise: t/T for eps, t for "
+                            "flow); default: every step")
+
+
+def generation_tag(args: argparse.Namespace) -> str:
+    """"<sampler><steps>-cfg<scale>[-int<lo>-<hi>]-seed<seed>[-raw]" of output folder names."""
+    interval = f"-int{args.cfg_interval[0]:g}-{args.cfg_interval[1]:g}" if args.cfg_interval else ""
+    return f"{args.sampler}{args.steps}-cfg{args.cfg_scale:g}{interval}-seed{args.seed}{'-raw' if args.no_ema else ''}"
+
+
 def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
-    """The generation flags that depend on the checkpoint, checked before any sampling."""
+    """The generation flags that depend on the checkpoint, checked (and --sampler, --steps
+    defaulted from the run's objective) before any sampling."""
+    objective = run.diffusion
+    args.sampler = args.sampler or objective.default_sampler
+    args.steps = args.steps or objective.default_steps
+    if args.sampler not in objective.samplers:
+        raise ConfigError(f"--sampler {args.sampler} does not fit the run's {objective.objective} objective: use one of "
+                          f"{', '.join(objective.samplers)}")
+    if args.cfg_interval is not None:
+        args.cfg_interval = lo, hi = tuple(args.cfg_interval)
+        if not 0 <= lo <= hi <= 1:
+            raise ConfigError(f"--cfg-interval must be LO HI with 0 <= LO <= HI <= 1, got {lo:g} {hi:g}")
     if args.steps > run.diffusion.num_timesteps:
         raise ConfigError(f"--steps must be at most the run's {run.diffusion.num_timesteps} diffusion steps, got {args.steps}")
     if args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
@@ -89,10 +121,11 @@ def _sample(args: argparse.Namespace) -> int:
     labels = parse_labels(args.labels, args.num_samples, classes)
     images = generate(
         run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg_scale, seed=args.seed, batch_size=args.batch_size,
+        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
+        seed=args.seed, batch_size=args.batch_size,
         autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
     )
-    tag = f"samples-{run.step:07d}-{args.sampler}{args.steps}-cfg{args.cfg_scale:g}-seed{args.seed}{'-raw' if args.no_ema else ''}"
+    tag = f"samples-{run.step:07d}-{generation_tag(args)}"
     out = Path(args.out) if args.out else run.run_dir / tag
     out.mkdir(parents=True, exist_ok=True)
     nrow = args.nrow or (len(classes) if len(classes) <= 32 else None)

@@ -19,7 +19,9 @@ from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from ..checkpoints import plain_data
 from ..diffusion import PRECISIONS, SAMPLERS
+from ..flow import FLOW_SAMPLERS, T_SAMPLINGS
 from ..models import list_models
+from ..objectives import ALL_SAMPLERS, OBJECTIVES
 from ..sampling import DEFAULT_CFG_SCALE
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,19 @@ def parse_threads(value: str) -> Union[int, str]:
     if n < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return n
+
+
+def parse_time_shift(value: str) -> Union[float, str]:
+    """--time-shift: a finite number > 0 or "auto" (argparse type)."""
+    if value == "auto":
+        return value
+    try:
+        shift = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 or 'auto', got {value!r}")
+    if not (math.isfinite(shift) and shift > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 or 'auto', got {value!r}")
+    return shift
 
 
 class Range:
@@ -123,6 +138,17 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the training model")
     diffusion_steps: int = setting(1000, "training timesteps T (linear betas 1e-4..0.02)", valid=Range(1))
     beta_schedule: str = setting("linear", "diffusers beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
+    objective: str = setting(
+        "eps", "training objective: eps (DDPM noise prediction, DiT's hybrid loss) or flow (linear interpolant "
+        "x_t = (1 - t) x_0 + t eps, velocity target; see docs/training.md)", choices=OBJECTIVES,
+    )
+    t_sampling: str = setting("uniform", "flow: training times uniform or logit-normal (SD3)", choices=T_SAMPLINGS)
+    logit_mean: float = setting(0.0, "flow: mean m of the logit-normal t = sigmoid(m + s n)", valid=Range())
+    logit_std: float = setting(1.0, "flow: std s of the logit-normal", valid=Range(0, open_low=True))
+    time_shift: Union[float, str] = setting(
+        1.0, "flow: SD3 time shift s of training and sampling, t' = s t / (1 + (s - 1) t): a number > 0 (1 = none) "
+        "or auto (sqrt(C*H*W / 4096) of the latents)", parse=parse_time_shift,
+    )
     global_batch_size: int = setting(64, "summed over all processes", data=256, valid=Range(1))
     lr: float = setting(2e-3, "AdamW learning rate", data=1e-4, valid=Range(0, open_low=True))
     weight_decay: float = setting(0.0, "AdamW weight decay (DiT: 0)", valid=Range(0))
@@ -152,7 +178,10 @@ class TrainConfig:
     sample_every: int = setting(500, "EMA sample grid every N steps (0 = only at the end)", data=10_000, valid=Range(0))
     sample_num: int = setting(100, "images per sample grid", data=16, valid=Range(1))
     sample_steps: int = setting(50, "sampler steps for grids (at most --diffusion-steps)", data=250, valid=Range(1))
-    sample_sampler: str = setting("ddpm", "ddpm (respaced) or ddim", choices=SAMPLERS)
+    sample_sampler: Optional[str] = setting(
+        None, "sampler of the grids: ddpm (respaced) or ddim for eps, euler or heun for flow; default ddpm / euler",
+        choices=ALL_SAMPLERS,
+    )
     sample_cfg: float = setting(
         DEFAULT_CFG_SCALE, "classifier-free guidance scale of grids (1 = off; the same default as sample.py and "
         "evaluate.py)", valid=Range(),
@@ -166,6 +195,12 @@ class TrainConfig:
             if valid is not None and (isinstance(value, bool) or value not in valid):
                 kind = "a finite number " if _scalar_type(f) is float else ""
                 raise ConfigError(f"{_flag(f.name)} must be {kind}{valid}, got {_show(value)}")
+        if self.time_shift != "auto" and not (type(self.time_shift) in (int, float) and 0 < self.time_shift < math.inf):
+            raise ConfigError(f"--time-shift must be a finite number > 0 or auto, got {_show(self.time_shift)}")
+        allowed = FLOW_SAMPLERS if self.objective == "flow" else SAMPLERS
+        if self.sample_sampler is not None and self.sample_sampler not in allowed:
+            raise ConfigError(f"--sample-sampler {self.sample_sampler} does not fit --objective {self.objective}: "
+                              f"use one of {', '.join(allowed)}")
         if self.sample_steps > self.diffusion_steps:
             raise ConfigError(f"--sample-steps must be at most --diffusion-steps {self.diffusion_steps}, got {self.sample_steps}")
 
@@ -301,7 +336,7 @@ RESUME_SAFE = {
 # (the weights would not fit, or the held-out split would leak into training)
 RESUME_FIXED = (
     "model", "model_kwargs", "data", "image_size", "eval_fraction", "vae", "vae_subfolder", "diffusion_steps",
-    "beta_schedule", "global_seed",
+    "beta_schedule", "global_seed", "objective",
 )
 
 
@@ -315,6 +350,8 @@ def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path
     stays in the checkpoint's directory unless ``--run-dir`` is typed.
     """
     overrides = _absolute_paths({k: v for k, v in flags.items() if k != "resume"})
+    # a setting newer than the checkpoint was trained at its field default (e.g. objective "eps")
+    saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
     for name in RESUME_FIXED:
         if name in overrides and overrides[name] != saved.get(name):
             raise ConfigError(

@@ -14,8 +14,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..checkpoints import CheckpointError, list_checkpoints, load_newest_checkpoint
-from ..diffusion import Diffusion
 from ..models import create_model
+from ..objectives import Objective, objective_from_config
 from ..vae import LatentCodec, load_vae
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_object, resolve_device
@@ -101,13 +101,14 @@ def open_run_dir(config: TrainConfig, dist: DistInfo) -> Iterator[Path]:
 
 @dataclass
 class SamplingRun:
-    """A trained model ready to sample: backbone (eval mode), diffusion, optional VAE.
+    """A trained model ready to sample: backbone (eval mode), objective (``diffusion``: the eps
+    ``Diffusion`` or ``FlowMatching``, from the checkpoint's saved config), optional VAE.
 
     ``data``: the checkpoint's data description (classes, sizes, channels); ``args``: its run config.
     """
 
     model: torch.nn.Module
-    diffusion: Diffusion
+    diffusion: Objective
     codec: Optional[LatentCodec]
     data: Dict[str, Any]
     args: Dict[str, Any]
@@ -144,4 +145,4 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
         codec = load_vae(args["vae"], dev, args.get("vae_subfolder")) if args.get("vae") else None
     except RuntimeError as exc:  # load_vae's message says where a VAE can come from
         raise ConfigError(f"the run's VAE cannot be loaded: {exc}") from exc
-    return SamplingRun(model, Diffusion.from_config(ck["diffusion"]), codec, ck["data"], args, int(ck["step"]), Path(path), dev)
+    return SamplingRun(model, objective_from_config(ck["diffusion"]), codec, ck["data"], args, int(ck["step"]), Path(path), dev)

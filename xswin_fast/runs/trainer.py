@@ -20,8 +20,10 @@ from ..checkpoints import (
     save_checkpoint,
 )
 from ..diffusion import Diffusion, autocast_dtype
+from ..flow import FlowMatching, resolution_shift
 from ..images import save_grid
 from ..models import create_model
+from ..objectives import Objective
 from ..sampling import generate
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
@@ -127,10 +129,7 @@ class Trainer:
             self.model.set_grad_checkpointing(True)
         self.model.to(dist.device)
         self.ema = create_ema(self.model)
-        self.diffusion = Diffusion(
-            num_train_timesteps=config.diffusion_steps, beta_schedule=config.beta_schedule,
-            learn_sigma=self.model.out_channels == 2 * self.model.in_channels, clip_sample=self.data.codec is None,
-        )
+        self.diffusion = self._objective()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         warmup, schedule = config.lr_warmup_steps, config.lr_schedule
@@ -145,8 +144,25 @@ class Trainer:
         self.last_saved_step = self.position.step if resume is not None else -1
         self._seed_random_streams(resume)  # last: everything above may have drawn random numbers
 
+    def _objective(self) -> Objective:
+        """The run's objective: eps-prediction DDPM, or flow matching (which ignores the variance
+        channels of a learned-sigma backbone, see ``xswin_fast.flow``)."""
+        config, info = self.config, self.data.info
+        if config.objective == "flow":
+            shape = (info.latent_channels, info.latent_size, info.latent_size)
+            shift = resolution_shift(shape) if config.time_shift == "auto" else config.time_shift
+            return FlowMatching(num_train_timesteps=config.diffusion_steps, time_shift=shift, t_sampling=config.t_sampling,
+                                logit_mean=config.logit_mean, logit_std=config.logit_std)
+        return Diffusion(
+            num_train_timesteps=config.diffusion_steps, beta_schedule=config.beta_schedule,
+            learn_sigma=self.model.out_channels == 2 * self.model.in_channels, clip_sample=self.data.codec is None,
+        )
+
     def _load(self, ckpt: Dict[str, Any]) -> Position:
         """Restore the weights, EMA, optimizer and schedule of ``ckpt``; return its position."""
+        saved = ckpt.get("objective", "eps")  # checkpoints from before flow matching are eps runs
+        if saved != self.config.objective:
+            raise ConfigError(f"cannot resume with --objective {self.config.objective}: the checkpoint was trained with {saved}")
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["opt"])
@@ -296,7 +312,7 @@ class Trainer:
             pos = self.position
             logger.info(f"resumed from {config.resume} at step {pos.step} (epoch {pos.epoch}, batch {pos.batch_in_epoch})")
         logger.info(
-            f"training to step {self.total_steps} ({self.data.steps_per_epoch} steps/epoch, global batch "
+            f"training ({config.objective}) to step {self.total_steps} ({self.data.steps_per_epoch} steps/epoch, global batch "
             f"{config.global_batch_size}, lr {config.lr:g}, EMA {config.ema_decay}{' with warm-up' if config.ema_warmup else ''})"
         )
 
@@ -350,6 +366,7 @@ class Trainer:
                 "model_name": self.config.model,
                 "model_kwargs": plain_data(self.model_kwargs),
                 "data": asdict(self.data.info),
+                "objective": self.config.objective,
                 "diffusion": plain_data(self.diffusion.config()),
             }
             save_checkpoint(ckpt, path)
