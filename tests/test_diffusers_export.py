@@ -14,7 +14,8 @@ from xswin_fast.runs.run_dir import load_run
 def test_export_run_writes_a_model_folder_that_loads_like_the_run(digits_run, tmp_path):
     out = export_run(digits_run, tmp_path / "model")
     assert is_model_folder(out) and not is_model_folder(digits_run)
-    assert {p.name for p in out.iterdir()} == {"model_index.json", "transformer", "scheduler", "xswin_run.json"}
+    assert {p.name for p in out.iterdir()} == {"model_index.json", "transformer", "scheduler", "xswin_run.json", "split.json"}
+    assert (out / "split.json").read_bytes() == (digits_run / "split.json").read_bytes()
     _, ck = load_newest_checkpoint(digits_run)
 
     folder = read_model_folder(out, device="cpu", backend="torch")
@@ -74,3 +75,27 @@ def test_a_latent_run_exports_its_vae(tmp_path):
     pipe.transformer.set_backend("torch")
     images = pipe(class_labels=pipe.get_label_ids(["c1", "c2"]), num_inference_steps=2, output_type="np").images
     assert images.shape == (2, 16, 16, 3)
+
+
+def test_train_py_exports_the_ema_model_and_sample_py_takes_the_folder(digits_run, tmp_path):
+    from xswin_fast.cli import sample
+
+    folder = digits_run / "model"
+    assert is_model_folder(folder)  # written by the trainer at the end of the run
+    run = load_run(str(folder), device="cpu", backend="torch")
+    reference = load_run(str(digits_run), device="cpu", backend="torch")
+    assert run.run_dir == folder and run.step == reference.step
+    assert all(torch.equal(run.model.state_dict()[k], v) for k, v in reference.model.state_dict().items())
+    rc = sample.main(["--ckpt", str(folder), "--num-samples", "2", "--steps", "2", "--backend", "torch",
+                      "--threads", "1", "--out", str(tmp_path / "samples")])
+    assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2
+
+
+def test_a_flow_run_is_refused_with_a_clear_error(tmp_path):
+    from xswin_fast.checkpoints import save_checkpoint
+
+    ck = {"model_name": "XSwin-digits", "model_kwargs": {}, "ema": {}, "model": {}, "data": {}, "args": {}, "step": 1,
+          "diffusion": {"objective": "flow", "num_train_timesteps": 1000}}
+    save_checkpoint(ck, tmp_path / "checkpoints" / "0000001.pt")
+    with pytest.raises(ValueError, match="flow run: only eps-prediction runs export"):
+        export_run(tmp_path, tmp_path / "out")

@@ -42,7 +42,7 @@ METRICS = ("fid", "isc", "kid", "prc")
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to evaluate")
-    src.add_argument("--ckpt", help="train.py checkpoint (file, or run dir = newest): generate samples from it")
+    src.add_argument("--ckpt", help="train.py checkpoint (file, run dir = newest, or a model folder from export_run): generate samples from it")
     src.add_argument("--samples", help="instead of --ckpt: a folder of generated images")
     src.add_argument("--ref", help="reference images folder (default: the run's held-out split)")
     gen = p.add_argument_group("generation (with --ckpt)")

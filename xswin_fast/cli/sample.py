@@ -46,7 +46,7 @@ def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="sample.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint file, or a run / checkpoints dir (newest checkpoint)")
+    p.add_argument("--ckpt", required=True, help="checkpoint file, a run / checkpoints dir (newest checkpoint), or a model folder (export_run)")
     p.add_argument("--num-samples", type=positive_int, default=100, help="images to generate")
     p.add_argument("--labels", help="comma-separated class indices or names, repeated to --num-samples; default: all classes in turn")
     p.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,

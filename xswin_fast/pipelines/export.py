@@ -5,8 +5,12 @@
 ``vae/`` for a latent run, class names as ``id2label``) plus ``xswin_run.json`` (the
 checkpoint's data description, run arguments and step), so that
 ``XSwinPipeline.from_pretrained(out_dir)`` samples it and ``read_model_folder(out_dir)`` gives
-sample.py / evaluate.py everything they take from a checkpoint.
+sample.py / evaluate.py everything they take from a checkpoint. The run's held-out split
+(``split.json``) is copied along, so evaluate.py can score the folder against it.
+
+Flow-matching runs are refused: XSwinPipeline samples eps-prediction models only.
 """
+import shutil
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,9 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args", "step"):
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
+    if ck["diffusion"].get("objective", "eps") != "eps":
+        raise ValueError(f"{path} is a {ck['diffusion']['objective']} run: only eps-prediction runs export as an "
+                         "XSwinPipeline folder (sample.py and evaluate.py take the run folder itself)")
     model = create_model(ck["model_name"], **ck["model_kwargs"])
     model.load_state_dict(ck["ema" if use_ema else "model"])
     args = ck["args"]
@@ -42,6 +49,11 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     pipe.save_pretrained(out_dir)
     record = {"data": ck["data"], "args": args, "step": int(ck["step"]), "weights": "ema" if use_ema else "model"}
     (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+    run_dir = Path(path).parent
+    run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
+    split = run_dir / "split.json"
+    if split.is_file():
+        shutil.copyfile(split, out_dir / "split.json")
     return out_dir
 
 

@@ -16,6 +16,7 @@ import torch
 from ..checkpoints import CheckpointError, list_checkpoints, load_newest_checkpoint
 from ..models import create_model
 from ..objectives import Objective, objective_from_config
+from ..pipelines.export import is_model_folder, read_model_folder
 from ..vae import LatentCodec, load_vae
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_object, resolve_device
@@ -128,14 +129,19 @@ class SamplingRun:
 
 
 def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, backend: Optional[str] = None) -> SamplingRun:
-    """Rebuild the model of a train.py checkpoint (file, checkpoints dir or run dir) on ``device``
+    """Rebuild the model of a train.py checkpoint (file, checkpoints dir or run dir) or of a model
+    folder written by ``export_run`` on ``device``
     (see ``resolve_device``; default: cuda if available), with the EMA weights unless ``use_ema`` is False, on op
     ``backend`` ("torch", "triton" or None for automatic)."""
+    dev = resolve_device(device)
+    if is_model_folder(ckpt):  # written by export_run: one set of weights (use_ema has no effect)
+        f = read_model_folder(ckpt, dev, backend)
+        return SamplingRun(f.model, objective_from_config(f.diffusion), f.codec, f.data, f.args, f.step,
+                           Path(ckpt) / "model_index.json", f.device)
     path, ck = load_newest_checkpoint(ckpt)
     for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args"):
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
-    dev = resolve_device(device)
     model = create_model(ck["model_name"], **ck["model_kwargs"])
     model.load_state_dict(ck["ema" if use_ema else "model"])
     model.set_backend(backend)

@@ -24,6 +24,7 @@ from ..flow import FlowMatching, resolution_shift
 from ..images import save_grid
 from ..models import create_model
 from ..objectives import Objective
+from ..pipelines.export import export_run
 from ..sampling import generate
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
@@ -256,6 +257,8 @@ class Trainer:
             grid = self.sample_grid(self.run_dir / "samples.png", progress="bar" if self.config.progress else "log")
             plot = plot_loss_curve(self.losses.path, self.run_dir / "loss.png")
             logger.info(f"wrote {grid} and {plot}")
+            if self.diffusion.objective == "eps":  # XSwinPipeline samples eps models only
+                logger.info(f"exported the EMA model as {export_run(self.run_dir, self.run_dir / 'model')} (XSwinPipeline folder)")
         barrier()
         return 0
 
