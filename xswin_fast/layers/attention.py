@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops.reference import cached_constant
+from . import checks
 from .adaln import Modulator
 
 
@@ -67,10 +68,12 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], shift_size: Tuple[int, int]):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        _check_heads(dim, num_heads)
         self.num_heads = num_heads
-        self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
+        self.window_size = checks.int_pair("window_size", window_size)
+        self.shift_size = checks.int_pair("shift_size", shift_size, minimum=0)
+        if any(s >= w for s, w in zip(self.shift_size, self.window_size)):
+            raise ValueError(f"shift_size must be < window_size on each axis, got {self.shift_size} for {self.window_size}")
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.full((num_heads,), math.log(10.0)))
@@ -111,10 +114,10 @@ class WindowCrossAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], cond_dim: int, eps: float = 1e-5):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        _check_heads(dim, num_heads)
         self.num_heads = num_heads
-        self.window_size = tuple(window_size)
+        self.window_size = checks.int_pair("window_size", window_size)
+        eps = checks.positive_float("eps", eps)
         self.mod_x = Modulator(cond_dim, dim)
         self.mod_r = Modulator(cond_dim, dim)
         self.q = nn.Linear(dim, dim)
@@ -142,8 +145,8 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        _check_heads(dim, num_heads)
+        checks.flag("qkv_bias", qkv_bias)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -154,3 +157,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, d)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+def _check_heads(dim: int, num_heads: int) -> None:
+    checks.integer("dim", dim)
+    checks.integer("num_heads", num_heads)
+    checks.divisible("dim", dim, "num_heads", num_heads)

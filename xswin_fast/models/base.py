@@ -1,11 +1,14 @@
 """The interface every backbone shares: ``model(x, t, y)``, ``forward_with_cfg``, backend and
 gradient-checkpointing switches, and input checks."""
+import math
+from numbers import Real
 from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers import checks
 from ..layers.embed import check_labels
 from ..ops.dispatch import check_backend
 
@@ -40,10 +43,27 @@ class DiffusionBackbone(nn.Module):
         return block(*args)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise TypeError/ValueError naming the argument unless x is a (B >= 1, in_channels, H, W)
+        floating tensor of the model's dtype (any dtype under ``torch.autocast``) on the model's
+        device, t (B,) real timesteps >= 0 and y (B,) int64/int32 labels, both on x's device.
+
+        Values (finite t >= 0, labels in range) are checked on the CPU only: reading them back
+        from an accelerator would synchronise every forward.
+        """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"x must hold at least one sample and a non-empty map, got shape {tuple(x.shape)}")
+        weight = self.t_embedder.mlp[0].weight
+        if x.device != weight.device:
+            raise ValueError(f"x must be on the model's device {weight.device}, got {x.device}")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x must have the model's dtype {weight.dtype}, got {x.dtype}: cast x, or the model with "
+                f"model.to(dtype), or run under torch.autocast"
+            )
         B = x.shape[0]
         if not isinstance(t, torch.Tensor) or t.shape != (B,):
             raise ValueError(f"t must be a tensor of shape (B,) = ({B},), got {getattr(t, 'shape', t)}")
@@ -51,6 +71,12 @@ class DiffusionBackbone(nn.Module):
             raise TypeError(f"t must be a real-valued tensor of timesteps, got dtype {t.dtype}")
         if not isinstance(y, torch.Tensor) or y.shape != (B,):
             raise ValueError(f"y must be a tensor of shape (B,) = ({B},), got {getattr(y, 'shape', y)}")
+        for name, v in (("t", t), ("y", y)):
+            if v.device != x.device:
+                raise ValueError(f"{name} must be on x's device {x.device}, got {v.device}")
+        if t.device.type == "cpu" and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+                raise ValueError(f"t must hold finite timesteps >= 0, got values in [{t.min().item()}, {t.max().item()}]")
         check_labels(y, self.num_classes, self.y_embedder.dropout_prob > 0)
         self.check_size(x.shape[-2], x.shape[-1])
 
@@ -74,9 +100,13 @@ class DiffusionBackbone(nn.Module):
         "for exact reproducibility"; pass 3 to reproduce that); learned-sigma channels are
         passed through unguided.
         """
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, Real):
+            raise TypeError(f"cfg_scale must be a float, got {cfg_scale!r}")
+        if not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be finite, got {cfg_scale!r}")
         if x.shape[0] % 2:
             raise ValueError(f"forward_with_cfg needs an even batch (cond + uncond halves), got {x.shape[0]}")
-        n = self.in_channels if guided_channels is None else int(guided_channels)
+        n = self.in_channels if guided_channels is None else checks.integer("guided_channels", guided_channels)
         if not 0 < n <= self.in_channels:
             raise ValueError(f"guided_channels must be in [1, {self.in_channels}], got {guided_channels}")
         half = x[: len(x) // 2]

@@ -185,10 +185,13 @@ def _all_finite(*tensors: Optional[torch.Tensor]) -> bool:
     host, a device sync off the CPU.
 
     Under ``torch.compile`` this returns False without looking (a branch on a tensor's value
-    would break the graph), so a compiled model always takes the exact path.
+    would break the graph), so a compiled model always takes the exact path. Meta tensors hold no
+    values: True, so that FLOP counting sees the common path.
     """
     if torch.compiler.is_compiling():
         return False
+    if any(t.device.type == "meta" for t in tensors if t is not None):
+        return True  # no values (FLOP counting): the common path
     return bool(torch.isfinite(sum(t.sum(dtype=torch.float32) for t in tensors if t is not None)))
 
 
