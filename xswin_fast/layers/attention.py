@@ -140,7 +140,10 @@ class WindowCrossAttention(nn.Module):
 class Attention(nn.Module):
     """Global multi-head self-attention over a token sequence: (B, L, C) -> (B, L, C).
 
-    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU).
+    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU),
+    except where a query holds Inf or NaN: SDPA's CPU kernel returns a finite row for such a
+    query, where softmax attention gives NaN, so those inputs (and every input under
+    ``torch.compile``, which cannot branch on values) take an explicit matmul and softmax.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
@@ -155,8 +158,31 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, L, d)
+        if _finite(q):
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = _softmax_attention(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """False if t holds Inf or NaN (a float32 sum propagates both), under ``torch.compile``, or on
+    the meta device (no values). One read back to the host: a device sync off the CPU."""
+    if torch.compiler.is_compiling():
+        return False
+    if t.device.type == "meta":
+        return True
+    return bool(torch.isfinite(t.sum(dtype=torch.float32)))
+
+
+def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d), spelled out (in float32 for half inputs)."""
+    dtype = q.dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    q, k, v = q.to(compute), k.to(compute), v.to(compute)
+    p = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    return (p @ v).to(dtype)
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
