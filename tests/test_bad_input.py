@@ -201,3 +201,10 @@ def test_guided_channels_must_be_an_int():
     x, t, _ = model_inputs(model)
     with pytest.raises(TypeError, match=r"guided_channels must be an int"):
         model.forward_with_cfg(x, t, torch.tensor([0, model.num_classes]), 2.0, guided_channels=2.5)
+
+
+def test_cfg_needs_null_labels_in_the_second_half():
+    model = tiny(XSwin)
+    x, t, _ = model_inputs(model)
+    with pytest.raises(ValueError, match=r"y's second half must hold the null label 10"):
+        model.forward_with_cfg(x, t, torch.tensor([0, 3]), 2.0)

@@ -94,7 +94,7 @@ class DiffusionBackbone(nn.Module):
         """Classifier-free guidance in one batched forward.
 
         x, t, y hold the conditional half followed by the unconditional half (labels
-        ``num_classes``); only the first half of x is used, duplicated. The guided
+        ``num_classes``, checked on the CPU); only the first half of x is used, duplicated. The guided
         ``eps = uncond + cfg_scale * (cond - uncond)`` is returned for both halves.
         ``guided_channels`` defaults to all ``in_channels`` eps channels (DiT guided only 3,
         "for exact reproducibility"; pass 3 to reproduce that); learned-sigma channels are
@@ -109,6 +109,12 @@ class DiffusionBackbone(nn.Module):
         n = self.in_channels if guided_channels is None else checks.integer("guided_channels", guided_channels)
         if not 0 < n <= self.in_channels:
             raise ValueError(f"guided_channels must be in [1, {self.in_channels}], got {guided_channels}")
+        uncond = y[len(y) // 2:]
+        if y.device.type == "cpu" and not torch.compiler.is_compiling() and bool((uncond != self.num_classes).any()):
+            raise ValueError(
+                f"y's second half must hold the null label {self.num_classes} (the unconditional half), "
+                f"got labels {sorted(set(uncond.tolist()))} there"
+            )
         half = x[: len(x) // 2]
         combined = torch.cat([half, half], dim=0)
         model_out = self(combined, t, y)
