@@ -555,3 +555,16 @@ def test_torch_compile_takes_the_exact_path_fullgraph():
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     for g, w in zip(got[1], want[1]):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_builds_the_cached_masks_while_tracing():
+    # a geometry no other test uses: its masks are first built inside the traced graph
+    q, k, v = (torch.randn(1, 3, 9, 2, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 6, 6, dtype=torch.float64, requires_grad=True)
+
+    def fn(q, k, v, bias):
+        return ops.window_attention(q, k, v, (3, 2), (1, 1), bias, backend="torch")
+
+    torch._dynamo.reset()
+    got = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v, bias)
+    torch.testing.assert_close(got, naive_window_attention(q, k, v, (3, 2), (1, 1), bias), rtol=1e-10, atol=1e-10)
