@@ -208,3 +208,8 @@ def test_cfg_needs_null_labels_in_the_second_half():
     x, t, _ = model_inputs(model)
     with pytest.raises(ValueError, match=r"y's second half must hold the null label 10"):
         model.forward_with_cfg(x, t, torch.tensor([0, 3]), 2.0)
+
+
+def test_grad_checkpointing_switch_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"enable must be a bool"):
+        tiny(DiT).set_grad_checkpointing("False")

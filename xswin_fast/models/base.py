@@ -34,7 +34,7 @@ class DiffusionBackbone(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> "DiffusionBackbone":
         """Recompute each transformer block in the backward pass instead of storing activations."""
-        self.grad_checkpointing = bool(enable)
+        self.grad_checkpointing = checks.flag("enable", enable)
         return self
 
     def run_block(self, block: nn.Module, *args):
