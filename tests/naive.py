@@ -40,6 +40,10 @@ def naive_window_attention(
     4. with a shift, two tokens interact only inside one Swin region on both axes;
     5. padded keys are excluded from the softmax, padded queries are not computed;
     6. each output lands at its original position.
+
+    A query's scores, softmax and weighted sum are taken over the keys it may attend to and
+    nothing else, so a key it may not attend to contributes nothing to its output or gradients,
+    whatever values (Inf, NaN) that key holds (docs/design.md §3.1, non-finite values).
     """
     B, H, W, nh, d = q.shape
     wh, ww = window_size

@@ -11,6 +11,7 @@ import torch
 import xswin_fast.ops as ops
 from helpers import DIT_TINY, forward_backward, model_inputs, randomize_, tiny, triton_adaln
 from xswin_fast.flops import count_parameters
+from xswin_fast.layers.attention import Attention, _softmax_attention
 from xswin_fast.layers.embed import sincos_2d
 from xswin_fast.models.dit import DIT_PRESETS, DiT, UViT
 
@@ -300,3 +301,22 @@ def test_presets():
         assert model.out_channels == 8 and model.learn_sigma
     small_s = build_preset("DiT-S/2", meta=True, input_size=8, num_classes=101)
     assert small_s.pos_embed.shape == (1, 16, 384) and small_s.y_embedder.embedding_table.num_embeddings == 102
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_global_attention_keeps_a_non_finite_query_row_non_finite(value):
+    # SDPA's CPU kernel turns a NaN/Inf query row into a finite one; softmax attention gives NaN.
+    # A non-finite bias of head 0's queries makes every query of head 0 non-finite: every output
+    # mixes head 0 through proj, so every output is NaN, and without it the same layer is finite.
+    torch.manual_seed(0)
+    attn = Attention(8, 2)
+    x = torch.randn(2, 5, 8)
+    assert torch.isfinite(attn(x)).all()
+    with torch.no_grad():
+        attn.qkv.bias[0] = value
+    assert torch.isnan(attn(x)).all()
+
+
+def test_global_attention_fallback_matches_sdpa():
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(_softmax_attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v))

@@ -1,4 +1,5 @@
 """FLOP counting counts attention (the CPU flash path of SDPA is invisible to FlopCounterMode)."""
+import pytest
 import torch
 
 from xswin_fast import create_model
@@ -34,3 +35,21 @@ def test_count_parameters_excludes_frozen_position_embedding():
     with torch.device("meta"):
         model = create_model("DiT-S/2")
     assert count_parameters(model, trainable_only=False) - count_parameters(model) == 256 * 384
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: preset_table(100, ["DiT-S/2"]), ValueError, r"image_size must be a multiple of 8"),
+    (lambda: preset_table(256.0, ["DiT-S/2"]), TypeError, r"image_size must be an int"),
+    (lambda: preset_table(256, ["DiT-T/2"]), ValueError, r"unknown model 'DiT-T/2'"),
+    (lambda: forward_flops(create_model("DiT-S/8", input_size=8), 8, batch=0), ValueError, r"batch must be >= 1"),
+    (lambda: forward_flops(create_model("DiT-S/8", input_size=8), 8.0), TypeError, r"latent_size must be an int"),
+])
+def test_bad_arguments_raise(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_counts_a_bfloat16_model():
+    with torch.device("meta"):
+        model = create_model("DiT-S/2").to(torch.bfloat16)
+    assert forward_flops(model, 32) == 2 * dit_forward_macs(L=256, D=384, depth=12, p=2)

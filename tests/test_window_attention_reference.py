@@ -11,6 +11,7 @@ import torch
 from helpers import LOG_100, assert_close
 from naive import naive_window_attention
 from xswin_fast import ops
+from xswin_fast.layers.blocks import SwinBlock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -254,6 +255,91 @@ def test_padding_does_not_leak_into_real_windows():
     torch.testing.assert_close(full[:, :4, :4], crop, rtol=1e-12, atol=1e-12)
 
 
+# non-finite values (docs/design.md §3.1): a key a query may not attend to contributes nothing
+
+# id: (geometry, site): the planted token (b, i, j). (0, 0) is alone in its Swin region of the
+# corner window when shifted by 1; (1, 3, 4) is a token of sample 1 in an unshifted window.
+NONFINITE_SITES = {
+    "shifted-corner-region": ("4x4-w2x2-shift1x1", (0, 0, 0)),
+    "shifted-padded-region": ("5x7-w2x2-pad-shift1x1", (0, 0, 0)),
+    "shifted-4x4-region": ("9x9-w4x4-pad-shift1x3", (0, 0, 1)),
+    "unshifted-window-sample1": ("5x7-w2x2-pad", (1, 3, 4)),
+    "unmasked-window": ("4x4-w2x2-noshift", (0, 1, 1)),
+}
+
+
+def _plant(q, k, v, where, site, value):
+    """Copies of q, k, v with ``value`` written into head 0 of token ``site`` of tensor ``where``."""
+    q, k, v = (t.clone() for t in (q, k, v))
+    b, i, j = site
+    {"q": q, "k": k, "v": v}[where][b, i, j, 0, 0] = value
+    return q, k, v
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("mode", ["dot_bias", "cos_bias"])
+@pytest.mark.parametrize("site", list(NONFINITE_SITES), ids=list(NONFINITE_SITES))
+def test_nonfinite_value_stays_in_its_region(site, mode, where, value):
+    # The output must equal the naive loop's, non-finite entries included. Outside the planted
+    # token's group (the tokens it attends to and is attended by: its Swin region of its window
+    # of its sample), every output and every gradient must be finite and equal the naive loop's:
+    # the planted value never enters the computation of a query that may not attend to it.
+    geometry, token = NONFINITE_SITES[site]
+    B, H, W, window, shift, nh, d = GEOMETRIES[geometry]
+    clean = make_qkv(B, H, W, nh, d, torch.float64, cross=True)
+    bias, logit_scale, scale = make_params(nh, window, mode)
+    q, k, v = (t.requires_grad_() for t in _plant(*clean, where, token, value))
+    out = ops.window_attention(q, k, v, window, shift, bias, logit_scale, scale, backend="torch")
+    expected = naive_window_attention(q, k, v, window, shift, bias, logit_scale, scale)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
+    outside = ~_group_of(token, B, H, W, window, shift)
+    assert outside.sum() >= outside.numel() * 3 // 4, "the group is a small part of the batch"
+    assert torch.isfinite(expected[outside]).all()
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    got = torch.autograd.grad((out[outside] * grad[outside]).sum(), [q, k, v])
+    want = torch.autograd.grad((expected[outside] * grad[outside]).sum(), [q, k, v])
+    for name, g, w in zip("qkv", got, want):
+        assert torch.isfinite(w[outside]).all(), f"naive grad of {name} is not finite"
+        torch.testing.assert_close(g[outside], w[outside], rtol=1e-10, atol=1e-10, msg=lambda m: f"grad of {name}: {m}")
+
+
+def _group_of(token, B, H, W, window, shift):
+    """(B, H, W) mask of the tokens that ``token`` (b, i, j) attends to, by the naive loop: with
+    q = k = 0 its attention weights are uniform over exactly those keys."""
+    one_hot = torch.eye(B * H * W, dtype=torch.float64).view(B, H, W, 1, B * H * W)
+    zeros = torch.zeros_like(one_hot)
+    weights = naive_window_attention(zeros, zeros, one_hot, window, shift)[token]
+    return (weights != 0).view(B, H, W)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_nan_query_row_is_nan(dtype):
+    # no mask at all: one SDPA call on the CPU returns zeros for the NaN row; the definition NaN
+    q, k, v = make_qkv(2, 4, 4, 2, 8, dtype, cross=True)
+    q[1, 2, 3, 1, 0] = math.nan
+    bias = torch.randn(2, 4, 4, dtype=dtype)
+    out = ops.window_attention(q, k, v, (2, 2), bias=bias, backend="torch")
+    expected = naive_window_attention(q, k, v, (2, 2), bias=bias)
+    nan = torch.isnan(expected)
+    assert nan.sum() == 8 and nan[1, 2, 3, 8:].all(), "head 1 of token (1, 2, 3), nothing else"
+    assert torch.equal(torch.isnan(out), nan)
+    assert_close("out", out.masked_fill(nan, 0), expected.masked_fill(nan, 0))
+
+
+def test_nonfinite_bias_of_a_masked_pair_is_excluded():
+    # pair (3, 0) of a 2x2 window is masked in the shifted corner windows and allowed elsewhere:
+    # a NaN there poisons slot 3 of the windows where the pair is allowed, nowhere else
+    B, H, W, window, shift, nh, d = GEOMETRIES["4x4-w2x2-shift1x1"]
+    q, k, v = make_qkv(B, H, W, nh, d, torch.float64, cross=False)
+    bias = torch.randn(nh, 4, 4, dtype=torch.float64)
+    bias[0, 3, 0] = math.nan
+    out = ops.window_attention(q, k, v, window, shift, bias, backend="torch")
+    expected = naive_window_attention(q, k, v, window, shift, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, equal_nan=True)
+    assert 0 < torch.isnan(expected).sum() < expected.numel() // 4
+
+
 # out=, strides
 
 
@@ -444,3 +530,41 @@ def test_bad_inputs_raise(case):
     exc, match, fn = BAD_INPUTS[case]
     with pytest.raises(exc, match=match):
         fn()
+
+
+def test_torch_compile_takes_the_exact_path_fullgraph():
+    # under torch.compile the reference cannot branch on the finiteness of its inputs: it always
+    # takes the exact path, which must trace into one graph and give the eager (SDPA) results
+    torch.manual_seed(0)
+    block = SwinBlock(32, 2, (2, 2), (1, 1), cond_dim=16)
+    for m in block.modules():
+        if hasattr(m, "backend"):
+            m.backend = "torch"
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, cond = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
+
+    def step(fn):
+        out = fn(x, cond)
+        return out, torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
+
+    want = step(block)
+    torch._dynamo.reset()
+    got = step(torch.compile(block, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_compile_builds_the_cached_masks_while_tracing():
+    # a geometry no other test uses: its masks are first built inside the traced graph
+    q, k, v = (torch.randn(1, 3, 9, 2, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 6, 6, dtype=torch.float64, requires_grad=True)
+
+    def fn(q, k, v, bias):
+        return ops.window_attention(q, k, v, (3, 2), (1, 1), bias, backend="torch")
+
+    torch._dynamo.reset()
+    got = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v, bias)
+    torch.testing.assert_close(got, naive_window_attention(q, k, v, (3, 2), (1, 1), bias), rtol=1e-10, atol=1e-10)

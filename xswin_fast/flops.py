@@ -14,15 +14,20 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers import checks
+
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def forward_flops(model: torch.nn.Module, latent_size: int, batch: int = 2) -> float:
-    """Forward FLOPs per image (multiply-add = 2 FLOPs) at a square ``latent_size`` latent."""
-    device = next(model.parameters()).device
-    x = torch.randn(batch, model.in_channels, latent_size, latent_size, device=device)
+    """Forward FLOPs per image (multiply-add = 2 FLOPs) at a square ``latent_size`` latent, with
+    ``batch`` images in the model's dtype."""
+    latent_size, batch = checks.integer("latent_size", latent_size), checks.integer("batch", batch)
+    weight = next(model.parameters())
+    device = weight.device
+    x = torch.randn(batch, model.in_channels, latent_size, latent_size, device=device, dtype=weight.dtype)
     t = torch.zeros(batch, device=device)
     y = torch.zeros(batch, dtype=torch.long, device=device)
     was_training = model.training
@@ -36,9 +41,12 @@ def forward_flops(model: torch.nn.Module, latent_size: int, batch: int = 2) -> f
 
 
 def preset_table(image_size: int = 256, names: Optional[list] = None) -> str:
-    """Markdown table: preset, parameters (M), forward GFLOPs per image at ``image_size`` px."""
+    """Markdown table: preset, parameters (M), forward GFLOPs per image at ``image_size`` px (a
+    multiple of 8: the SD VAE's latent is 1/8 of it)."""
     from .models.registry import PRESETS, create_model
 
+    if checks.integer("image_size", image_size) % 8:
+        raise ValueError(f"image_size must be a multiple of 8 (the SD VAE's downsampling), got {image_size}")
     latent = image_size // 8
     rows = ["| preset | params (M) | GFLOPs / image |", "|---|---:|---:|"]
     for name in names or list(PRESETS):
@@ -56,7 +64,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256, help="pixels; the latent is 1/8 of it (SD VAE)")
     parser.add_argument("--models", nargs="*", default=None, help="preset names (default: all)")
     args = parser.parse_args()
-    print(preset_table(args.image_size, args.models))
+    try:
+        print(preset_table(args.image_size, args.models))
+    except (TypeError, ValueError) as e:
+        parser.error(str(e))
 
 
 if __name__ == "__main__":

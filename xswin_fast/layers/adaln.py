@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from . import checks
 
 
 class Modulator(nn.Module):
@@ -40,7 +41,8 @@ class Modulator(nn.Module):
 
     def __init__(self, cond_dim: int, dim: int, channels_last: bool = True):
         super().__init__()
-        self.channels_last = channels_last
+        cond_dim, dim = checks.integer("cond_dim", cond_dim), checks.integer("dim", dim)
+        self.channels_last = checks.flag("channels_last", channels_last)
         self.linear = nn.Linear(cond_dim, 2 * dim)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)

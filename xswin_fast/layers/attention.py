@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops.reference import cached_constant
+from . import checks
 from .adaln import Modulator
 
 
@@ -67,10 +68,12 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], shift_size: Tuple[int, int]):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        _check_heads(dim, num_heads)
         self.num_heads = num_heads
-        self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
+        self.window_size = checks.int_pair("window_size", window_size)
+        self.shift_size = checks.int_pair("shift_size", shift_size, minimum=0)
+        if any(s >= w for s, w in zip(self.shift_size, self.window_size)):
+            raise ValueError(f"shift_size must be < window_size on each axis, got {self.shift_size} for {self.window_size}")
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.full((num_heads,), math.log(10.0)))
@@ -111,10 +114,10 @@ class WindowCrossAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], cond_dim: int, eps: float = 1e-5):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        _check_heads(dim, num_heads)
         self.num_heads = num_heads
-        self.window_size = tuple(window_size)
+        self.window_size = checks.int_pair("window_size", window_size)
+        eps = checks.positive_float("eps", eps)
         self.mod_x = Modulator(cond_dim, dim)
         self.mod_r = Modulator(cond_dim, dim)
         self.q = nn.Linear(dim, dim)
@@ -137,13 +140,16 @@ class WindowCrossAttention(nn.Module):
 class Attention(nn.Module):
     """Global multi-head self-attention over a token sequence: (B, L, C) -> (B, L, C).
 
-    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU).
+    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU),
+    except where a query holds Inf or NaN: SDPA's CPU kernel returns a finite row for such a
+    query, where softmax attention gives NaN, so those inputs (and every input under
+    ``torch.compile``, which cannot branch on values) take an explicit matmul and softmax.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        _check_heads(dim, num_heads)
+        checks.flag("qkv_bias", qkv_bias)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -152,5 +158,34 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, L, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, L, d)
+        if _finite(q):
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = _softmax_attention(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """False if t holds Inf or NaN (a float32 sum propagates both), under ``torch.compile``, or on
+    the meta device (no values). One read back to the host: a device sync off the CPU."""
+    if torch.compiler.is_compiling():
+        return False
+    if t.device.type == "meta":
+        return True
+    return bool(torch.isfinite(t.sum(dtype=torch.float32)))
+
+
+def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d), spelled out (in float32 for half inputs)."""
+    dtype = q.dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    q, k, v = q.to(compute), k.to(compute), v.to(compute)
+    p = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    return (p @ v).to(dtype)
+
+
+def _check_heads(dim: int, num_heads: int) -> None:
+    checks.integer("dim", dim)
+    checks.integer("num_heads", num_heads)
+    checks.divisible("dim", dim, "num_heads", num_heads)

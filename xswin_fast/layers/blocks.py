@@ -5,9 +5,10 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from . import checks
 from .adaln import Modulator
 from .attention import Attention, WindowAttention
-from .mlp import Mlp
+from .mlp import Mlp, mlp_hidden_dim
 
 
 def drop_path_keep(x: torch.Tensor, p: float, training: bool) -> Optional[torch.Tensor]:
@@ -41,13 +42,13 @@ class SwinBlock(nn.Module):
         eps: float = 1e-5,
     ):
         super().__init__()
-        self.drop_path = drop_path
-        self.eps = eps
+        self.drop_path = checks.probability("drop_path", drop_path, below_one=True)
+        self.eps = checks.positive_float("eps", eps)
         self.mod1 = Modulator(cond_dim, dim)
         self.attn = WindowAttention(dim, num_heads, window_size, shift_size)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.mod2 = Modulator(cond_dim, dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, mlp_hidden_dim(dim, mlp_ratio))
         self.norm2 = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -73,13 +74,13 @@ class ViTBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        self.eps = checks.positive_float("eps", eps)
         self.mod1 = Modulator(cond_dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
         self.mod2 = Modulator(cond_dim, dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, mlp_hidden_dim(dim, mlp_ratio))
         self.register_load_state_dict_pre_hook(_rename_legacy_norms)
 
     def _mod_ln(self, mod: Modulator, ln: nn.LayerNorm, x, cond):

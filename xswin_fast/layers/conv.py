@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from . import checks
 from .adaln import Modulator
 
 
@@ -10,6 +11,9 @@ class ConvTriplet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int = 3):
         super().__init__()
+        in_channels, out_channels = checks.integer("in_channels", in_channels), checks.integer("out_channels", out_channels)
+        if checks.integer("kernel_size", kernel_size) % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a 'same' convolution), got {kernel_size}")
         chans = [in_channels, out_channels, out_channels]
         self.mods = nn.ModuleList([Modulator(cond_dim, c, channels_last=False) for c in chans])
         self.convs = nn.ModuleList(
@@ -30,7 +34,7 @@ class OutputHead(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, cond_dim: int):
         super().__init__()
         self.mod = Modulator(cond_dim, in_channels, channels_last=False)
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        self.conv = nn.Conv2d(in_channels, checks.integer("out_channels", out_channels), kernel_size=1)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.conv(self.mod(x, cond))

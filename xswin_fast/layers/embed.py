@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.reference import cached_constant
+from . import checks
 
 
 class TimestepEmbedder(nn.Module):
@@ -18,6 +19,8 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, freq_shift: int = 0):
         super().__init__()
         self.freq_shift = freq_shift
+        checks.integer("hidden_size", hidden_size)
+        checks.integer("frequency_embedding_size", frequency_embedding_size)
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size, bias=True),
             nn.SiLU(),
@@ -53,7 +56,8 @@ class LabelEmbedder(nn.Module):
 
     def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
         super().__init__()
-        use_cfg_embedding = dropout_prob > 0
+        num_classes, hidden_size = checks.integer("num_classes", num_classes), checks.integer("hidden_size", hidden_size)
+        use_cfg_embedding = checks.probability("dropout_prob", dropout_prob) > 0
         self.embedding_table = nn.Embedding(num_classes + use_cfg_embedding, hidden_size)
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
@@ -73,9 +77,10 @@ class LabelEmbedder(nn.Module):
 
 
 def check_labels(y: torch.Tensor, num_classes: int, has_null: bool) -> None:
-    """Labels must be integers in [0, num_classes), or num_classes (the null class) with CFG."""
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"y must be an integer tensor of class labels, got dtype {y.dtype}")
+    """Labels must be int64 or int32 (the index dtypes of ``nn.Embedding``) in [0, num_classes), or
+    num_classes (the null class) with CFG."""
+    if y.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"y must be an integer tensor of class labels (int64 or int32), got dtype {y.dtype}")
     high = num_classes + int(has_null)
     # reading values back from an accelerator would synchronise every forward: check on the CPU
     # only (nn.Embedding's own device-side assert catches the rest)

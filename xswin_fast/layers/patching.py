@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checks
 from .adaln import Modulator
 
 
@@ -16,9 +17,10 @@ class Patching(nn.Module):
 
     def __init__(self, in_dim: int, dim: int, patch_size: int, cond_dim: int, eps: float = 1e-5):
         super().__init__()
+        patch_size = checks.integer("patch_size", patch_size)
         self.mod = Modulator(cond_dim, in_dim, channels_last=False)
-        self.proj = nn.Conv2d(in_dim, dim, kernel_size=patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.proj = nn.Conv2d(in_dim, checks.integer("dim", dim), kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(dim, eps=checks.positive_float("eps", eps))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(self.mod(x, cond)).permute(0, 2, 3, 1))
@@ -29,6 +31,7 @@ class UnPatching(nn.Module):
 
     def __init__(self, dim: int, patch_size: int, cond_dim: int):
         super().__init__()
+        patch_size = checks.integer("patch_size", patch_size)
         self.mod = Modulator(cond_dim, dim)
         self.proj = nn.ConvTranspose2d(dim, dim, kernel_size=patch_size, stride=patch_size)
         self.norm = nn.BatchNorm2d(dim)
@@ -48,7 +51,7 @@ class PatchMerging(nn.Module):
         super().__init__()
         self.mod = Modulator(cond_dim, dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(2 * dim, eps=eps)
+        self.norm = nn.LayerNorm(2 * dim, eps=checks.positive_float("eps", eps))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         x = self.mod(x, cond)
@@ -68,11 +71,11 @@ class PatchExpanding(nn.Module):
 
     def __init__(self, dim: int, cond_dim: int, eps: float = 1e-5):
         super().__init__()
-        if dim % 2:
-            raise ValueError(f"PatchExpanding needs an even input width, got {dim}")
+        if checks.integer("dim", dim) % 2:
+            raise ValueError(f"dim of PatchExpanding must be even, got {dim}")
         self.mod = Modulator(cond_dim, dim)
         self.expansion = nn.Linear(dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(2 * dim, eps=eps)
+        self.norm = nn.LayerNorm(2 * dim, eps=checks.positive_float("eps", eps))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, target: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         B, H, W, C = x.shape

@@ -3,7 +3,9 @@ gradient-checkpointing switches, input checks, and the diffusers model format (`
 ``ConfigMixin``: ``save_pretrained`` / ``from_pretrained`` of a config.json + safetensors folder)."""
 import functools
 import inspect
+import math
 import sys
+from numbers import Real
 from typing import Dict, Optional
 
 import torch
@@ -12,6 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.checkpoint import checkpoint
 
+from ..layers import checks
 from ..layers.embed import check_labels
 from ..ops.dispatch import check_backend
 
@@ -79,7 +82,7 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
     def set_grad_checkpointing(self, enable: bool = True) -> "DiffusionBackbone":
         """Recompute each transformer block in the backward pass instead of storing activations
         (the same switch as diffusers' ``enable_gradient_checkpointing()``)."""
-        if enable:
+        if checks.flag("enable", enable):
             self.enable_gradient_checkpointing(_checkpoint_block)
         else:
             self.disable_gradient_checkpointing()
@@ -91,10 +94,27 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
         return block(*args)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise TypeError/ValueError naming the argument unless x is a (B >= 1, in_channels, H, W)
+        floating tensor of the model's dtype (any dtype under ``torch.autocast``) on the model's
+        device, t (B,) real timesteps >= 0 and y (B,) int64/int32 labels, both on x's device.
+
+        Values (finite t >= 0, labels in range) are checked on the CPU only: reading them back
+        from an accelerator would synchronise every forward.
+        """
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"x must hold at least one sample and a non-empty map, got shape {tuple(x.shape)}")
+        weight = self.t_embedder.mlp[0].weight
+        if x.device != weight.device:
+            raise ValueError(f"x must be on the model's device {weight.device}, got {x.device}")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x must have the model's dtype {weight.dtype}, got {x.dtype}: cast x, or the model with "
+                f"model.to(dtype), or run under torch.autocast"
+            )
         B = x.shape[0]
         if not isinstance(t, torch.Tensor) or t.shape != (B,):
             raise ValueError(f"t must be a tensor of shape (B,) = ({B},), got {getattr(t, 'shape', t)}")
@@ -102,6 +122,12 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
             raise TypeError(f"t must be a real-valued tensor of timesteps, got dtype {t.dtype}")
         if not isinstance(y, torch.Tensor) or y.shape != (B,):
             raise ValueError(f"y must be a tensor of shape (B,) = ({B},), got {getattr(y, 'shape', y)}")
+        for name, v in (("t", t), ("y", y)):
+            if v.device != x.device:
+                raise ValueError(f"{name} must be on x's device {x.device}, got {v.device}")
+        if t.device.type == "cpu" and not torch.compiler.is_compiling():
+            if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+                raise ValueError(f"t must hold finite timesteps >= 0, got values in [{t.min().item()}, {t.max().item()}]")
         check_labels(y, self.num_classes, self.y_embedder.dropout_prob > 0)
         self.check_size(x.shape[-2], x.shape[-1])
 
@@ -119,17 +145,27 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
         """Classifier-free guidance in one batched forward.
 
         x, t, y hold the conditional half followed by the unconditional half (labels
-        ``num_classes``); only the first half of x is used, duplicated. The guided
+        ``num_classes``, checked on the CPU); only the first half of x is used, duplicated. The guided
         ``eps = uncond + cfg_scale * (cond - uncond)`` is returned for both halves.
         ``guided_channels`` defaults to all ``in_channels`` eps channels (DiT guided only 3,
         "for exact reproducibility"; pass 3 to reproduce that); learned-sigma channels are
         passed through unguided.
         """
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, Real):
+            raise TypeError(f"cfg_scale must be a float, got {cfg_scale!r}")
+        if not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be finite, got {cfg_scale!r}")
         if x.shape[0] % 2:
             raise ValueError(f"forward_with_cfg needs an even batch (cond + uncond halves), got {x.shape[0]}")
-        n = self.in_channels if guided_channels is None else int(guided_channels)
+        n = self.in_channels if guided_channels is None else checks.integer("guided_channels", guided_channels)
         if not 0 < n <= self.in_channels:
             raise ValueError(f"guided_channels must be in [1, {self.in_channels}], got {guided_channels}")
+        uncond = y[len(y) // 2:]
+        if y.device.type == "cpu" and not torch.compiler.is_compiling() and bool((uncond != self.num_classes).any()):
+            raise ValueError(
+                f"y's second half must hold the null label {self.num_classes} (the unconditional half), "
+                f"got labels {sorted(set(uncond.tolist()))} there"
+            )
         half = x[: len(x) // 2]
         combined = torch.cat([half, half], dim=0)
         model_out = self(combined, t, y)

@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 
 from .. import ops
+from ..layers import checks
 from ..layers.attention import Attention
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
-from ..layers.mlp import Mlp
+from ..layers.mlp import Mlp, mlp_hidden_dim
 from .base import DiffusionBackbone
 
 __all__ = ["PatchEmbed", "DiTBlock", "UViTBlock", "FinalLayer", "DiT", "UViT", "DIT_PRESETS"]
@@ -32,7 +33,9 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_channels: int, embed_dim: int):
         super().__init__()
-        self.patch_size = patch_size
+        self.patch_size = checks.integer("patch_size", patch_size)
+        checks.integer("in_channels", in_channels)
+        checks.integer("embed_dim", embed_dim)
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +57,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), approximate="tanh")
+        self.mlp = Mlp(hidden_size, mlp_hidden_dim(hidden_size, mlp_ratio), approximate="tanh")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,7 @@ class UViTBlock(DiTBlock):
         self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, skip: bool = False, mlp_norm_eps: float = 1e-6
     ):
         super().__init__(hidden_size, num_heads, mlp_ratio, mlp_norm_eps)
-        self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if skip else None
+        self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if checks.flag("skip", skip) else None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.skip_linear is not None:
@@ -91,6 +94,8 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.backend: Optional[str] = None
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        for name, value in (("hidden_size", hidden_size), ("patch_size", patch_size), ("out_channels", out_channels)):
+            checks.integer(name, value)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
 
@@ -134,6 +139,14 @@ class DiT(DiffusionBackbone):
         mlp_norm_eps: float = 1e-6,
     ):
         super().__init__()
+        for name, value in (("input_size", input_size), ("patch_size", patch_size), ("in_channels", in_channels),
+                            ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads),
+                            ("num_classes", num_classes)):
+            checks.integer(name, value)
+        checks.positive_float("mlp_ratio", mlp_ratio)
+        checks.probability("class_dropout_prob", class_dropout_prob)
+        checks.flag("learn_sigma", learn_sigma)
+        checks.divisible("hidden_size", hidden_size, "num_heads", num_heads)
         if input_size % patch_size:
             raise ValueError(f"input_size ({input_size}) must be divisible by patch_size ({patch_size})")
         if hidden_size % 4:

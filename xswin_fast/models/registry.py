@@ -32,6 +32,8 @@ def list_models() -> List[str]:
 
 def create_model(name: str, **overrides):
     """Build preset ``name`` with constructor keyword ``overrides`` (e.g. input_size, num_classes)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name (str), got {name!r}")
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(PRESETS)}")
     cls, kwargs = PRESETS[name]

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import checks
 from ..layers.attention import WindowCrossAttention
 from ..layers.blocks import SwinBlock, ViTBlock
 from ..layers.adaln import Modulator
@@ -31,14 +32,13 @@ from .base import DiffusionBackbone
 MAX_WINDOW = 16
 
 
-def _pair(name: str, v) -> Tuple[int, int]:
-    if isinstance(v, int):
-        return v, v
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}") from None
+def _int_sequence(name: str, value) -> Tuple[int, ...]:
+    """A non-empty sequence of ints >= 1 (one per stage), as a tuple."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name} must be a sequence of ints, one per stage, got {value!r}")
+    if len(value) == 0:
+        raise ValueError(f"depths and num_heads must be non-empty sequences, got {name} = {value!r}")
+    return tuple(checks.integer(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 
 class EncoderStage(nn.Module):
@@ -124,21 +124,32 @@ class XSwin(DiffusionBackbone):
         norm_eps: float = 1e-5,
     ):
         super().__init__()
-        depths, num_heads = tuple(depths), tuple(num_heads)
-        window = _pair("window_size", window_size)
-        if not all(1 <= w <= MAX_WINDOW for w in window):
+        depths, num_heads = _int_sequence("depths", depths), _int_sequence("num_heads", num_heads)
+        window = checks.int_pair("window_size", window_size)
+        if not all(w <= MAX_WINDOW for w in window):
             raise ValueError(f"window_size must be in [1, {MAX_WINDOW}] per axis, got {window}")
-        if patch_size < 1:
-            raise ValueError(f"patch_size must be >= 1, got {patch_size}")
-        if len(depths) == 0 or any(d < 1 for d in depths):
-            raise ValueError(f"depths must be a non-empty sequence of positive ints, got {depths}")
+        for name, value in (("input_size", input_size), ("patch_size", patch_size), ("in_channels", in_channels),
+                            ("embed_dim", embed_dim), ("num_classes", num_classes)):
+            checks.integer(name, value)
+        checks.divisible("input_size", input_size, "patch_size", patch_size)
+        checks.integer("bottleneck_depth", bottleneck_depth, minimum=0)
+        for name, value in (("final_downsample", final_downsample), ("learn_sigma", learn_sigma),
+                            ("cross_attention_skips", cross_attention_skips), ("conv_blocks", conv_blocks)):
+            checks.flag(name, value)
+        checks.probability("stochastic_depth_prob", stochastic_depth_prob, below_one=True)
+        checks.probability("class_dropout_prob", class_dropout_prob)
+        checks.positive_float("mlp_ratio", mlp_ratio)
+        checks.positive_float("norm_eps", norm_eps)
         if len(num_heads) != len(depths):
             raise ValueError(f"num_heads must have one entry per stage ({len(depths)}), got {num_heads}")
         for i, h in enumerate(num_heads):
             if (embed_dim * 2**i) % h:
                 raise ValueError(f"num_heads[{i}] = {h} must divide the stage width {embed_dim * 2**i}")
         mid_dim = embed_dim * 2 ** (len(depths) - 1 + int(final_downsample))
-        bottleneck_heads = bottleneck_heads or num_heads[-1]
+        if mid_dim % 4:
+            # the bottleneck's 2-D sin-cos embedding spends mid_dim/2 features per axis, in [sin, cos] pairs
+            raise ValueError(f"the bottleneck width embed_dim * 2**stages = {mid_dim} must be divisible by 4")
+        bottleneck_heads = num_heads[-1] if bottleneck_heads is None else checks.integer("bottleneck_heads", bottleneck_heads)
         if mid_dim % bottleneck_heads:
             raise ValueError(f"bottleneck_heads = {bottleneck_heads} must divide the bottleneck width {mid_dim}")
 

@@ -4,7 +4,7 @@ against, and the CPU training path (so they are written to be reasonably fast, n
 Inputs are assumed valid here; ``xswin_fast.ops`` checks them before dispatching.
 """
 import math
-from typing import Callable, Dict, Optional, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,21 +40,40 @@ def cached_constant(key: tuple, build: Callable[[], T]) -> T:
 # window attention
 
 
-def _axis_regions(size: int, padded: int, window: int, shift: int) -> torch.Tensor:
-    """Per shifted-frame position along one axis: (region id, is-real-token).
+def _axis_regions(size: int, padded: int, window: int, shift: int) -> Tuple[List[int], List[bool]]:
+    """Per shifted-frame position along one axis: (region id, is-real-token), as Python lists.
 
     Region ids follow Swin: the shifted frame is cut into [0, P-w), [P-w, P-s), [P-s, P).
     A shifted-frame position i holds the padded-map token (i + s) mod P, which is real when it
     is < size.
     """
-    # explicit device: cached masks must not inherit a meta/cuda default-device context
-    idx = torch.arange(padded, device="cpu")
-    region = torch.zeros(padded, dtype=torch.long, device="cpu")
-    if shift > 0:
-        region[padded - window:padded - shift] = 1
-        region[padded - shift:] = 2
-    real = (idx + shift) % padded < size
+    region = [0 if shift == 0 or i < padded - window else 1 if i < padded - shift else 2 for i in range(padded)]
+    real = [(i + shift) % padded < size for i in range(padded)]
     return region, real
+
+
+def window_regions(H: int, W: int, window_size: Tuple[int, int], shift_size: Tuple[int, int]):
+    """(region, real): (nW, N) CPU tensors of every window slot's Swin region id (0..8) and
+    whether it holds a real (not padded) token. Cached (``cached_constant``)."""
+    key = ("window_regions", H, W, tuple(window_size), tuple(shift_size))
+    return cached_constant(key, lambda: _build_window_regions(H, W, window_size, shift_size))
+
+
+def _build_window_regions(H: int, W: int, window_size, shift_size):
+    (wh, ww), (sh, sw) = window_size, shift_size
+    Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
+    # explicit device: cached masks must not inherit a meta/cuda default-device context
+    reg_h, real_h = (torch.tensor(a, device="cpu") for a in _axis_regions(H, Hp, wh, sh))
+    reg_w, real_w = (torch.tensor(a, device="cpu") for a in _axis_regions(W, Wp, ww, sw))
+    region = (reg_h[:, None] * 3 + reg_w[None, :])  # (Hp, Wp)
+    real = real_h[:, None] & real_w[None, :]
+    return _frame_windows(region, window_size), _frame_windows(real, window_size)
+
+
+def _frame_windows(t: torch.Tensor, window_size) -> torch.Tensor:
+    """(Hp, Wp) per shifted-frame position -> (nW, N) per window slot."""
+    (Hp, Wp), (wh, ww) = t.shape, window_size
+    return t.view(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
 
 
 def window_mask(
@@ -72,34 +91,11 @@ def window_mask(
 
 def _build_window_mask(H: int, W: int, window_size, shift_size) -> Optional[torch.Tensor]:
     (wh, ww), (sh, sw) = window_size, shift_size
-    Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
-    if (sh, sw) == (0, 0) and (Hp, Wp) == (H, W):
-        return None
-    reg_h, real_h = _axis_regions(H, Hp, wh, sh)
-    reg_w, real_w = _axis_regions(W, Wp, ww, sw)
-    region = (reg_h[:, None] * 3 + reg_w[None, :])  # (Hp, Wp)
-    real = real_h[:, None] & real_w[None, :]
-
-    def windows(t):  # (Hp, Wp) -> (nW, N)
-        return t.view(Hp // wh, wh, Wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
-
-    region, real = windows(region), windows(real)
+    if (sh, sw) == (0, 0) and H % wh == 0 and W % ww == 0:
+        return None  # decided in Python: no tensor is read back while tracing
+    region, real = window_regions(H, W, window_size, shift_size)
     same_region = region[:, :, None] == region[:, None, :]
-    allowed = same_region & (real[:, None, :] | ~real[:, :, None])
-    return allowed
-
-
-def _additive_mask(H, W, window_size, shift_size, device, dtype) -> Optional[torch.Tensor]:
-    """``window_mask`` as an additive (nW, 1, N, N) mask on ``device``: 0 allowed, -inf masked."""
-
-    def build():
-        allowed = window_mask(H, W, window_size, shift_size)
-        if allowed is None:
-            return None
-        neg = torch.zeros(allowed.shape, dtype=dtype, device="cpu").masked_fill_(~allowed, float("-inf"))
-        return neg.to(device)[:, None]
-
-    return cached_constant(("additive_mask", H, W, tuple(window_size), tuple(shift_size), device, dtype), build)
+    return same_region & (real[:, None, :] | ~real[:, :, None])
 
 
 def pad_and_shift(x: torch.Tensor, window_size, shift_size) -> torch.Tensor:
@@ -149,9 +145,12 @@ def window_attention(
 ) -> torch.Tensor:
     """Reference of ``xswin_fast.ops.window_attention`` (docs/design.md §3.1); returns (B, H, W, heads*d).
 
-    roll -> pad -> partition, then one ``scaled_dot_product_attention`` call with the
-    relative-position bias, the Swin region mask and the padding mask folded into a single
-    additive mask (masked pairs get -inf: probability exactly 0).
+    roll -> pad -> partition, then attention per window. With finite q, k, v and bias: one
+    ``scaled_dot_product_attention`` call whose float mask holds the relative-position bias
+    where a pair is allowed and -inf where it is masked (probability exactly 0). Otherwise
+    ``_exact_attention``, where a masked key contributes exactly nothing even when it holds Inf
+    or NaN (SDPA cannot: NaN + (-inf) is NaN, 0 x Inf is NaN, and its CPU kernel turns a NaN
+    query row into zeros).
     """
     B, H, W, nh, d = q.shape
     window_size, shift_size = tuple(window_size), tuple(shift_size)
@@ -169,20 +168,113 @@ def window_attention(
         scale = 1.0
     elif scale is None:
         scale = d ** -0.5
+    bias = None if bias is None else bias.to(q.dtype)
     qw = _to_windows(q, window_size, shift_size)
     kw = _to_windows(k, window_size, shift_size)
     vw = _to_windows(v, window_size, shift_size)
-    N = qw.shape[2]
-    nW = qw.shape[1] // nh
-
-    attn_mask = _additive_mask(H, W, window_size, shift_size, q.device, q.dtype)  # (nW, 1, N, N)
-    if bias is not None:
-        b = bias.to(q.dtype)[None]  # (1, heads, N, N)
-        attn_mask = b if attn_mask is None else attn_mask + b
-    if attn_mask is not None:
-        attn_mask = attn_mask.expand(nW, nh, N, N).reshape(nW * nh, N, N)
-    o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=attn_mask, scale=scale)
+    geometry = (H, W, window_size, shift_size)
+    if _all_finite(q, k, v, bias):
+        o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=_score_mask(geometry, bias, nh, q), scale=scale)
+    else:
+        o = _exact_attention(qw, kw, vw, geometry, bias, nh, scale)
     return _from_windows(o, H, W, nh, window_size, shift_size)
+
+
+def _all_finite(*tensors: Optional[torch.Tensor]) -> bool:
+    """False if any element is Inf or NaN: one float32 sum per tensor (Inf and NaN propagate
+    through it; a finite sum that overflows only costs the exact path) and one read back to the
+    host, a device sync off the CPU.
+
+    Under ``torch.compile`` this returns False without looking (a branch on a tensor's value
+    would break the graph), so a compiled model always takes the exact path. Meta tensors hold no
+    values: True, so that FLOP counting sees the common path.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    if any(t.device.type == "meta" for t in tensors if t is not None):
+        return True  # no values (FLOP counting): the common path
+    return bool(torch.isfinite(sum(t.sum(dtype=torch.float32) for t in tensors if t is not None)))
+
+
+def _score_mask(geometry, bias: Optional[torch.Tensor], nh: int, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The (nW * heads, N, N) float mask that SDPA adds to the scores: ``bias`` (heads, N, N)
+    where a pair is allowed, -inf where it is masked (selected, not added, so that a non-finite
+    bias of a masked pair stays out), or None when nothing is masked and there is no bias."""
+    allowed = window_mask(*geometry)
+    nW, N = window_regions(*geometry)[0].shape
+    if allowed is None:
+        return None if bias is None else bias[None].expand(nW, nh, N, N).reshape(nW * nh, N, N)
+    key = ("window_mask_on", *geometry, like.device)
+    allowed = cached_constant(key, lambda: allowed.to(like.device))[:, None]  # (nW, 1, N, N)
+    zero = torch.zeros((), dtype=like.dtype, device=like.device) if bias is None else bias[None]
+    return torch.where(allowed, zero, float("-inf")).expand(nW, nh, N, N).reshape(nW * nh, N, N)
+
+
+def _exact_attention(qw, kw, vw, geometry, bias: Optional[torch.Tensor], nh: int, scale: float) -> torch.Tensor:
+    """Window attention (B, nW*heads, N, d) -> (B, nW*heads, N, d) in which a query's output and
+    gradients depend only on the keys it may attend to, whatever values the others hold.
+
+    The real queries of one Swin region attend to exactly the real keys of that region, and a
+    window holds at most 2 x 2 regions. So the windows are computed once per region rank (up to
+    4 passes): in pass (a, b) each window keeps the real slots of its a-th row region and b-th
+    column region, the q, k and v of every other slot are replaced by zeros (a select, never a
+    multiplication: 0 x Inf is NaN) and attend to themselves only, and the kept rows are selected
+    into the output. Scores go through an explicit matmul and softmax (in float32 for
+    half-precision inputs), so a non-finite query row stays non-finite.
+    """
+    device, dtype = qw.device, qw.dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    out = torch.zeros_like(qw, dtype=compute)
+    for sel, pairs in _region_passes(geometry, nh, device):
+        qr, kr, vr = (torch.where(sel, t, 0).to(compute) for t in (qw, kw, vw))
+        s = torch.matmul(qr, kr.transpose(-2, -1)) * scale
+        if bias is not None:
+            s = s + bias.to(compute).repeat(len(pairs) // nh, 1, 1)
+        p = torch.softmax(torch.where(pairs, s, float("-inf")), dim=-1)
+        out = torch.where(sel, torch.matmul(p, vr), out)
+    return out.to(dtype)
+
+
+def _region_passes(geometry, nh: int, device) -> list:
+    """The passes of ``_exact_attention``: (sel (nW*heads, N, 1), pairs (nW*heads, N, N)), boolean,
+    on ``device``. ``sel`` marks the kept slots (one region per window); ``pairs`` lets them
+    attend to each other and every other slot to itself only. Cached (``cached_constant``)."""
+
+    def build():
+        H, W, window_size, shift_size = geometry
+        (rank_h, n_h), (rank_w, n_w) = (
+            _axis_region_ranks(size, window, shift) for size, window, shift in zip((H, W), window_size, shift_size)
+        )
+        rank_h, rank_w = torch.tensor(rank_h, device="cpu"), torch.tensor(rank_w, device="cpu")
+        N = window_size[0] * window_size[1]
+        eye = torch.eye(N, dtype=torch.bool, device="cpu")
+        passes = []
+        for a in range(n_h):
+            for b in range(n_w):
+                sel = _frame_windows((rank_h == a)[:, None] & (rank_w == b)[None, :], window_size)  # (nW, N)
+                pairs = (sel[:, :, None] & sel[:, None, :]) | (eye & ~sel[:, :, None])
+                nW = sel.shape[0]
+                sel = sel[:, None].expand(nW, nh, N).reshape(nW * nh, N, 1)
+                pairs = pairs[:, None].expand(nW, nh, N, N).reshape(nW * nh, N, N)
+                passes.append((sel.to(device), pairs.to(device)))
+        return passes
+
+    return cached_constant(("region_passes", *geometry, nh, device), build)
+
+
+def _axis_region_ranks(size: int, window: int, shift: int) -> Tuple[List[int], int]:
+    """Per shifted-frame position along one axis: the rank of its region among the regions of the
+    real positions of its window (-1 for padding), and the most regions a window holds (1 or 2).
+    Plain Python, so that no tensor is read back while tracing."""
+    padded = -(-size // window) * window
+    region, real = _axis_regions(size, padded, window, shift)
+    ranks, most = [], 1
+    for start in range(0, padded, window):
+        span = range(start, start + window)
+        present = sorted({region[i] for i in span if real[i]})  # never empty: padding < window
+        most = max(most, len(present))
+        ranks += [present.index(region[i]) if real[i] else -1 for i in span]
+    return ranks, most
 
 
 # adaptive LayerNorm modulation
