@@ -47,6 +47,6 @@ def poisoned():
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     """Run directory of a tiny XSwin trained for 4 steps on the digits (one per test module)."""
-    from tiny_run import train_tiny_digits
+    from helpers import train_tiny_digits
 
     return train_tiny_digits(tmp_path_factory.mktemp("runs") / "digits")

@@ -1,11 +1,13 @@
 """What the tests share: one error metric with one per-dtype tolerance table, NaN-poisoned
-allocations, and the tiny model configurations with their inputs. Fixtures are in conftest.py;
-the slow naive twins of the ops in naive.py.
+allocations, the tiny model configurations with their inputs, and a tiny digits training run.
+Fixtures are in conftest.py; the slow naive twins of the ops in naive.py.
 """
 import contextlib
 import copy
+import json
 import math
 import sys
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -143,3 +145,22 @@ def triton_adaln(model):
         if isinstance(m, (WindowAttention, WindowCrossAttention)):
             m.backend = "torch"
     return model
+
+
+# train.py --model-kwargs of the tiny XSwin-digits that the training, sampling and evaluation
+# tests train for a few steps
+TINY_DIGITS = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
+
+
+def train_tiny_digits(run: Path, *extra: str) -> Path:
+    """Train the tiny XSwin-digits for 4 steps into ``run``; ``extra``: more train.py flags (e.g.
+    "--objective", "flow")."""
+    from xswin_fast.cli import train
+
+    rc = train.main([
+        "--run-dir", str(run), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
+        "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2", "--sample-every", "0",
+        "--sample-num", "10", "--sample-steps", "2", "--no-progress", *extra,
+    ])
+    assert rc == 0
+    return run

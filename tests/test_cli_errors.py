@@ -13,7 +13,7 @@ from xswin_fast.cli import evaluate, sample, train
 from xswin_fast.runs.run_dir import new_numbered_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-from tiny_run import TINY  # noqa: E402
+from helpers import TINY_DIGITS  # noqa: E402
 
 
 def run_cli(main, argv, capsys):
@@ -41,7 +41,7 @@ def env():
 
 
 def tiny(run_dir, *extra):
-    return ["--run-dir", str(run_dir), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
+    return ["--run-dir", str(run_dir), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
             "--global-batch-size", "16", "--sample-every", "0", "--sample-num", "4", "--sample-steps", "2",
             "--no-progress", "--max-steps", "1", *extra]
 
@@ -80,7 +80,7 @@ def test_train_user_error_is_one_line(case, tmp_path, capsys):
     extra, names = TRAIN_CASES[case]
     argv = tiny(tmp_path / "run", *extra)
     if case == "model kwargs typo":
-        argv[argv.index(TINY)] = extra[1]
+        argv[argv.index(TINY_DIGITS)] = extra[1]
         argv = argv[: -len(extra)]
     assert_one_line_error(*run_cli(train.main, argv, capsys), *names)
     assert not list((tmp_path / "run").glob("checkpoints/*.pt"))

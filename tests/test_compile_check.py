@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary
 
 PTXAS_LOG = """ptxas info    : 0 bytes gmem
@@ -69,7 +71,7 @@ def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",),
 
 def test_rules_flag_16_bit_preset_spills_on_sm90_only():
     assert problems([_row()]) == []
-    assert len(problems([_row(spill=4)])) == 1
+    assert [rule for rule, _ in problems([_row(spill=4)])] == ["half-spills"]
     assert problems([_row(target=80, spill=4)]) == []
     # a sweep configuration (no preset) may spill at a high register count
     assert problems([_row(spill=4, preset_precisions=())]) == []
@@ -77,10 +79,19 @@ def test_rules_flag_16_bit_preset_spills_on_sm90_only():
 
 def test_rules_flag_fp32_spills_below_64_registers_and_anything_not_ok():
     fp32 = dict(preset_precisions=("fp32",), precisions=("fp32",))
-    assert len(problems([_row(regs=32, spill=21000, **fp32)])) == 1
+    assert [rule for rule, _ in problems([_row(regs=32, spill=21000, **fp32)])] == ["fp32-spills"]
     assert problems([_row(regs=255, spill=1000, **fp32)]) == []
-    assert len(problems([_row(status="NOFIT", **fp32), _row(target=80, status="FAIL")])) == 2
-    assert len(problems([], errors=[(("preset", "XSwin-S/2", 32, "bf16"), 64, "RuntimeError: boom")])) == 1
+    assert [rule for rule, _ in problems([_row(status="NOFIT", **fp32), _row(target=80, status="FAIL")])] == ["fit", "fit"]
+    assert [rule for rule, _ in problems([], errors=[(("preset", "XSwin-S/2", 32, "bf16"), 64, "RuntimeError: boom")])] == ["fit"]
+
+
+def test_rules_flag_selects_what_check_enforces():
+    from xswin_fast.compile_check import RULES, parse_args
+
+    assert parse_args([]).rules == list(RULES)
+    assert parse_args(["--rules", "fit,fp32-spills"]).rules == ["fit", "fp32-spills"]
+    with pytest.raises(SystemExit):
+        parse_args(["--rules", "fit,no-such-rule"])
 
 
 CAPTURE_AND_COMPILE = """

@@ -24,7 +24,7 @@ def test_eval_digits_all_metrics_offline(digits_run, tmp_path):
 
 
 def test_eval_flow_run_samples_with_its_own_scheduler(tmp_path):
-    from tiny_run import train_tiny_digits
+    from helpers import train_tiny_digits
     from xswin_fast.cli import evaluate
     from xswin_fast.evaluation.digits_extractor import train_digits_extractor
 

@@ -28,12 +28,12 @@ from xswin_fast.runs.ema import create_ema, update_ema
 from xswin_fast.runs.trainer import Trainer, non_finite_parts
 
 ROOT = Path(__file__).resolve().parents[1]
-from tiny_run import TINY  # noqa: E402
+from helpers import TINY_DIGITS  # noqa: E402
 
 
 def tiny_args(run_dir, *extra):
     return [
-        "--run-dir", str(run_dir), "--model-kwargs", TINY, "--backend", "torch", "--threads", "1",
+        "--run-dir", str(run_dir), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
         "--global-batch-size", "16", "--log-every", "1", "--sample-every", "0", "--sample-num", "10",
         "--sample-steps", "3", "--no-progress", "--lr-warmup-steps", "0", *extra,
     ]
@@ -52,7 +52,7 @@ def subprocess_env():
 
 
 def test_trainer_train_step_works_right_after_construction(tmp_path):
-    config = TrainConfig(model_kwargs=json.loads(TINY), backend="torch", global_batch_size=16, threads=1, progress=False)
+    config = TrainConfig(model_kwargs=json.loads(TINY_DIGITS), backend="torch", global_batch_size=16, threads=1, progress=False)
     trainer = Trainer(config, tmp_path)
     assert not any(tmp_path.iterdir())  # constructing a trainer writes nothing
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}

@@ -519,22 +519,26 @@ def build_rows(specs: Dict[str, dict], results: Dict[str, dict], sources: Dict[s
     return sorted(rows, key=lambda r: (r["kernel"], r["target"], r["config"], r["pointers"]))
 
 
-def problems(rows: Sequence[dict], errors: Sequence[tuple] = ()) -> List[str]:
-    """The rules (docs/gpu_fitness.md): every launched configuration compiles and fits on both
-    targets; no bf16/fp16 configuration of a preset spills on sm_90a; no fp32 configuration spills
-    below 64 registers. Plus every launch error of the replay."""
-    out = [f"launch error ({_label(label)}, batch {batch}): {msg}" for label, batch, msg in errors]
+RULES = ("fit", "half-spills", "fp32-spills")
+
+
+def problems(rows: Sequence[dict], errors: Sequence[tuple] = ()) -> List[Tuple[str, str]]:
+    """The rules (docs/gpu_fitness.md) as (rule, finding) pairs: "fit": every launched
+    configuration compiles and fits on both targets, and no replayed launch fails; "half-spills": no
+    bf16/fp16 configuration of a preset spills on sm_90a; "fp32-spills": no fp32 configuration
+    spills below 64 registers."""
+    out = [("fit", f"launch error ({_label(label)}, batch {batch}): {msg}") for label, batch, msg in errors]
     for r in rows:
         where = f"{r['kernel']} [{r['config']}; {r['pointers']}; {r['num_warps']} warps] on {r['target']}"
         spill = r.get("spill_stores", 0) + r.get("spill_loads", 0)
         if r["status"] != "OK":
-            out.append(f"{where}: {r['status']}: {r.get('error')}")
+            out.append(("fit", f"{where}: {r['status']}: {r.get('error')}"))
         elif spill and r["target"] == TARGETS[90].name and {"bf16", "fp16"} & set(r["preset_precisions"]):
-            out.append(f"{where}: spills {r['spill_stores']} B / {r['spill_loads']} B at {r['regs']} registers "
-                       f"(a 16-bit preset configuration must not spill)")
+            out.append(("half-spills", f"{where}: spills {r['spill_stores']} B / {r['spill_loads']} B at {r['regs']} "
+                        f"registers (a 16-bit preset configuration must not spill)"))
         elif spill and r["regs"] < 64 and "fp32" in r["precisions"]:
-            out.append(f"{where}: spills {r['spill_stores']} B / {r['spill_loads']} B at {r['regs']} registers "
-                       f"(an fp32 configuration must not spill below 64 registers)")
+            out.append(("fp32-spills", f"{where}: spills {r['spill_stores']} B / {r['spill_loads']} B at {r['regs']} "
+                        f"registers (an fp32 configuration must not spill below 64 registers)"))
     return out
 
 
@@ -630,7 +634,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "compile nothing")
     p.add_argument("--out", default=None, help="write compile_check.md and compile_check.json here")
     p.add_argument("--check", action="store_true", help="exit 1 and list every configuration that breaks the rules")
+    p.add_argument("--rules", default=",".join(RULES), help=f"the rules --check enforces, of {', '.join(RULES)}; "
+                   "findings of the others are listed as not enforced")
     args = p.parse_args(argv)
+    args.rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    if set(args.rules) - set(RULES):
+        p.error(f"--rules: unknown {sorted(set(args.rules) - set(RULES))}; available: {', '.join(RULES)}")
     if args.quick:
         args.presets, args.factors, args.precisions = ["XSwin-S/2", "XSwin-B/2", "DiT-S/2"], "1", "fp32,bf16"
         args.batches, args.sweep_windows = "64", ""
@@ -656,9 +665,9 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
     again = LaunchRecorder()
     indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
     replay(indexed, [None], TARGETS[90], again, [])
-    found = [] if set(again.configs) == set(seen) else [
+    found = [] if set(again.configs) == set(seen) else [("fit",
         f"replaying the recorded op calls at the model batch gives {len(set(again.configs) ^ set(seen))} launch "
-        f"configurations that differ from the model runs' own: the replay is not faithful"]
+        f"configurations that differ from the model runs' own: the replay is not faithful")]
     sweep = sweep_calls(_windows(args.sweep_windows), _ints(args.sweep_head_dims), precisions) if args.sweep_windows else {}
     swept = [(len(indexed) + i, call, labels) for i, (call, labels) in enumerate(sweep.items())]
     progress(f"replaying {len(indexed)} op calls from the presets at batches {args.batches} and {len(swept)} from "
@@ -685,17 +694,23 @@ def main(argv=None) -> int:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         os.execve(sys.executable, [sys.executable, "-m", "xswin_fast.compile_check", *(argv or sys.argv[1:])], env)
     args = parse_args(argv)
-    rows, found, line = run_check(args)
+    rows, findings, line = run_check(args)
     print(kernel_summary(rows))
+    found = [f"{finding} [{rule}]" for rule, finding in findings if rule in args.rules]
+    waived = [f"{finding} [{rule}]" for rule, finding in findings if rule not in args.rules]
     if found:
         print(f"\n{len(found)} problems:\n" + "\n".join(f"- {p}" for p in found))
+    if waived:
+        print(f"\n{len(waived)} findings of rules not enforced in this run ({', '.join(sorted(set(RULES) - set(args.rules)))}):\n"
+              + "\n".join(f"- {p}" for p in waived))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         header = f"# Offline GPU compile check\n\n`python -m xswin_fast.compile_check`\n\n{line}"
         with open(os.path.join(args.out, "compile_check.md"), "w") as f:
             f.write(markdown(rows, header) + "\n")
         with open(os.path.join(args.out, "compile_check.json"), "w") as f:
-            json.dump(dict(summary=line, problems=found, rows=rows), f, indent=1, default=str)
+            json.dump(dict(summary=line, rules=list(args.rules), problems=found, not_enforced=waived, rows=rows), f,
+                      indent=1, default=str)
     print(line)
     return 1 if args.check and found else 0
 
