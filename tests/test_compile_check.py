@@ -63,6 +63,17 @@ def test_config_key_dedupes_identical_compile_inputs_only():
     assert config_key(other_arch) != config_key(_spec(BN=64))
 
 
+def test_merge_specializations_keeps_the_most_launched_one_with_every_source():
+    from xswin_fast.compile_check import merge_specializations
+
+    aligned, unaligned, other = _spec(BN=64), dict(_spec(BN=64), attrs={}), _spec(BN=32)
+    configs = {config_key(c): c for c in (aligned, unaligned, other)}
+    sources = {config_key(aligned): {(0, 64), (1, 64)}, config_key(unaligned): {(2, 64)}, config_key(other): {(3, 64)}}
+    merged, merged_sources = merge_specializations(configs, sources)
+    assert set(merged) == {config_key(aligned), config_key(other)}
+    assert merged_sources[config_key(aligned)] == {(0, 64), (1, 64), (2, 64)}
+
+
 def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",), precisions=("bf16",)):
     return dict(kernel="k", config="BN=64", pointers="bf16", num_warps=4, target=TARGETS[target].name, status=status,
                 regs=regs, spill_stores=spill, spill_loads=spill, error="too big" if status != "OK" else None,

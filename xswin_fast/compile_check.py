@@ -221,12 +221,29 @@ class LaunchRecorder:
         self.sources[key].add(self.label)
 
 
-def config_key(spec: dict) -> str:
-    """What makes two launches one compile: the kernel, target and every compile input."""
+def config_key(spec: dict, specialization: bool = True) -> str:
+    """What makes two launches one compile: the kernel, target and every compile input; without
+    ``specialization``, all but the divisibility-by-16 attributes of pointers and ints."""
+    attrs = [(k, repr(v)) for k, v in spec["attrs"].items()] if specialization else []
     parts = (spec["module"], spec["qualname"], spec["arch"], sorted(spec["signature"].items()),
-             [(k, repr(v)) for k, v in spec["constexprs"].items()], [(k, repr(v)) for k, v in spec["attrs"].items()],
+             [(k, repr(v)) for k, v in spec["constexprs"].items()], attrs,
              [(k, repr(v)) for k, v in spec["options"].items()])
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
+
+
+def merge_specializations(configs: Dict[str, dict], sources: Dict[str, set]) -> Tuple[Dict[str, dict], Dict[str, set]]:
+    """One configuration per compile input up to divisibility: the most launched specialisation
+    represents its group (alignment changes load widths, rarely the register budget), with the
+    sources of the whole group."""
+    groups = defaultdict(list)
+    for key, spec in configs.items():
+        groups[config_key(spec, specialization=False)].append(key)
+    merged_configs, merged_sources = {}, {}
+    for keys in groups.values():
+        best = max(keys, key=lambda k: (len(sources[k]), k))
+        merged_configs[best] = configs[best]
+        merged_sources[best] = set().union(*(sources[k] for k in keys))
+    return merged_configs, merged_sources
 
 
 def replay(calls: Sequence[Tuple[int, OpCall, set]], batches: Sequence[Optional[int]], target: Target,
@@ -634,6 +651,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "compile nothing")
     p.add_argument("--out", default=None, help="write compile_check.md and compile_check.json here")
     p.add_argument("--check", action="store_true", help="exit 1 and list every configuration that breaks the rules")
+    p.add_argument("--all-specializations", action="store_true", help="compile every divisibility-by-16 "
+                   "specialisation of a configuration, not only its most launched one")
     p.add_argument("--rules", default=",".join(RULES), help=f"the rules --check enforces, of {', '.join(RULES)}; "
                    "findings of the others are listed as not enforced")
     args = p.parse_args(argv)
@@ -674,6 +693,8 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
              f"the sweep at batch {args.sweep_batch} on {', '.join(t.name for t in args.targets)} ...")
     configs, sources, rejected, errors, consulted = replay_all(
         [(indexed, _ints(args.batches)), (swept, [args.sweep_batch])], [t.arch for t in args.targets], args.jobs)
+    if not args.all_specializations:
+        configs, sources = merge_specializations(configs, sources)
     progress(f"{len(configs)} kernel configurations; recorded and replayed in {time.time() - start:.0f} s")
     if not consulted:
         progress("note: no launch consulted the emulated GPU (torch.cuda.get_device_properties): launch geometries "
