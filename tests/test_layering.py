@@ -14,7 +14,9 @@ LIBRARY = ["data", "diffusion", "flow", "guidance", "objectives", "checkpoints",
 FORBIDDEN = {
     **{name: ["runs", "cli"] for name in LIBRARY},
     "runs": ["cli"],
-    **{name: LIBRARY + ["runs", "cli"] for name in ("ops", "layers", "models")},
+    "ops": LIBRARY + ["layers", "models", "runs", "cli"],
+    "layers": LIBRARY + ["models", "runs", "cli"],
+    "models": LIBRARY + ["runs", "cli"],
 }
 
 
@@ -57,3 +59,18 @@ def test_the_checker_sees_relative_and_local_imports(tmp_path, monkeypatch):
     assert "xswin_fast.runs.trainer" in set(_imported_modules(fake / "evaluation" / "bad.py"))
     with pytest.raises(AssertionError, match="imports xswin_fast.runs"):
         test_no_upward_imports("evaluation")
+
+
+def test_kernels_know_nothing_of_the_package():
+    """kernels/ (installed as xswin_fast.kernels) imports torch, triton and itself only."""
+    kernels = PACKAGE.parent / "kernels"
+    bad = []
+    for path in sorted(kernels.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                if node.level > 1:
+                    bad.append(f"kernels/{path.name} imports from outside kernels/ ({'.' * node.level}{node.module})")
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                bad += [f"kernels/{path.name} imports {n}" for n in names if n.split(".")[0] in ("xswin_fast", "kernels")]
+    assert not bad, "\n".join(bad)
