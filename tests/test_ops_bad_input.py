@@ -57,6 +57,10 @@ def _overlapping_outs():
         q, k, v = qkv()
         return q, k, v, torch.as_strided(v, (1, 4, 4, 16), (256, 64, 16, 1), 0)
 
+    def interleaved_channels_of_q(_):
+        buf = torch.randn(1, 4, 4, 32)
+        return buf[..., 16:].unflatten(-1, (2, 8)), *qkv()[1:], buf[..., 8:24]
+
     def expand(_):
         q, k, v = qkv()
         return q, k, v, torch.zeros(1, 1, 1, 16).expand(1, 4, 4, 16)
@@ -66,6 +70,7 @@ def _overlapping_outs():
         return q, k, v, torch.as_strided(torch.zeros(200), (1, 4, 4, 16), (256, 8, 2, 1))
 
     return {"shifted-view-of-q": shifted_view_of_q, "q-itself": q_itself, "as-strided-over-v": v_strided,
+            "interleaved-channels-of-q": interleaved_channels_of_q,
             "stride-0-expand": expand, "self-overlapping-as-strided": self_overlapping}
 
 

@@ -86,8 +86,14 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.element_size() != b.element_size():
         return True  # partly shared bytes of different dtypes: counted as overlapping
-    # interleaved spans (e.g. the two halves of one concatenation buffer): compare the elements
-    return bool(torch.isin(_element_offsets(a), _element_offsets(b)).any())
+    # interleaved spans (e.g. the two halves of one concatenation buffer): mark a's elements in
+    # one flag per element of the span the two cover, then look b's up (linear, no sort)
+    offsets_a, offsets_b = _element_offsets(a), _element_offsets(b)
+    start = min(a.storage_offset(), b.storage_offset())
+    end = max(int(offsets_a.max()), int(offsets_b.max())) + 1
+    touched = torch.zeros(end - start, dtype=torch.bool, device=a.device)
+    touched[offsets_a - start] = True
+    return bool(touched[offsets_b - start].any())
 
 
 def writable_output(out: torch.Tensor, **inputs: Optional[torch.Tensor]) -> None:
