@@ -6,8 +6,12 @@
   Triton cases skip with that reason.
 * The session fixture ``bench_env`` picks the device (CUDA if available, else the CPU), the
   kernel dtype (bf16 on a GPU, fp32 on the CPU) and measures the device's copy bandwidth once.
+* ``--bench-threads`` (default ``auto``, the policy of train.py/sample.py/evaluate.py ``--threads``:
+  one CPU thread when the load average shows other work) sets torch's thread count once, at
+  configuration, before any case runs.
 * ``pytest_benchmark_update_machine_info`` stamps the JSON (``--benchmark-json``) with the device,
-  its copy bandwidth, the date, the git commit and the command line, which ``report.py`` prints.
+  its copy bandwidth, the CPU threads, the date, the git commit and the command line, which
+  ``report.py`` prints.
 """
 import os
 import sys
@@ -22,9 +26,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import benchutils  # noqa: E402
+from xswin_fast.cli.process import apply_threads  # noqa: E402
+from xswin_fast.runs.config import parse_threads  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV_KEY = pytest.StashKey()
+_THREADS_KEY = pytest.StashKey()
 
 # every compiled case is a new shape of the same function: keep dynamo from giving up (its
 # default limit is 8 recompilations) or from switching to dynamic shapes
@@ -42,6 +49,13 @@ def pytest_addoption(parser):
         help="on a machine without a GPU, also run the torch.compile/FlexAttention cases and the large "
         "shapes (at CPU batch sizes); slow, and no substitute for GPU numbers",
     )
+    group.addoption(
+        "--bench-threads",
+        type=parse_threads,
+        default="auto",
+        help="CPU threads: N, 0 (torch's default) or auto (torch's default on an idle machine, one when the "
+        "load average shows other work), as the CLIs' --threads",
+    )
     group.addoption("--bench-rounds", type=int, default=None, help="timed rounds per case (default: 30 kernel / 10 model rounds on a GPU, 5 / 3 on the CPU)")
     group.addoption(
         "--bench-model-sizes",
@@ -53,6 +67,12 @@ def pytest_addoption(parser):
         default=None,
         help="comma-separated latent sizes of the model groups (default: 32,64,128 on a GPU = 256/512/1024 px; 16 on the CPU)",
     )
+
+
+def pytest_configure(config):
+    # once per session, before any case: a thread count changed mid-run would skew the comparisons
+    requested = config.getoption("--bench-threads")
+    config.stash[_THREADS_KEY] = (requested, apply_threads(requested))
 
 
 def _make_env(config) -> benchutils.BenchEnv:
@@ -101,6 +121,8 @@ def pytest_report_header(config):
             "no CUDA device: GPU/Triton cases skip; the CPU runs the reference path and small model cases"
             + (" plus torch.compile/FlexAttention and large shapes (--bench-cpu-full)" if env.cpu_full else "")
         )
+    requested, threads = config.stash[_THREADS_KEY]
+    lines.append(f"CPU threads: {threads} (--bench-threads {requested})")
     if env.triton_interpret_disabled:
         lines.append("TRITON_INTERPRET=1 was set: switched off for the benchmarks (interpreter timings are meaningless)")
     return lines
@@ -126,6 +148,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
             + list(config.invocation_params.args)
         ),
         "cpu_full": env.cpu_full,
+        "cpu_threads": config.stash[_THREADS_KEY][1],
+        "cpu_threads_requested": config.stash[_THREADS_KEY][0],
     }
     try:
         import triton

@@ -27,12 +27,6 @@ def _affine(x, weight, bias) -> None:
                 raise ValueError(f"{name} must have shape (C,) = ({x.shape[-1]},), got {tuple(t.shape)}")
 
 
-def _eps(eps) -> float:
-    if not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive float, got {eps!r}")
-    return float(eps)
-
-
 def _kernel():
     # imported on first use: the reference path must work where triton cannot be imported
     from xswin_fast.kernels import adaln as kernel
@@ -60,7 +54,7 @@ def layernorm_modulate(x, shift, scale, eps: float = 1e-6, backend: Optional[str
     _tokens("x", x)
     checks.per_sample("shift", shift, x)
     checks.per_sample("scale", scale, x)
-    eps = _eps(eps)
+    eps = checks.positive_float("eps", eps)
     if _on_triton("layernorm_modulate", backend, dict(x=x, shift=shift, scale=scale)):
         return _kernel().layernorm_modulate(x, shift, scale, eps)
     return reference.layernorm_modulate(x, shift, scale, eps)
@@ -86,7 +80,7 @@ def modulate_layernorm(
     checks.per_sample("shift", shift, x)
     checks.per_sample("scale", scale, x)
     _affine(x, weight, bias)
-    eps = _eps(eps)
+    eps = checks.positive_float("eps", eps)
     if _on_triton("modulate_layernorm", backend, dict(x=x, shift=shift, scale=scale, weight=weight, bias=bias)):
         return _kernel().modulate_layernorm(x, shift, scale, weight, bias, eps)
     return reference.modulate_layernorm(x, shift, scale, weight, bias, eps)
@@ -108,7 +102,7 @@ def residual_layernorm(
         checks.floating("keep", keep)
         if tuple(keep.shape) != (x.shape[0],):
             raise ValueError(f"keep must have shape (B,) = ({x.shape[0]},), got {tuple(keep.shape)}")
-    eps = _eps(eps)
+    eps = checks.positive_float("eps", eps)
     if _on_triton("residual_layernorm", backend, dict(x=x, y=y, weight=weight, bias=bias, keep=keep)):
         return _kernel().residual_layernorm(x, y, weight, bias, keep, eps)
     return reference.residual_layernorm(x, y, weight, bias, keep, eps)

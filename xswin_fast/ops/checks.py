@@ -1,4 +1,6 @@
 """Argument checks shared by the ops: bad input gets a clear ValueError/TypeError naming it."""
+import math
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -18,12 +20,24 @@ def same_device(**tensors: Optional[torch.Tensor]) -> None:
 
 
 def pair(name: str, value: Sequence[int]) -> tuple:
+    """(a, b) of ints; floats, strings and bools are refused rather than truncated or coerced."""
     try:
         a, b = value
-        a, b = int(a), int(b)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a pair of ints (h, w), got {value!r}") from None
-    return a, b
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be a pair of ints (h, w), got {value!r}")
+    return int(a), int(b)
+
+
+def positive_float(name: str, value) -> float:
+    """A finite number > 0 (an int is accepted; a bool or a string is not). ValueError otherwise,
+    also for a wrong type, so that every bad value of one argument raises one exception type."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ValueError(f"{name} must be a positive float (finite, > 0), got {value!r}")
+    return float(value)
 
 
 def per_sample(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
@@ -35,3 +49,63 @@ def per_sample(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
             f"{name} must have shape (B, C) = {expected} to broadcast over x of shape "
             f"{tuple(x.shape)}, got {tuple(t.shape)}"
         )
+
+
+def _element_offsets(t: torch.Tensor) -> torch.Tensor:
+    """(numel,) int64: the storage offset, in elements, of every element of t."""
+    offsets = torch.zeros((), dtype=torch.int64, device=t.device) + t.storage_offset()
+    for size, stride in zip(t.shape, t.stride()):
+        offsets = offsets.unsqueeze(-1) + torch.arange(size, device=t.device) * stride
+    return offsets.reshape(-1)
+
+
+def _byte_range(t: torch.Tensor) -> tuple:
+    """[first, last) byte addresses spanned by t (torch strides are never negative)."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def _has_internal_overlap(t: torch.Tensor) -> bool:
+    dims = sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size > 1)
+    reach = 0
+    for stride, size in dims:
+        if stride <= reach:
+            # the fast layout rule fails; only an exact count settles it (rare, odd layouts)
+            return torch.unique(_element_offsets(t)).numel() < t.numel()
+        reach += stride * (size - 1)
+    return False
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
+    if a1 <= b0 or b1 <= a0:
+        return False
+    if a.element_size() != b.element_size():
+        return True  # partly shared bytes of different dtypes: counted as overlapping
+    # interleaved spans (e.g. the two halves of one concatenation buffer): mark a's elements in
+    # one flag per element of the span the two cover, then look b's up (linear, no sort)
+    offsets_a, offsets_b = _element_offsets(a), _element_offsets(b)
+    start = min(a.storage_offset(), b.storage_offset())
+    end = max(int(offsets_a.max()), int(offsets_b.max())) + 1
+    touched = torch.zeros(end - start, dtype=torch.bool, device=a.device)
+    touched[offsets_a - start] = True
+    return bool(touched[offsets_b - start].any())
+
+
+def writable_output(out: torch.Tensor, **inputs: Optional[torch.Tensor]) -> None:
+    """out is written in full while the inputs are read: it must share no memory with any input
+    and must not overlap itself (a stride-0 expand, a self-overlapping as_strided)."""
+    if torch.compiler.is_compiling():
+        return  # traced (fake) tensors have no memory to compare; eager calls are checked
+    if _has_internal_overlap(out):
+        raise ValueError(
+            f"out must not overlap itself (stride 0 or a self-overlapping view), got shape "
+            f"{tuple(out.shape)} with strides {out.stride()}"
+        )
+    for name, t in inputs.items():
+        if t is not None and _overlap(out, t):
+            raise ValueError(f"out must not share memory with the input {name}: pass a separate output buffer")

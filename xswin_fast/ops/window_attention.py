@@ -42,7 +42,8 @@ def window_attention(
             are L2-normalised over d and scores are multiplied by exp(min(logit_scale, log 100)).
         scale (float, Optional): score scale of dot-product mode. Default: d ** -0.5.
         out (Tensor, Optional): (B, H, W, heads*d) output view to write into and return, e.g.
-            one half of a (B, H, W, 2C) concatenation buffer.
+            one half of a (B, H, W, 2C) concatenation buffer. It must share no memory with an
+            input and must not overlap itself (ValueError otherwise).
         backend (str, Optional): None (automatic), "torch" or "triton".
 
     Returns:
@@ -91,6 +92,8 @@ def window_attention(
         if out.dtype != q.dtype:
             raise TypeError(f"out must have dtype {q.dtype}, got {out.dtype}")
     checks.same_device(q=q, k=k, v=v, bias=bias, logit_scale=logit_scale, out=out)
+    if out is not None:
+        checks.writable_output(out, q=q, k=k, v=v, bias=bias, logit_scale=logit_scale)
 
     args = (q, k, v, (wh, ww), (sh, sw), bias, logit_scale, scale)
     tensors = (q, k, v, bias, logit_scale, out)
