@@ -40,13 +40,16 @@ def empty_like_layout(shape, stride, offset: int, dtype: torch.dtype) -> torch.T
 
 def _to_cpu(x):
     if isinstance(x, torch.Tensor) and x.device.type == "meta":
-        return empty_like_layout(x.shape, x.stride(), x.storage_offset(), x.dtype)
+        out = empty_like_layout(x.shape, x.stride(), x.storage_offset(), x.dtype)
+        # a small result of a big op (a reduction such as the reference's finiteness check) is
+        # zeroed: code that branches on it then takes its common path deterministically
+        return out.zero_() if out.numel() <= NoCompute.SMALL else out
     return x
 
 
 class NoCompute(TorchDispatchMode):
     """Aten ops on big tensors run on the meta device: outputs get the right shape, strides and
-    dtype, uninitialised. Small ones (data-dependent checks, embeddings of t and y) run for real,
+    dtype, uninitialised (zeros when the output itself is small). Small ones (data-dependent checks, embeddings of t and y) run for real,
     so do views, and non-aten ops (the kernels' custom ops) run their real implementation, which
     reaches the kernel launches."""
 

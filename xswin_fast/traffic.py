@@ -38,8 +38,9 @@ def _bytes(t) -> int:
     return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
 
 
-# aten ops that only relabel memory although their schema does not say so
-_ALIASES = {"_unsafe_view", "alias", "detach", "lift_fresh"}
+# aten ops that only relabel memory although their schema does not say so, and the read of one
+# element back to the host (a sync, not traffic)
+_ALIASES = {"_unsafe_view", "alias", "detach", "lift_fresh", "_local_scalar_dense"}
 
 
 def moved_bytes(func, args, kwargs, out) -> int:
@@ -122,9 +123,15 @@ class FusedAttention(TorchFunctionMode):
 
 
 def _tensors(call: OpCall, batch: Optional[int]) -> Tuple[list, dict]:
-    """Fresh uninitialised CPU tensors for ``call``'s arguments (per-sample ones at ``batch``)."""
+    """Fresh zero CPU tensors for ``call``'s arguments (per-sample ones at ``batch``): finite, so
+    the reference takes its common path, as it does on real data."""
     def build(x):
-        return x.build(batch) if isinstance(x, TensorLayout) else x
+        if not isinstance(x, TensorLayout):
+            return x
+        t = x.build(batch)
+        with torch.no_grad():
+            t.zero_()
+        return t
 
     return [build(a) for a in call.args], {k: build(v) for k, v in call.kwargs}
 

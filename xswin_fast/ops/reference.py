@@ -187,13 +187,15 @@ def _all_finite(*tensors: Optional[torch.Tensor]) -> bool:
 
     Under ``torch.compile`` this returns False without looking (a branch on a tensor's value
     would break the graph), so a compiled model always takes the exact path. Meta tensors hold no
-    values: True, so that FLOP counting sees the common path.
+    values: True, so that FLOP counting sees the common path (the sums still run on them, so the
+    traffic model counts the check's reads).
     """
     if torch.compiler.is_compiling():
         return False
-    if any(t.device.type == "meta" for t in tensors if t is not None):
+    finite = torch.isfinite(sum(t.sum(dtype=torch.float32) for t in tensors if t is not None))
+    if finite.device.type == "meta":
         return True  # no values (FLOP counting): the common path
-    return bool(torch.isfinite(sum(t.sum(dtype=torch.float32) for t in tensors if t is not None)))
+    return bool(finite)
 
 
 def _score_mask(geometry, bias: Optional[torch.Tensor], nh: int, like: torch.Tensor) -> Optional[torch.Tensor]:
