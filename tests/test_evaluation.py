@@ -40,6 +40,21 @@ def test_eval_flow_run_samples_with_its_own_scheduler(tmp_path):
     assert (m["objective"], m["sampler"], m["steps"], m["cfg_interval"]) == ("flow", "euler", 3, [0.0, 0.5])
 
 
+def test_eval_takes_a_model_folder_with_its_held_out_split(digits_run, tmp_path):
+    from xswin_fast.cli import evaluate
+    from xswin_fast.evaluation.digits_extractor import train_digits_extractor
+
+    weights = train_digits_extractor(tmp_path / "digits_cnn.pt", epochs=1, verbose=False)
+    folder = digits_run / "model"  # the trainer's export (XSwinPipeline folder + split.json)
+    out = tmp_path / "eval"
+    rc = evaluate.main(["--ckpt", str(folder), "--num-samples", "20", "--steps", "2", "--metrics", "fid",
+                        "--digits-extractor-weights", str(weights), "--out", str(out), "--no-progress",
+                        "--backend", "torch"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert math.isfinite(m["fid"]) and m["num_generated"] == 20 and m["num_reference"] == 359
+
+
 def test_eval_digits_extractor_is_registered_in_torch_fidelity():
     from xswin_fast.evaluation.digits_extractor import register
 
