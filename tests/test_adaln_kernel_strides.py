@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from helpers import strided
 from xswin_fast import ops
 
 OPS = ["modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm", "residual_layernorm"]
@@ -29,17 +30,6 @@ def make(op, B=3, H=4, W=5, C=24, seed=0):
     shapes = dict(x=(B, H, W, C), y=(B, H, W, C), shift=(B, C), scale=(B, C), gate=(B, C),
                   weight=(C,), bias=(C,), keep=(B,))
     return {n: torch.randn(shapes[n], generator=g) * 0.5 + (1.0 if n == "keep" else 0.0) for n in ARGS[op]}
-
-
-def strided(t, dim):
-    """t's values in a slice whose dimension ``dim`` has twice the packed stride."""
-    shape = list(t.shape)
-    shape[dim] *= 2
-    wide = torch.full(shape, math.nan, dtype=t.dtype)
-    index = [slice(None)] * t.dim()
-    index[dim] = slice(1, None, 2)
-    wide[tuple(index)] = t
-    return wide[tuple(index)]
 
 
 def forward_backward(op, tensors, do):

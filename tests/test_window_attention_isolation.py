@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from helpers import strided
 from xswin_fast import ops
 
 # id: (B, H, W, window, shift, heads, d, cosine, bias); every packing of the kernel's tiles
@@ -78,17 +79,6 @@ def test_a_non_finite_token_stays_in_its_window(case, name, value):
         assert torch.equal(got, want), f"{key}: {(~torch.isclose(got, want)).sum().item()} values of other windows changed"
     # the poison does reach its own window (the test would pass vacuously otherwise)
     assert not all(torch.isfinite(dirty[key][~other]).all() for key in ("o", "dq", "dk", "dv"))
-
-
-def strided(t, dim):
-    """t's values in a tensor whose dimension ``dim`` has stride 2x the packed one (a slice)."""
-    shape = list(t.shape)
-    shape[dim] *= 2
-    wide = torch.full(shape, math.nan, dtype=t.dtype)
-    index = [slice(None)] * t.dim()
-    index[dim] = slice(1, None, 2)
-    wide[tuple(index)] = t
-    return wide[tuple(index)]
 
 
 def gradients(q, k, v, window, shift, bias, logit_scale, do):
