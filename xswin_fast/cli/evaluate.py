@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..diffusion import PRECISIONS, autocast_dtype
+from ..diffusion import PRECISIONS
 from ..evaluation.digits_extractor import load_digits_cnn
 from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_weights_file, compute_metrics, inception_weights
 from ..evaluation.reference import export_reference, reference_labels
@@ -30,9 +30,9 @@ from ..images import save_grid, save_pngs
 from ..runs.config import BACKENDS, ConfigError, parse_threads
 from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
-from ..sampling import DEFAULT_CFG_SCALE, generate
+from ..sampling import DEFAULT_CFG_SCALE
 from .process import apply_threads, log_to_stdout, progress_mode
-from .sample import add_sampler_flags, check_generation, generation_tag
+from .sample import add_sampler_flags, check_generation, generate_images, generation_tag
 from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
 
 logger = logging.getLogger("xswin_fast.cli.evaluate")
@@ -99,12 +99,7 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
     rng = np.random.default_rng(args.seed)
     labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
-    images = generate(
-        run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
-        seed=args.seed, batch_size=args.batch_size,
-        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
-    )
+    images = generate_images(args, run, labels)
     tag = f"{run.step:07d}-{generation_tag(args)}"
     out = Path(args.out) if args.out else run.run_dir / "eval" / tag
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])

@@ -86,6 +86,16 @@ def generation_tag(args: argparse.Namespace) -> str:
     return f"{args.sampler}{args.steps}-cfg{args.cfg_scale:g}{interval}-seed{args.seed}{'-raw' if args.no_ema else ''}"
 
 
+def generate_images(args: argparse.Namespace, run: SamplingRun, labels: List[int]):
+    """``generate`` with the generation flags (shared with evaluate.py): (N, C, H, W) uint8 images."""
+    return generate(
+        run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
+        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
+        seed=args.seed, batch_size=args.batch_size,
+        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
+    )
+
+
 def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
     """The generation flags that depend on the checkpoint, checked (and --sampler, --steps
     defaulted from the run's objective) before any sampling."""
@@ -119,12 +129,7 @@ def _sample(args: argparse.Namespace) -> int:
     check_generation(args, run)
     classes = run.data["classes"]
     labels = parse_labels(args.labels, args.num_samples, classes)
-    images = generate(
-        run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
-        seed=args.seed, batch_size=args.batch_size,
-        autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
-    )
+    images = generate_images(args, run, labels)
     tag = f"samples-{run.step:07d}-{generation_tag(args)}"
     out = Path(args.out) if args.out else run.run_dir / tag
     out.mkdir(parents=True, exist_ok=True)
