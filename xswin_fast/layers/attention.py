@@ -140,10 +140,12 @@ class WindowCrossAttention(nn.Module):
 class Attention(nn.Module):
     """Global multi-head self-attention over a token sequence: (B, L, C) -> (B, L, C).
 
-    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU),
-    except where a query holds Inf or NaN: SDPA's CPU kernel returns a finite row for such a
-    query, where softmax attention gives NaN, so those inputs (and every input under
-    ``torch.compile``, which cannot branch on values) take an explicit matmul and softmax.
+    Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU).
+    On the CPU only, where a query holds Inf or NaN, SDPA's CPU kernel returns a finite row for
+    such a query where softmax attention gives NaN, so CPU inputs with a non-finite query (and
+    every CPU input under ``torch.compile``, which cannot branch on values) take an explicit
+    matmul and softmax. The check is a CPU workaround for a CPU kernel: off the CPU it would cost
+    a device sync per layer and, under ``torch.compile``, an L x L score matrix.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
@@ -159,7 +161,7 @@ class Attention(nn.Module):
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, L, d)
-        if _finite(q):
+        if q.device.type != "cpu" or _finite(q):
             o = F.scaled_dot_product_attention(q, k, v)
         else:
             o = _softmax_attention(q, k, v)
@@ -167,8 +169,8 @@ class Attention(nn.Module):
 
 
 def _finite(t: torch.Tensor) -> bool:
-    """False if t holds Inf or NaN (a float32 sum propagates both), under ``torch.compile``, or on
-    the meta device (no values). One read back to the host: a device sync off the CPU."""
+    """False if t holds Inf or NaN (a float32 sum propagates both) or under ``torch.compile``; True
+    on the meta device (no values)."""
     if torch.compiler.is_compiling():
         return False
     if t.device.type == "meta":
