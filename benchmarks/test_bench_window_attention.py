@@ -2,7 +2,7 @@
 
 * ``reference``: ``xswin_fast.ops.window_attention(backend="torch")`` - roll, pad, partition,
   one SDPA call with the bias + region mask materialised as an additive mask, reverse, roll back;
-* ``compile``: ``torch.compile`` of that reference function;
+* ``compile``: ``torch.compile`` of that reference function on its SDPA path (``finite=True``);
 * ``flex``: FlexAttention - the same roll/partition (materialised: FlexAttention cannot remap
   the rows it loads, so those copies are part of its path and of its time), the relative-position
   bias through a ``score_mod`` that indexes the (heads, N, N) bias with the score's
@@ -178,8 +178,10 @@ def make_impl(impl, env, cfg, kind):
         backend = "torch" if impl == "reference" else "triton"
         return lambda q, k, v, b, ls: ops.window_attention(q, k, v, window, shift, bias=b, logit_scale=ls, backend=backend)
     if impl == "compile":
+        # finite=True: the SDPA path, as a user would write it; left to look at the values, the
+        # reference cannot branch under torch.compile and takes its slower exact path
         compiled = torch.compile(reference.window_attention, dynamic=False)
-        return lambda q, k, v, b, ls: compiled(q, k, v, window, shift, b, ls, None)
+        return lambda q, k, v, b, ls: compiled(q, k, v, window, shift, b, ls, None, finite=True)
     if impl == "flex":
         compiled = torch.compile(flex_window_attention, dynamic=False)
         mask = flex_block_mask(cfg["H"], cfg["W"], cfg["heads"], window, shift, env.device)

@@ -568,3 +568,36 @@ def test_torch_compile_builds_the_cached_masks_while_tracing():
     torch._dynamo.reset()
     got = torch.compile(fn, fullgraph=True, backend="aot_eager")(q, k, v, bias)
     torch.testing.assert_close(got, naive_window_attention(q, k, v, (3, 2), (1, 1), bias), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("finite", [True, False])
+def test_finite_promise_selects_a_path_with_the_same_result(finite):
+    # True: SDPA without looking (the fair torch.compile baseline); False: the exact path
+    from xswin_fast.ops import reference
+
+    q, k, v = (torch.randn(2, 6, 7, 2, 8, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(2, 9, 9, dtype=torch.float64)
+    want = naive_window_attention(q, k, v, (3, 3), (1, 1), bias)
+    assert_close("eager", reference.window_attention(q, k, v, (3, 3), (1, 1), bias, finite=finite), want)
+    torch._dynamo.reset()
+    compiled = torch.compile(reference.window_attention, fullgraph=True, backend="aot_eager")
+    assert_close("compiled", compiled(q, k, v, (3, 3), (1, 1), bias, finite=finite), want)
+
+
+def test_finite_promise_is_a_bool():
+    from xswin_fast.ops import reference
+
+    q = torch.randn(1, 2, 2, 1, 4)
+    with pytest.raises(TypeError, match="finite must be None, True or False"):
+        reference.window_attention(q, q, q, (2, 2), finite=1)
+
+
+def test_finite_promise_skips_the_check():
+    # a NaN key in one shift region: the exact path keeps it there, the promised SDPA path does not
+    from xswin_fast.ops import reference
+
+    q, k, v = (torch.randn(1, 4, 4, 1, 4) for _ in range(3))
+    k[0, 0, 0] = float("nan")
+    exact = reference.window_attention(q, k, v, (4, 4), (2, 2), finite=False)
+    assert exact.isnan().any() and not exact.isnan().all()
+    assert reference.window_attention(q, k, v, (4, 4), (2, 2), finite=True).isnan().all()

@@ -142,6 +142,7 @@ def window_attention(
     bias: Optional[torch.Tensor] = None,
     logit_scale: Optional[torch.Tensor] = None,
     scale: Optional[float] = None,
+    finite: Optional[bool] = None,
 ) -> torch.Tensor:
     """Reference of ``xswin_fast.ops.window_attention`` (docs/design.md §3.1); returns (B, H, W, heads*d).
 
@@ -151,14 +152,21 @@ def window_attention(
     ``_exact_attention``, where a masked key contributes exactly nothing even when it holds Inf
     or NaN (SDPA cannot: NaN + (-inf) is NaN, 0 x Inf is NaN, and its CPU kernel turns a NaN
     query row into zeros).
+
+    ``finite`` (bool or None): None looks at the values (``_all_finite``: a read back to the host,
+    and under ``torch.compile`` always the exact path); True is the caller's promise that every
+    input is finite and takes the SDPA path without looking (what a fair ``torch.compile``
+    baseline compiles; an Inf or NaN then spreads as it does in SDPA); False takes the exact path.
     """
+    if finite is not None and not isinstance(finite, bool):
+        raise TypeError(f"finite must be None, True or False, got {finite!r}")
     B, H, W, nh, d = q.shape
     window_size, shift_size = tuple(window_size), tuple(shift_size)
     if logit_scale is not None and q.dtype in (torch.float16, torch.bfloat16):
         # scores reach the temperature (up to 100): normalising and scaling in half precision
         # would err by ~temperature * 2^-mantissa, far above the output's rounding
         out = window_attention(q.float(), k.float(), v.float(), window_size, shift_size,
-                               None if bias is None else bias.float(), logit_scale, scale)
+                               None if bias is None else bias.float(), logit_scale, scale, finite)
         return out.to(q.dtype)
     if logit_scale is not None:
         # cosine attention (SwinV2): the per-head temperature is folded into q
@@ -173,7 +181,7 @@ def window_attention(
     kw = _to_windows(k, window_size, shift_size)
     vw = _to_windows(v, window_size, shift_size)
     geometry = (H, W, window_size, shift_size)
-    if _all_finite(q, k, v, bias):
+    if finite if finite is not None else _all_finite(q, k, v, bias):
         o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=_score_mask(geometry, bias, nh, q), scale=scale)
     else:
         o = _exact_attention(qw, kw, vw, geometry, bias, nh, scale)
