@@ -155,6 +155,7 @@ SAMPLE_CASES = {
     "threads": (["--threads", "-2"], ["--threads"]),
     "unknown label": (["--labels", "7,zebra"], ["--labels", "zebra"]),
     "label out of range": (["--labels", "12"], ["--labels"]),
+    "labels empty": (["--labels", " "], ["--labels", "empty"]),
     "device gpu": (["--device", "gpu"], ["--device"]),
     "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
     "missing checkpoint": (["--ckpt", "/nonexistent/run"], ["/nonexistent/run"]),

@@ -26,8 +26,10 @@ from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_n
 
 def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
     """Comma-separated class indices or names, repeated to ``n``; default: cycle through all classes."""
-    if not spec:
+    if spec is None:
         return [i % len(classes) for i in range(n)]
+    if not spec.strip():
+        raise ConfigError("--labels is empty: give comma-separated class indices or names, or leave it out for all classes")
     out = []
     for tok in spec.split(","):
         tok = tok.strip()
