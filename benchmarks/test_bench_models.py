@@ -60,7 +60,8 @@ def pytest_generate_tests(metafunc):
     latents = _csv(metafunc.config.getoption("--bench-latents"), GPU_LATENTS if on_gpu or cpu_full else CPU_LATENTS, int)
     cases = [(f"{family}-{size}/2", latent) for latent in latents for size in sizes for family in FAMILIES]
     cases += DIFFIT_GPU if on_gpu or cpu_full else DIFFIT_CPU
-    metafunc.parametrize("model_name, latent", cases, ids=[f"{'px' if name in PIXEL_SPACE else 'lat'}{latent}-{name}" for name, latent in cases])
+    ids = [f"{'px' if name in PIXEL_SPACE else 'lat'}{latent}-{name}" for name, latent in cases]
+    metafunc.parametrize("model_name, latent", cases, ids=ids)
 
 
 @functools.lru_cache(maxsize=None)

@@ -41,7 +41,8 @@ def literal_tmsa(attn: TMSA, x: torch.Tensor, time_token: torch.Tensor) -> torch
                     torch.stack([w_s[i] @ x[b, r, c] + b_s[i] + w_t[i] @ time_token[b] for r, c in tokens])
                     for i in range(3)
                 )
-                rows = [[(ri - rj + th - 1) * (2 * tw - 1) + (ci - cj + tw - 1) for rj, cj in tokens] for ri, ci in tokens]
+                rows = [[(ri - rj + th - 1) * (2 * tw - 1) + (ci - cj + tw - 1) for rj, cj in tokens]
+                        for ri, ci in tokens]
                 for h in range(nh):
                     part = slice(h * d, (h + 1) * d)
                     scores = q[:, part] @ k[:, part].T / math.sqrt(d) + table[torch.tensor(rows), h]
@@ -52,7 +53,9 @@ def literal_tmsa(attn: TMSA, x: torch.Tensor, time_token: torch.Tensor) -> torch
 
 
 @pytest.mark.parametrize("H, W, window", [(6, 5, 4), (4, 4, 2), (3, 2, 4), (5, 7, (2, 3))])
-@pytest.mark.parametrize("backend, dtype", [("torch", torch.float64), ("torch", torch.float32), ("triton", torch.float32)])
+@pytest.mark.parametrize(
+    "backend, dtype", [("torch", torch.float64), ("torch", torch.float32), ("triton", torch.float32)]
+)
 def test_tmsa_matches_the_papers_equations(H, W, window, backend, dtype):
     attn = TMSA(dim=8, time_dim=6, num_heads=2, window_size=window).to(dtype)
     attn.backend = backend
@@ -218,8 +221,9 @@ def test_every_preset_builds_and_train_py_trains_diffit(tmp_path):
             assert type(create_model(name)) is DIFFIT_PRESETS[name][0]
     from xswin_fast.cli import train
 
+    tiny_cifar = '{"channels": [16, 16, 16], "num_heads": [1, 1, 1], "time_dim": 32}'
     rc = train.main([
-        "--model", "DiffiT-CIFAR10", "--model-kwargs", '{"channels": [16, 16, 16], "num_heads": [1, 1, 1], "time_dim": 32}',
+        "--model", "DiffiT-CIFAR10", "--model-kwargs", tiny_cifar,
         "--run-dir", str(tmp_path / "run"), "--backend", "torch", "--threads", "1", "--global-batch-size", "16",
         "--max-steps", "2", "--log-every", "1", "--sample-every", "0", "--sample-num", "4", "--sample-steps", "2",
         "--no-progress",
