@@ -69,7 +69,8 @@ class TMSA(nn.Module):
         B, H, W, C = x.shape
         window, _ = effective_window(H, W, self.window_size, (0, 0))
         qkv = self.qkv(x)  # (B, H, W, 3C): x_s [W_qs | W_ks | W_vs] + biases
-        qkv = qkv + self.qkv_time(time_token).to(qkv.dtype)[:, None, None, :]  # + x_t [W_qt | W_kt | W_vt]
+        # + x_t [W_qt | W_kt | W_vt], in place: the linear's backward does not need its output
+        qkv.add_(self.qkv_time(time_token).to(qkv.dtype)[:, None, None, :])
         qkv = qkv.view(B, H, W, 3, self.num_heads, C // self.num_heads)
         o = ops.window_attention(
             qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :], window,
