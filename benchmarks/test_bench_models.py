@@ -1,5 +1,7 @@
 """Model groups: training step and sampling step throughput (images/s) and peak memory of XSwin,
-USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32, 64, 128).
+USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32, 64, 128), and of
+the DiffiT presets at the paper's sizes: the image-space U-Nets on 32 / 64 px images (groups
+``model-<kind>-px<size>``) and the latent XL/2 at 256 px.
 
 * ``train``: forward + backward + AdamW step on a batch (MSE to a random target), train mode;
 * ``sample``: one forward (eval mode, no grad) on a batch, as in a sampler's denoising step;
@@ -9,7 +11,7 @@ USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32
 On a GPU: bf16 autocast (fp32 master weights), the ``torch`` backend (reference ops) and the
 ``triton`` backend (automatic dispatch on CUDA: the Triton kernel of every op that has one,
 listed in ``extra_info["triton_ops"]``). On the CPU: fp32, torch backend, S presets at a small
-latent (the quick run). DiT and UViT carry a fixed sin-cos pos_embed and are built for the
+latent and DiffiT-CIFAR10 at 16 px (the quick run). DiT and UViT carry a fixed sin-cos pos_embed and are built for the
 latent size; XSwin/USwin run at any size and are built with the same ``input_size``.
 
 Forward GFLOPs per image come from ``xswin_fast.flops.forward_flops`` (FlopCounterMode with
@@ -39,6 +41,10 @@ GPU_LATENTS, CPU_LATENTS = (32, 64, 128), (16,)
 GPU_BATCH = {32: 64, 64: 32, 128: 8}
 CFG_SCALE = 4.0
 KINDS = ("train", "sample", "sample-cfg")
+# (preset, size) of DiffiT beside the families: the paper's sizes on a GPU, a small image on the CPU
+DIFFIT_GPU = (("DiffiT-CIFAR10", 32), ("DiffiT-FFHQ64", 64), ("DiffiT-latent-XL/2", 32))
+DIFFIT_CPU = (("DiffiT-CIFAR10", 16),)
+PIXEL_SPACE = ("DiffiT-CIFAR10", "DiffiT-FFHQ64")  # their size is in pixels, not latents
 
 
 def _csv(value, default, cast=str):
@@ -52,9 +58,10 @@ def pytest_generate_tests(metafunc):
     cpu_full = metafunc.config.getoption("--bench-cpu-full")
     sizes = _csv(metafunc.config.getoption("--bench-model-sizes"), GPU_SIZES if on_gpu or cpu_full else CPU_SIZES)
     latents = _csv(metafunc.config.getoption("--bench-latents"), GPU_LATENTS if on_gpu or cpu_full else CPU_LATENTS, int)
-    names = [f"{family}-{size}/2" for size in sizes for family in FAMILIES]
-    metafunc.parametrize("model_name", names)
-    metafunc.parametrize("latent", latents, ids=lambda v: f"lat{v}")
+    cases = [(f"{family}-{size}/2", latent) for latent in latents for size in sizes for family in FAMILIES]
+    cases += DIFFIT_GPU if on_gpu or cpu_full else DIFFIT_CPU
+    ids = [f"{'px' if name in PIXEL_SPACE else 'lat'}{latent}-{name}" for name, latent in cases]
+    metafunc.parametrize("model_name, latent", cases, ids=ids)
 
 
 @functools.lru_cache(maxsize=None)
@@ -180,7 +187,8 @@ def test_model(benchmark, bench_env, kind, model_name, latent, backend):
         reason = bu.triton_skip_reason(env)
         if reason:
             pytest.skip(reason)
-    benchmark.group = f"model-{kind}-lat{latent}"
+    pixels = model_name in PIXEL_SPACE
+    benchmark.group = f"model-{kind}-{'px' if pixels else 'lat'}{latent}"
 
     B = GPU_BATCH.get(latent, max(1, 2048 // latent)) if env.on_gpu else 1
     autocast_dtype = torch.bfloat16 if env.on_gpu else None
@@ -228,7 +236,7 @@ def test_model(benchmark, bench_env, kind, model_name, latent, backend):
     bu.record(
         benchmark, env, median, bytes_=0, flops=step_flops,
         model=model_name, family=model_name.split("-")[0], size=model_name.split("-")[1].split("/")[0],
-        kind=kind, latent=latent, image_px=latent * 8, batch=B, backend=backend,
+        kind=kind, latent=latent, image_px=latent if pixels else latent * 8, batch=B, backend=backend,
         dtype="bf16-autocast" if autocast_dtype else "float32",
         params_M=round(params / 1e6, 3), gflops_per_image=round(flops / 1e9, 3),
         images_per_s=round(B / median, 3) if median else None,

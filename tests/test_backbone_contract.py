@@ -1,7 +1,7 @@
 """The contract every backbone keeps (``DiffusionBackbone``), run over tiny XSwin, USwin, DiT and
-UViT: shapes with learned sigma on and off, classifier-free guidance, a training step, gradient
+UViT, DiffiT and LatentDiffiT: shapes with learned sigma on and off, classifier-free guidance, a training step, gradient
 checkpointing, backends, mixed precision, input validation and determinism. Family-specific
-behaviour is tested in test_xswin.py and test_dit.py."""
+behaviour is tested in test_xswin.py, test_dit.py and test_diffit.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,13 +12,21 @@ from xswin_fast import XSwin
 from xswin_fast.kernels import adaln as adaln_kernels
 from xswin_fast.layers.adaln import Modulator
 from xswin_fast.layers.blocks import SwinBlock, ViTBlock
+from xswin_fast.layers.tmsa import TMSA, DiffiTBlock
+from xswin_fast.models import DiffiT, LatentDiffiT
+from xswin_fast.models.diffit import DiffiTResBlock
 from xswin_fast.models.dit import DiTBlock, FinalLayer
 
 family = pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
+# pixel-space DiffiT has no patches (its tokenizer is a 3x3 convolution)
+PATCH_SIZES = [(cls, p) for cls in FAMILIES for p in ((None,) if cls is DiffiT else (1, 2, 4))]
 
 
 def adaln_projections(model):
-    """The Linear of every adaLN site: XSwin's modulators, DiT's ``adaLN_modulation[1]``."""
+    """The Linear of every adaLN site: XSwin's modulators, DiT's ``adaLN_modulation[1]``; DiffiT's
+    conditioning sites instead: the time-token projection of every TMSA."""
+    if isinstance(model, (DiffiT, LatentDiffiT)):
+        return [m.qkv_time for m in model.modules() if isinstance(m, TMSA)]
     if isinstance(model, XSwin):
         return [m.linear for m in model.modules() if isinstance(m, Modulator)]
     return [m.adaLN_modulation[-1] for m in model.modules() if isinstance(m, (DiTBlock, FinalLayer))]
@@ -26,14 +34,16 @@ def adaln_projections(model):
 
 def blocks(model):
     """The transformer blocks that ``run_block`` runs (and checkpoints)."""
-    return [m for m in model.modules() if isinstance(m, (SwinBlock, ViTBlock, DiTBlock))]
+    if isinstance(model, DiffiT):
+        return [m for m in model.modules() if isinstance(m, DiffiTResBlock)]
+    return [m for m in model.modules() if isinstance(m, (SwinBlock, ViTBlock, DiTBlock, DiffiTBlock))]
 
 
-@family
 @pytest.mark.parametrize("learn_sigma", [True, False])
-@pytest.mark.parametrize("patch_size", [1, 2, 4])
+@pytest.mark.parametrize("cls, patch_size", PATCH_SIZES, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_output_shape(cls, learn_sigma, patch_size):
-    model = randomize_(tiny(cls, learn_sigma=learn_sigma, patch_size=patch_size))
+    patch = {} if patch_size is None else {"patch_size": patch_size}
+    model = randomize_(tiny(cls, learn_sigma=learn_sigma, **patch))
     assert model.out_channels == (8 if learn_sigma else 4)
     out = model(*model_inputs(model, B=3))
     assert out.shape == (3, model.out_channels, 8, 8)
@@ -150,6 +160,8 @@ def test_automatic_backend_matches_torch(cls):
 
 
 def expected_adaln_sites(model):
+    if isinstance(model, (DiffiT, LatentDiffiT)):
+        return {}  # TMSA conditions through its time-token projections, not adaLN
     if isinstance(model, XSwin):
         n_vit = sum(isinstance(m, ViTBlock) for m in model.modules())
         n_mod = sum(isinstance(m, Modulator) for m in model.modules())

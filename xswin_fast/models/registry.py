@@ -6,6 +6,7 @@ comes from here.
 """
 from typing import Dict, List, Tuple
 
+from .diffit import DIFFIT_PRESETS
 from .dit import DIT_PRESETS
 from .xswin import XSWIN_PRESETS, XSwin
 
@@ -22,7 +23,7 @@ DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
     ),
 }
 
-PRESETS: Dict[str, Tuple[type, dict]] = {**XSWIN_PRESETS, **DIT_PRESETS, **DIGITS_PRESETS}
+PRESETS: Dict[str, Tuple[type, dict]] = {**XSWIN_PRESETS, **DIT_PRESETS, **DIFFIT_PRESETS, **DIGITS_PRESETS}
 
 
 def list_models() -> List[str]:
