@@ -54,7 +54,7 @@ def test_uswin_keeps_its_plain_skips_through_a_folder(tmp_path):
     assert not any("skip_attn" in k for k in loaded.state_dict())
 
 
-@pytest.mark.parametrize("name", ["XSwin-digits", "XSwin-paper", "USwin-S/2", "DiT-S/8", "UViT-S/8"])
+@pytest.mark.parametrize("name", ["XSwin-digits", "XSwin-paper", "USwin-S/2", "DiT-S/8", "UViT-S/8", "ASCEND-32", "IUViT-CIFAR10"])
 def test_config_of_a_preset_rebuilds_it(name):
     with torch.device("meta"):
         model = create_model(name)

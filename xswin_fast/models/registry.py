@@ -6,7 +6,9 @@ comes from here.
 """
 from typing import Dict, List, Tuple
 
+from .ascend import ASCEND_PRESETS
 from .dit import DIT_PRESETS
+from .iuvit import IUVIT_PRESETS
 from .xswin import XSWIN_PRESETS, XSwin
 
 # train.py's built-in job: sklearn's 8x8 digits at their native size, 1 channel, 10 classes.
@@ -22,7 +24,9 @@ DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
     ),
 }
 
-PRESETS: Dict[str, Tuple[type, dict]] = {**XSWIN_PRESETS, **DIT_PRESETS, **DIGITS_PRESETS}
+PRESETS: Dict[str, Tuple[type, dict]] = {
+    **XSWIN_PRESETS, **DIT_PRESETS, **ASCEND_PRESETS, **IUVIT_PRESETS, **DIGITS_PRESETS,
+}
 
 
 def list_models() -> List[str]:
