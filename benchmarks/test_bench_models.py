@@ -1,5 +1,7 @@
 """Model groups: training step and sampling step throughput (images/s) and peak memory of XSwin,
-USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32, 64, 128).
+USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32, 64, 128), and
+of the pixel-space ASCEND and IU-ViT presets at their own image sizes (groups ``...-px<N>``; on a
+GPU, or on the CPU with ``--bench-cpu-full``).
 
 * ``train``: forward + backward + AdamW step on a batch (MSE to a random target), train mode;
 * ``sample``: one forward (eval mode, no grad) on a batch, as in a sampler's denoising step;
@@ -30,9 +32,12 @@ import torch
 
 import benchutils as bu
 from xswin_fast import create_model
+from xswin_fast.models import PRESETS
 from xswin_fast.flops import count_parameters, forward_flops
 
 FAMILIES = ("XSwin", "USwin", "DiT", "UViT")
+# pixel-space presets (3 channels, no VAE), each benchmarked at its own input_size
+PIXEL_PRESETS = ("ASCEND-32", "IUViT-CIFAR10", "ASCEND-64", "IUViT-CelebA64", "ASCEND-256")
 GPU_SIZES, CPU_SIZES = ("S", "B"), ("S",)
 GPU_LATENTS, CPU_LATENTS = (32, 64, 128), (16,)
 # images per step on a GPU (the same for every model at a latent size); the CPU uses 1
@@ -52,9 +57,11 @@ def pytest_generate_tests(metafunc):
     cpu_full = metafunc.config.getoption("--bench-cpu-full")
     sizes = _csv(metafunc.config.getoption("--bench-model-sizes"), GPU_SIZES if on_gpu or cpu_full else CPU_SIZES)
     latents = _csv(metafunc.config.getoption("--bench-latents"), GPU_LATENTS if on_gpu or cpu_full else CPU_LATENTS, int)
-    names = [f"{family}-{size}/2" for size in sizes for family in FAMILIES]
-    metafunc.parametrize("model_name", names)
-    metafunc.parametrize("latent", latents, ids=lambda v: f"lat{v}")
+    cases = [(f"{family}-{size}/2", latent) for size in sizes for family in FAMILIES for latent in latents]
+    if on_gpu or cpu_full:
+        cases += [(name, PRESETS[name][1]["input_size"]) for name in PIXEL_PRESETS]
+    ids = [f"{n}-{'px' if n in PIXEL_PRESETS else 'lat'}{lat}" for n, lat in cases]
+    metafunc.parametrize(("model_name", "latent"), cases, ids=ids)
 
 
 @functools.lru_cache(maxsize=None)
@@ -180,7 +187,8 @@ def test_model(benchmark, bench_env, kind, model_name, latent, backend):
         reason = bu.triton_skip_reason(env)
         if reason:
             pytest.skip(reason)
-    benchmark.group = f"model-{kind}-lat{latent}"
+    pixels = model_name in PIXEL_PRESETS
+    benchmark.group = f"model-{kind}-px{latent}" if pixels else f"model-{kind}-lat{latent}"
 
     B = GPU_BATCH.get(latent, max(1, 2048 // latent)) if env.on_gpu else 1
     autocast_dtype = torch.bfloat16 if env.on_gpu else None
@@ -228,7 +236,7 @@ def test_model(benchmark, bench_env, kind, model_name, latent, backend):
     bu.record(
         benchmark, env, median, bytes_=0, flops=step_flops,
         model=model_name, family=model_name.split("-")[0], size=model_name.split("-")[1].split("/")[0],
-        kind=kind, latent=latent, image_px=latent * 8, batch=B, backend=backend,
+        kind=kind, latent=None if pixels else latent, image_px=latent if pixels else latent * 8, batch=B, backend=backend,
         dtype="bf16-autocast" if autocast_dtype else "float32",
         params_M=round(params / 1e6, 3), gflops_per_image=round(flops / 1e9, 3),
         images_per_s=round(B / median, 3) if median else None,
