@@ -57,7 +57,7 @@ def pytest_generate_tests(metafunc):
     cpu_full = metafunc.config.getoption("--bench-cpu-full")
     sizes = _csv(metafunc.config.getoption("--bench-model-sizes"), GPU_SIZES if on_gpu or cpu_full else CPU_SIZES)
     latents = _csv(metafunc.config.getoption("--bench-latents"), GPU_LATENTS if on_gpu or cpu_full else CPU_LATENTS, int)
-    cases = [(f"{family}-{size}/2", latent) for size in sizes for family in FAMILIES for latent in latents]
+    cases = [(f"{fam}-{size}/2", latent) for size in sizes for fam in FAMILIES for latent in latents]
     if on_gpu or cpu_full:
         cases += [(name, PRESETS[name][1]["input_size"]) for name in PIXEL_PRESETS]
     ids = [f"{n}-{'px' if n in PIXEL_PRESETS else 'lat'}{lat}" for n, lat in cases]
@@ -236,7 +236,7 @@ def test_model(benchmark, bench_env, kind, model_name, latent, backend):
     bu.record(
         benchmark, env, median, bytes_=0, flops=step_flops,
         model=model_name, family=model_name.split("-")[0], size=model_name.split("-")[1].split("/")[0],
-        kind=kind, latent=None if pixels else latent, image_px=latent if pixels else latent * 8, batch=B, backend=backend,
+        kind=kind, latent=latent, image_px=latent if pixels else latent * 8, batch=B, backend=backend,
         dtype="bf16-autocast" if autocast_dtype else "float32",
         params_M=round(params / 1e6, 3), gflops_per_image=round(flops / 1e9, 3),
         images_per_s=round(B / median, 3) if median else None,

@@ -159,6 +159,7 @@ def test_torch_and_triton_backends_agree():
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(channels=48), ValueError, "multiple of 32"),
     (dict(attention_downsample=(4,)), ValueError, "attention_downsample must hold level factors"),
+    (dict(attention_downsample=2), TypeError, "attention_downsample must be a sequence"),
     (dict(head_channels=24), ValueError, "head_channels"),
     (dict(channel_mult=()), ValueError, "channel_mult"),
     (dict(channel_mult=2), TypeError, "channel_mult"),

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import xswin_fast.ops as ops
-from helpers import FAMILIES, TINY_CONFIGS, forward_backward, model_inputs, randomize_, tiny, triton_adaln
+from helpers import FAMILIES, forward_backward, model_inputs, randomize_, tiny, triton_adaln
 from xswin_fast import XSwin
 from xswin_fast.models.ascend import ASCEND, ResBlock, SwinPair
 from xswin_fast.models.iuvit import IUViT, IUViTBlock
@@ -30,7 +30,8 @@ def adaln_projections(model):
 
 def blocks(model):
     """The blocks that ``run_block`` runs (and checkpoints), with the Swin layers inside ASCEND's pairs."""
-    return [m for m in model.modules() if isinstance(m, (SwinBlock, ViTBlock, DiTBlock, ResBlock, SwinPair, IUViTBlock))]
+    kinds = (SwinBlock, ViTBlock, DiTBlock, ResBlock, SwinPair, IUViTBlock)
+    return [m for m in model.modules() if isinstance(m, kinds)]
 
 
 @family

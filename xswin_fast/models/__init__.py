@@ -6,4 +6,7 @@ from .pretrained import from_pretrained
 from .registry import PRESETS, create_model, list_models
 from .xswin import USwin, XSwin
 
-__all__ = ["DiffusionBackbone", "XSwin", "USwin", "DiT", "UViT", "ASCEND", "IUViT", "PRESETS", "create_model", "list_models", "from_pretrained"]
+__all__ = [
+    "DiffusionBackbone", "XSwin", "USwin", "DiT", "UViT", "ASCEND", "IUViT", "PRESETS", "create_model", "list_models",
+    "from_pretrained",
+]

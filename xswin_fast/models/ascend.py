@@ -33,10 +33,11 @@ from .base import DiffusionBackbone
 GROUPS = 32  # ADM's GroupNorm32
 
 
-def _int_sequence(name: str, value) -> Tuple[int, ...]:
+def _int_sequence(name: str, value, allow_empty: bool = False) -> Tuple[int, ...]:
+    """A sequence of ints >= 1 (non-empty unless ``allow_empty``), as a tuple."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
         raise TypeError(f"{name} must be a sequence of ints, got {value!r}")
-    if len(value) == 0:
+    if len(value) == 0 and not allow_empty:
         raise ValueError(f"{name} must be a non-empty sequence, got {value!r}")
     return tuple(checks.integer(f"{name}[{i}]", v) for i, v in enumerate(value))
 
@@ -192,7 +193,7 @@ class ASCEND(DiffusionBackbone):
             checks.integer(name, value)
         channel_mult = _int_sequence("channel_mult", channel_mult)
         factors = [2**lvl for lvl in range(len(channel_mult))]
-        attention_downsample = tuple(attention_downsample)
+        attention_downsample = _int_sequence("attention_downsample", attention_downsample, allow_empty=True)
         for f in attention_downsample:
             if f not in factors:
                 raise ValueError(f"attention_downsample must hold level factors {factors}, got {f}")
@@ -210,35 +211,33 @@ class ASCEND(DiffusionBackbone):
         self.t_embedder = TimestepEmbedder(cond_dim)
         self.y_embedder = LabelEmbedder(num_classes, cond_dim, class_dropout_prob)
 
+        def res(c_in: int, c_out: int) -> ResBlock:
+            return ResBlock(c_in, c_out, cond_dim, dropout)
+
         def swin(width: int) -> SwinPair:
             return SwinPair(width, width // head_channels, window, cond_dim, mlp_ratio)
 
+        widths = [channels * m for m in channel_mult]
+        swin_levels = [f in attention_downsample for f in factors]
         self.input_conv = nn.Conv2d(in_channels, channels, 3, padding=1)
-        skip_widths, width = [channels], channels
         self.encoder = nn.ModuleList()
-        for lvl, mult in enumerate(channel_mult):
-            units = []
-            for _ in range(depth):
-                use_swin = factors[lvl] in attention_downsample
-                units.append(EncoderUnit(ResBlock(width, channels * mult, cond_dim, dropout),
-                                         swin(channels * mult) if use_swin else None))
-                width = channels * mult
-                skip_widths.append(width)
-            last = lvl == len(channel_mult) - 1
-            self.encoder.append(Level(units, None if last else DownBlock(width, cond_dim, dropout)))
-            if not last:
-                skip_widths.append(width)
+        skip_widths, width = [channels], channels
+        for lvl, w in enumerate(widths):
+            units = [EncoderUnit(res(width if i == 0 else w, w), swin(w) if swin_levels[lvl] else None)
+                     for i in range(depth)]
+            down = DownBlock(w, cond_dim, dropout) if lvl < len(widths) - 1 else None
+            self.encoder.append(Level(units, down))
+            skip_widths += [w] * (depth + (down is not None))
+            width = w
 
-        self.middle = nn.ModuleList([ResBlock(width, width, cond_dim, dropout), swin(width),
-                                     ResBlock(width, width, cond_dim, dropout)])
+        self.middle = nn.ModuleList([res(width, width), swin(width), res(width, width)])
 
         self.decoder = nn.ModuleList()
-        for lvl, mult in reversed(list(enumerate(channel_mult))):
-            blocks = []
-            for _ in range(depth + 1):
-                blocks.append(ResBlock(width + skip_widths.pop(), channels * mult, cond_dim, dropout))
-                width = channels * mult
-            self.decoder.append(Level(blocks, UpBlock(width, cond_dim, dropout) if lvl else None))
+        for lvl in reversed(range(len(widths))):
+            w = widths[lvl]
+            blocks = [res((width if i == 0 else w) + skip_widths.pop(), w) for i in range(depth + 1)]
+            self.decoder.append(Level(blocks, UpBlock(w, cond_dim, dropout) if lvl else None))
+            width = w
 
         self.out_norm = nn.GroupNorm(GROUPS, width)
         self.out_conv = nn.Conv2d(width, self.out_channels, 3, padding=1)

@@ -126,17 +126,18 @@ class IUViT(UViT):
             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_dropout_prob=class_dropout_prob,
             num_classes=num_classes, learn_sigma=learn_sigma,
         )
-        # in place of DiT's adaLN FinalLayer, which UViT's constructor builds
-        self.final_layer = RearrangeFirstHead(hidden_size, patch_size, self.out_channels)
 
     def _make_blocks(
         self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
     ) -> List[nn.Module]:
-        super()._make_blocks(depth, hidden_size, num_heads, mlp_ratio, mlp_norm_eps)  # sets UViT's skip pairing
+        self.encoders_n, self.decoders_n = self.skip_pairing(depth)
         return [
             IUViTBlock(hidden_size, num_heads, mlp_ratio, self.grid_size, skip=i > self.decoders_n)
             for i in range(depth)
         ]
+
+    def _make_final_layer(self, hidden_size: int, patch_size: int, out_channels: int) -> nn.Module:
+        return RearrangeFirstHead(hidden_size, patch_size, out_channels)
 
     def initialize_weights(self) -> None:
         """U-ViT's initialisation: truncated-normal(0.02) Linears with zero bias (LayerNorms and
