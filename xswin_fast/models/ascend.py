@@ -5,10 +5,10 @@ Cao et al., §3.3, §4.2, Table 6, Appendix B.2) on pixels or latents.
       -> input conv 3x3                                   (B, ch, H, W)            skip
       -> encoder level l = 0..L-1 (width ch * mult[l]):
            depth x [ResBlock, then a SwinPair at an attention resolution]         skip each
-           BigGAN residual downsampling ResBlock (not after the last level)        skip
+           DownBlock: BigGAN residual downsampling (not after the last level)     skip
       -> middle: ResBlock, SwinPair, ResBlock
-      -> decoder level l = L-1..0: (depth + 1) x ResBlock(cat[h, skip]), then a BigGAN
-         residual upsampling ResBlock (not after level 0)
+      -> decoder level l = L-1..0: (depth + 1) x ResBlock(cat[h, skip]), then an UpBlock:
+         BigGAN residual upsampling (not after level 0)
       -> GroupNorm, SiLU, zero-initialised conv 3x3        (B, C_out, H, W)
 
 The encoder is ADM's input half with its attention layers replaced by Swin blocks (a SwinPair:

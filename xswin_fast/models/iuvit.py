@@ -67,7 +67,9 @@ class IUViTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = DWConvMlp(hidden_size, mlp_hidden_dim(hidden_size, mlp_ratio), grid_size)
 
-    def forward(self, x: torch.Tensor, c: Optional[torch.Tensor] = None, skip: Optional[torch.Tensor] = None):
+    def forward(
+        self, x: torch.Tensor, c: Optional[torch.Tensor] = None, skip: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         x = x + self.attn(self.norm1(x))
