@@ -178,8 +178,8 @@ def test_every_preset_builds_for_the_digits_job():
         assert model.out_channels == 1 and model.num_classes == 10
 
 
-def test_train_cli_runs_an_ascend_preset(tmp_path):
-    from xswin_fast.cli import train
+def test_train_and_sample_clis_run_an_ascend_preset(tmp_path):
+    from xswin_fast.cli import sample, train
 
     small = {"channels": 32, "channel_mult": [1, 2], "depth": 1, "attention_downsample": [2], "head_channels": 16,
              "window_size": 2}
@@ -189,4 +189,6 @@ def test_train_cli_runs_an_ascend_preset(tmp_path):
         "--sample-every", "0", "--sample-num", "2", "--sample-steps", "2", "--no-progress",
     ])
     assert rc == 0
-    assert any((tmp_path / "run").rglob("*.pt")) or any((tmp_path / "run").rglob("*.safetensors"))
+    rc = sample.main(["--ckpt", str(tmp_path / "run" / "model"), "--num-samples", "2", "--steps", "2",
+                      "--backend", "torch", "--threads", "1", "--out", str(tmp_path / "samples")])
+    assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2

@@ -171,8 +171,8 @@ def test_every_preset_builds_for_the_digits_job():
         assert model.out_channels == 1 and model.grid_size == 8 // model.patch_size
 
 
-def test_train_cli_runs_an_iuvit_preset(tmp_path):
-    from xswin_fast.cli import train
+def test_train_and_sample_clis_run_an_iuvit_preset(tmp_path):
+    from xswin_fast.cli import sample, train
 
     small = {"hidden_size": 32, "depth": 3, "num_heads": 2}
     rc = train.main([
@@ -181,3 +181,6 @@ def test_train_cli_runs_an_iuvit_preset(tmp_path):
         "--sample-every", "0", "--sample-num", "2", "--sample-steps", "2", "--no-progress",
     ])
     assert rc == 0
+    rc = sample.main(["--ckpt", str(tmp_path / "run" / "model"), "--num-samples", "2", "--steps", "2",
+                      "--backend", "torch", "--threads", "1", "--out", str(tmp_path / "samples")])
+    assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2
