@@ -1,7 +1,7 @@
 """ASCEND: the Table 6 presets, parameter counts, the documented readings (Swin pairs at the
 attention levels, BigGAN residual resampling, dense skips, time and class through adaLN), odd
-sizes, configuration errors, both backends through the interpreter, and train.py + sample.py. The contract
-every backbone keeps is in test_backbone_contract.py."""
+sizes, configuration errors, both backends through the interpreter, train.py and sample.py. The
+contract every backbone keeps is in test_backbone_contract.py."""
 import json
 
 import pytest

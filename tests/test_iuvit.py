@@ -1,6 +1,7 @@
-"""IU-ViT: the Table 5 presets and their 45M parameters, the documented readings (DWConv-FFN order,
-rearrange-first head, conditioning tokens, UViT's skips), sizes, configuration errors, the ops it
-does not use, and train.py + sample.py. The contract every backbone keeps is in test_backbone_contract.py."""
+"""IU-ViT: the Table 5 columns and their stated parameters, the documented readings (DWConv-FFN
+order, rearrange-first head, conditioning tokens, UViT's skips), sizes, configuration errors, the
+ops it does not use, train.py and sample.py. The contract every backbone keeps is in
+test_backbone_contract.py."""
 import json
 
 import pytest
