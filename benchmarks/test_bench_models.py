@@ -1,7 +1,8 @@
 """Model groups: training step and sampling step throughput (images/s) and peak memory of XSwin,
-USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32, 64, 128), and of
-the DiffiT presets at the paper's sizes: the image-space U-Nets on 32 / 64 px images (groups
-``model-<kind>-px<size>``) and the latent XL/2 at 256 px.
+USwin, DiT and UViT presets of matched size, at 256, 512 and 1024 px (latents 32, 64, 128), of the
+latent DiffiT-XL/2 at 256 px, and of the pixel-space DiffiT, ASCEND and IU-ViT presets at their own
+image sizes (groups ``model-<kind>-px<N>``; on a GPU, or on the CPU with ``--bench-cpu-full``;
+the quick CPU run has DiffiT-CIFAR10 at 16 px).
 
 * ``train``: forward + backward + AdamW step on a batch (MSE to a random target), train mode;
 * ``sample``: one forward (eval mode, no grad) on a batch, as in a sampler's denoising step;
@@ -32,19 +33,18 @@ import torch
 
 import benchutils as bu
 from xswin_fast import create_model
+from xswin_fast.models import PRESETS
 from xswin_fast.flops import count_parameters, forward_flops
 
 FAMILIES = ("XSwin", "USwin", "DiT", "UViT")
+# pixel-space presets (3 channels, no VAE), each benchmarked at its own input_size
+PIXEL_PRESETS = ("DiffiT-CIFAR10", "ASCEND-32", "IUViT-CIFAR10", "DiffiT-FFHQ64", "ASCEND-64", "IUViT-CelebA64", "ASCEND-256")
 GPU_SIZES, CPU_SIZES = ("S", "B"), ("S",)
 GPU_LATENTS, CPU_LATENTS = (32, 64, 128), (16,)
 # images per step on a GPU (the same for every model at a latent size); the CPU uses 1
 GPU_BATCH = {32: 64, 64: 32, 128: 8}
 CFG_SCALE = 4.0
 KINDS = ("train", "sample", "sample-cfg")
-# (preset, size) of DiffiT beside the families: the paper's sizes on a GPU, a small image on the CPU
-DIFFIT_GPU = (("DiffiT-CIFAR10", 32), ("DiffiT-FFHQ64", 64), ("DiffiT-latent-XL/2", 32))
-DIFFIT_CPU = (("DiffiT-CIFAR10", 16),)
-PIXEL_SPACE = ("DiffiT-CIFAR10", "DiffiT-FFHQ64")  # their size is in pixels, not latents
 
 
 def _csv(value, default, cast=str):
@@ -58,10 +58,13 @@ def pytest_generate_tests(metafunc):
     cpu_full = metafunc.config.getoption("--bench-cpu-full")
     sizes = _csv(metafunc.config.getoption("--bench-model-sizes"), GPU_SIZES if on_gpu or cpu_full else CPU_SIZES)
     latents = _csv(metafunc.config.getoption("--bench-latents"), GPU_LATENTS if on_gpu or cpu_full else CPU_LATENTS, int)
-    cases = [(f"{family}-{size}/2", latent) for latent in latents for size in sizes for family in FAMILIES]
-    cases += DIFFIT_GPU if on_gpu or cpu_full else DIFFIT_CPU
-    ids = [f"{'px' if name in PIXEL_SPACE else 'lat'}{latent}-{name}" for name, latent in cases]
-    metafunc.parametrize("model_name, latent", cases, ids=ids)
+    cases = [(f"{fam}-{size}/2", latent) for size in sizes for fam in FAMILIES for latent in latents]
+    if on_gpu or cpu_full:
+        cases += [("DiffiT-latent-XL/2", 32)] + [(name, PRESETS[name][1]["input_size"]) for name in PIXEL_PRESETS]
+    else:
+        cases += [("DiffiT-CIFAR10", 16)]
+    ids = [f"{n}-{'px' if n in PIXEL_PRESETS else 'lat'}{lat}" for n, lat in cases]
+    metafunc.parametrize(("model_name", "latent"), cases, ids=ids)
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,8 +190,8 @@ def test_model(benchmark, bench_env, kind, model_name, latent, backend):
         reason = bu.triton_skip_reason(env)
         if reason:
             pytest.skip(reason)
-    pixels = model_name in PIXEL_SPACE
-    benchmark.group = f"model-{kind}-{'px' if pixels else 'lat'}{latent}"
+    pixels = model_name in PIXEL_PRESETS
+    benchmark.group = f"model-{kind}-px{latent}" if pixels else f"model-{kind}-lat{latent}"
 
     B = GPU_BATCH.get(latent, max(1, 2048 // latent)) if env.on_gpu else 1
     autocast_dtype = torch.bfloat16 if env.on_gpu else None

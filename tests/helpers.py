@@ -13,7 +13,7 @@ from unittest import mock
 import torch
 
 from xswin_fast import DiT, USwin, UViT, XSwin
-from xswin_fast.models import DiffiT, LatentDiffiT
+from xswin_fast.models import ASCEND, DiffiT, IUViT, LatentDiffiT
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
 
 LOG_100 = math.log(100.0)  # the clamp of SwinV2's logit scale: temperatures up to 100
@@ -93,9 +93,10 @@ def poisoned_allocations():
 
 # The smallest configurations that exercise every path of each family: two stages with a shifted
 # block, padding, cross-attention skips, a ViT bottleneck (XSwin/USwin; 8x8 latents); three
-# blocks with one UViT skip pair (DiT/UViT; 8x8 latents, patch 2); three stages with a width
-# change, several windows, one window and a clamped window, and a two-block decoder stage (DiffiT);
-# two blocks of global TMSA (LatentDiffiT, patch 2).
+# blocks with one UViT skip pair (DiT/UViT/IUViT; 8x8 latents, patch 2); three stages with a
+# width change, several windows, one window and a clamped window, and a two-block decoder stage
+# (DiffiT); two blocks of global TMSA (LatentDiffiT, patch 2); two levels with residual
+# down/upsampling, shifted Swin pairs on the lower level and in the middle (ASCEND).
 XSWIN_TINY = dict(input_size=8, patch_size=1, embed_dim=32, depths=(1, 2), num_heads=(2, 4), window_size=2,
                   bottleneck_depth=1, num_classes=10)
 DIT_TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4, num_classes=10)
@@ -103,8 +104,11 @@ DIFFIT_TINY = dict(input_size=8, in_channels=4, channels=(16, 32, 32), depths=(1
                    window_size=4, time_dim=32, num_classes=10, learn_sigma=True)
 LATENT_DIFFIT_TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
                           num_classes=10)
+IUVIT_TINY = dict(DIT_TINY, learn_sigma=True)
+ASCEND_TINY = dict(input_size=8, in_channels=4, channels=32, channel_mult=(1, 2), depth=1, attention_downsample=(2,),
+                   head_channels=16, window_size=2, dropout=0.0, num_classes=10, learn_sigma=True)
 TINY_CONFIGS = {XSwin: XSWIN_TINY, USwin: XSWIN_TINY, DiT: DIT_TINY, UViT: DIT_TINY, DiffiT: DIFFIT_TINY,
-                LatentDiffiT: LATENT_DIFFIT_TINY}
+                LatentDiffiT: LATENT_DIFFIT_TINY, ASCEND: ASCEND_TINY, IUViT: IUVIT_TINY}
 FAMILIES = list(TINY_CONFIGS)
 
 

@@ -55,7 +55,9 @@ def test_uswin_keeps_its_plain_skips_through_a_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["XSwin-digits", "XSwin-paper", "USwin-S/2", "DiT-S/8", "UViT-S/8", "DiffiT-CIFAR10", "DiffiT-latent-XL/2"]
+    "name",
+    ["XSwin-digits", "XSwin-paper", "USwin-S/2", "DiT-S/8", "UViT-S/8", "DiffiT-CIFAR10", "DiffiT-latent-XL/2", "ASCEND-32",
+     "IUViT-CIFAR10"],
 )
 def test_config_of_a_preset_rebuilds_it(name):
     with torch.device("meta"):

@@ -170,13 +170,16 @@ class DiT(DiffusionBackbone):
         # A frozen Parameter rather than a buffer, so that the state dict is exactly DiT's.
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList(self._make_blocks(depth, hidden_size, num_heads, mlp_ratio, mlp_norm_eps))
-        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.final_layer = self._make_final_layer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
     def _make_blocks(
         self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
     ) -> List[nn.Module]:
         return [DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth)]
+
+    def _make_final_layer(self, hidden_size: int, patch_size: int, out_channels: int) -> nn.Module:
+        return FinalLayer(hidden_size, patch_size, out_channels)
 
     def initialize_weights(self) -> None:
         """DiT's initialisation (official HEAD): xavier Linears with zero bias, patch embed as a flat
@@ -251,11 +254,16 @@ class UViT(DiT):
 
     _repeated_blocks = ["UViTBlock"]
 
+    @staticmethod
+    def skip_pairing(depth: int) -> Tuple[int, int]:
+        """(encoders_n, decoders_n) for ``depth`` blocks (see the class docstring)."""
+        encoders_n = (depth - 1) // 2
+        return encoders_n, encoders_n + (depth + 1) % 2
+
     def _make_blocks(
         self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
     ) -> List[nn.Module]:
-        self.encoders_n = (depth - 1) // 2
-        self.decoders_n = self.encoders_n + (depth + 1) % 2
+        self.encoders_n, self.decoders_n = self.skip_pairing(depth)
         return [
             UViTBlock(hidden_size, num_heads, mlp_ratio, skip=i > self.decoders_n, mlp_norm_eps=mlp_norm_eps)
             for i in range(depth)

@@ -6,8 +6,10 @@ comes from here.
 """
 from typing import Dict, List, Tuple
 
+from .ascend import ASCEND_PRESETS
 from .diffit import DIFFIT_PRESETS
 from .dit import DIT_PRESETS
+from .iuvit import IUVIT_PRESETS
 from .xswin import XSWIN_PRESETS, XSwin
 
 # train.py's built-in job: sklearn's 8x8 digits at their native size, 1 channel, 10 classes.
@@ -23,7 +25,9 @@ DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
     ),
 }
 
-PRESETS: Dict[str, Tuple[type, dict]] = {**XSWIN_PRESETS, **DIT_PRESETS, **DIFFIT_PRESETS, **DIGITS_PRESETS}
+PRESETS: Dict[str, Tuple[type, dict]] = {
+    **XSWIN_PRESETS, **DIT_PRESETS, **DIFFIT_PRESETS, **ASCEND_PRESETS, **IUVIT_PRESETS, **DIGITS_PRESETS,
+}
 
 
 def list_models() -> List[str]:
