@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report samples, scored against the held-out digits (default: as many as those, 359)")
     r.add_argument("--selection-samples", type=positive_int, default=150,
                    help="samples per CFG of the sweep, scored by FID against the training split (default 150)")
-    r.add_argument("--cfg-sweep", type=_cfg_list, default=[1.0, 2.0, 3.0], help="guidance scales (default 1,2,3)")
+    r.add_argument("--cfg-sweep", type=_cfg_list, default=[1.0, 2.0, 4.0], help="guidance scales (default 1,2,4)")
     return p
 
 
@@ -130,6 +130,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     samplers = FLOW_SAMPLERS if args.objective == "flow" else SAMPLERS
     if args.sampler is not None and args.sampler not in samplers:
         p.error(f"--sampler {args.sampler} does not fit --objective {args.objective}: use one of {', '.join(samplers)}")
+    if args.lr <= 0 or not 0 <= args.ema_decay <= 1:
+        p.error(f"--lr must be > 0 and --ema-decay in [0, 1], got {args.lr:g} and {args.ema_decay:g}")
     if args.warmup < 0 or args.warmup >= args.steps:
         p.error(f"--warmup must be in [0, --steps), got {args.warmup}")
     if args.num_samples is not None and args.num_samples < 2 or args.selection_samples < 2:
@@ -306,6 +308,13 @@ def git_commit() -> str:
 def run_cell(out: Path, model: str, seed: int, args: argparse.Namespace, threads: int) -> None:
     """Train (or resume) and score one cell, then write its cell.json; a cell with one is kept."""
     run = cell_dir(out, model, seed)
+    overrides = args.model_kwargs.get(model, {})
+    if (run / "config.json").is_file():
+        saved = json.loads((run / "config.json").read_text())["model_kwargs"]
+        saved = {k: v for k, v in saved.items() if k not in DIGITS_SHAPE}
+        if saved != overrides:
+            raise ConfigError(f"{run} was built with --model-kwargs {json.dumps(saved)}, not {json.dumps(overrides)}: "
+                              "pass the same, or another --out")
     if (run / "cell.json").is_file():
         print(f"{run.name}: finished earlier, kept", flush=True)
         return
@@ -319,7 +328,7 @@ def run_cell(out: Path, model: str, seed: int, args: argparse.Namespace, threads
     sessions = json.loads((run / "training_sessions.json").read_text()) if (run / "training_sessions.json").is_file() else []
     train_seconds = sum(s["seconds"] for s in sessions)
     cell = dict(
-        model=model, seed=seed, params=count_parameters(model, args.model_kwargs.get(model, {})),
+        model=model, seed=seed, params=count_parameters(model, overrides),
         # over the recorded sessions only: a killed session's steps are trained again after the resume
         train_images_per_s=sum(s["images"] for s in sessions) / train_seconds if train_seconds else None,
         train_seconds=train_seconds, eval_seconds=time.perf_counter() - began, **result,

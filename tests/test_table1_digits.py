@@ -107,10 +107,12 @@ def test_a_killed_cell_resumes_from_its_checkpoint_exactly(table1, experiment):
     assert other.stat().st_mtime_ns == other_mtime
 
 
-def test_another_recipe_in_the_same_folder_is_refused(table1, experiment):
+def test_another_recipe_or_model_in_the_same_folder_is_refused(table1, experiment):
     argv, out, _ = experiment
     with pytest.raises(SystemExit, match=r"holds cells of another recipe \(steps 2 -> 3\)"):
         table1[0].main([*argv, "--steps", "3"])
+    with pytest.raises(SystemExit, match=r"XSwin-digits-seed0 was built with --model-kwargs \{\}, not \{\"depth"):
+        table1[0].main([*argv, "--model-kwargs", 'XSwin-digits={"depths": [1, 1], "num_heads": [1, 2]}'])
 
 
 def fake_cell(model, seed, fid, speed):
@@ -152,6 +154,7 @@ def test_the_digits_presets_match_xswin_digits_within_10_percent(name):
     (["--model-kwargs", "DiT-digits=[1]"], "expected NAME=JSON object"),
     (["--warmup", "400"], r"--warmup must be in \[0, --steps\)"),
     (["--sampler", "euler"], "does not fit --objective eps"),
+    (["--lr", "0"], "--lr must be > 0"),
 ])
 def test_bad_arguments_fail_in_one_line(table1, argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
