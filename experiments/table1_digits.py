@@ -20,10 +20,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from xswin_fast.checkpoints import list_checkpoints, load_newest_checkpoint
 from xswin_fast.cli.user_errors import ArgumentParser, exit_on_user_error, finite_float, positive_int
@@ -76,7 +77,7 @@ def _cfg_list(value: str) -> List[float]:
     return sorted(set(scales))
 
 
-def _model_kwargs(value: str) -> tuple:
+def _model_kwargs(value: str) -> Tuple[str, Dict[str, Any]]:
     name, sep, spec = value.partition("=")
     try:
         kwargs = json.loads(spec) if sep else None
@@ -213,9 +214,10 @@ def train_cell(run: Path, model: str, seed: int, args: argparse.Namespace, threa
     status = train(config, resume)
     seconds = time.perf_counter() - began
     end = trained_step(run)
-    if status != 0 or end < args.steps:
-        raise SystemExit(f"{PROG}: {run.name} stopped at step {end} of {args.steps} (status {status}, see {run / 'log.txt'});"
-                         " run the same command again to resume it")
+    if status != 0:  # a non-finite loss or weights: resuming would only repeat it
+        raise SystemExit(f"{PROG}: {run.name} failed at step {end} of {args.steps} (status {status}): see {run / 'log.txt'}")
+    if end < args.steps:  # SIGINT or SIGTERM: the trainer saved a checkpoint
+        raise SystemExit(f"{PROG}: {run.name} stopped at step {end} of {args.steps}; run the same command again to resume it")
     sessions_path = run / "training_sessions.json"
     sessions = json.loads(sessions_path.read_text()) if sessions_path.is_file() else []
     sessions.append(dict(steps=end - start, images=(end - start) * args.batch_size, seconds=seconds))
@@ -228,8 +230,8 @@ def draw_labels(labels: List[int], n: int, seed: int) -> List[int]:
     return [labels[i] for i in rng.permutation(np.resize(np.arange(len(labels)), n))]
 
 
-def training_split(run: Path) -> tuple:
-    """(uint8 (N, 1, 8, 8) images, labels) of the run's training split (the complement of split.json's held-out digits)."""
+def training_split(run: Path) -> Tuple[torch.Tensor, List[int]]:
+    """(uint8 (N, 1, 8, 8) images, N labels) of the run's training split: the digits split.json does not hold out."""
     split = json.loads((run / "split.json").read_text())
     held = set(int(i) for i in split["eval"])
     train_ids = [i for i in range(len(DigitsDataset().all_targets)) if i not in held]
@@ -246,8 +248,9 @@ class Scorer:
         self.run, self.args = load_run(str(run), args.device, backend=backend), args
         self.sampler = args.sampler or self.run.diffusion.default_sampler
 
-    def sample(self, labels: List[int], cfg: float, seed: int) -> tuple:
-        """(uint8 images, seconds) of ``labels`` at guidance ``cfg``."""
+    def sample(self, labels: List[int], cfg: float, seed: int) -> Tuple[torch.Tensor, float]:
+        """(uint8 (N, 1, 8, 8) images on the CPU, seconds taken) for N ``labels`` at guidance ``cfg``,
+        all noise drawn from one generator seeded with ``seed``."""
         run = self.run
         began = time.perf_counter()
         images = generate(run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=self.sampler,
@@ -255,7 +258,9 @@ class Scorer:
                           autocast_dtype=autocast_dtype("auto", run.device))
         return images, time.perf_counter() - began
 
-    def score(self, images: torch.Tensor, reference) -> Dict[str, float]:
+    def score(self, images: torch.Tensor, reference: Dataset) -> Dict[str, float]:
+        """FID, IS, KID, precision and recall of uint8 (N, 1, H, W) ``images`` against ``reference``
+        (a dataset of uint8 (3, H, W) images), on digits-cnn features."""
         result = compute_metrics(TensorImageDataset(images), reference, feature_extractor="digits",
                                  weights_path=self.args.digits_extractor_weights, device=self.args.device)
         return {k: result[k] for k in METRIC_NAMES}
