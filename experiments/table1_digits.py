@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=positive_int, default=400, help="optimizer steps (default 400)")
     r.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
     r.add_argument("--lr", type=finite_float, default=2e-3, help="AdamW learning rate (default 2e-3)")
-    r.add_argument("--warmup", type=int, default=50, help="linear warm-up steps, then cosine decay to 0 (default 50)")
+    r.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (default 50)")
+    r.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after warm-up: cosine decay to 0 at --steps (default) or constant")
     r.add_argument("--ema-decay", type=finite_float, default=0.9999, help="EMA decay, with warm-up (default 0.9999)")
     r.add_argument("--objective", choices=OBJECTIVES, default="eps", help="default eps (the paper's)")
     r.add_argument("--sampler", default=None, help="default: the objective's (ddpm for eps, euler for flow)")
@@ -143,10 +145,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def recipe_of(args: argparse.Namespace) -> Dict[str, Any]:
     """What makes cells comparable: every setting that changes a cell's numbers."""
-    keys = ("steps", "batch_size", "lr", "warmup", "ema_decay", "objective", "sampler", "sample_steps",
+    keys = ("steps", "batch_size", "lr", "warmup", "lr_schedule", "ema_decay", "objective", "sampler", "sample_steps",
             "num_samples", "selection_samples", "cfg_sweep")
     recipe = {k: getattr(args, k) for k in keys}
-    recipe.update(lr_schedule="cosine", ema_warmup=True, max_grad_norm=1.0, selection_metric="fid")
+    recipe.update(ema_warmup=True, max_grad_norm=1.0, selection_metric="fid")
     return recipe
 
 
@@ -206,7 +208,7 @@ def train_cell(run: Path, model: str, seed: int, args: argparse.Namespace, threa
     else:
         config, resume = new_run_config(dict(
             ops, model=model, model_kwargs=args.model_kwargs.get(model, {}), global_seed=seed, run_dir=str(run),
-            global_batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.warmup, lr_schedule="cosine",
+            global_batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.warmup, lr_schedule=args.lr_schedule,
             ema_decay=args.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective=args.objective, device=args.device,
             threads=threads, sample_every=0, sample_num=10, sample_steps=args.sample_steps, sample_sampler=args.sampler,
         )), None

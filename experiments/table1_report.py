@@ -70,9 +70,10 @@ def format_cell(summary: Optional[Dict[str, Any]], decimals: int) -> str:
 
 def _recipe_line(recipe: Dict[str, Any]) -> str:
     sampler = recipe["sampler"] or ("ddpm" if recipe["objective"] == "eps" else "euler")
+    decay = "cosine decay to 0" if recipe["lr_schedule"] == "cosine" else "constant"
     return (
         f"{recipe['steps']} steps at batch {recipe['batch_size']}, AdamW lr {recipe['lr']:g} with {recipe['warmup']} "
-        f"warm-up steps then cosine decay to 0, gradient clipping {recipe['max_grad_norm']:g}, EMA {recipe['ema_decay']} "
+        f"warm-up steps then {decay}, gradient clipping {recipe['max_grad_norm']:g}, EMA {recipe['ema_decay']} "
         f"with warm-up, objective {recipe['objective']}; {sampler} sampler, {recipe['sample_steps']} steps. CFG selected "
         f"per cell by the lowest FID of {recipe['selection_samples']} samples against the training split among "
         f"{', '.join(f'{c:g}' for c in recipe['cfg_sweep'])}; reported metrics from other samples against the held-out digits."
