@@ -3,6 +3,7 @@
 #               write a sample grid and a loss curve into results/NNN-XSwin-digits/
 #   make test   install the test dependencies and run the test suite
 #   make bench  install the benchmark dependencies and run the benchmark suite
+#   make table1 the X-Swin report's Table 1 on the digits (docs/table1.md)
 # torch 2.13.0 pins triton 3.7.1; naming both keeps pip from pulling a newer torch (and its
 # CUDA wheels) on CPU-only machines.
 PYTHON ?= python3
@@ -36,6 +37,14 @@ BENCH_ARGS ?=
 bench: install-bench
 	env -u TRITON_INTERPRET $(PY) -m pytest benchmarks/ --benchmark-only $(BENCH_ARGS)
 
+# docs/table1.md: XSwin, USwin, UViT and DiT trained alike on the digits, 3 seeds each, into
+# results/table1-digits/ (about 60-75 minutes on 2 CPU cores; the same command resumes it).
+# Extra flags in TABLE1_ARGS, e.g. TABLE1_ARGS="--seeds 5 --device cuda".
+TABLE1_ARGS ?=
+table1: $(VENV)/bin/activate
+	$(PIP) install -q "torch==2.13.0" "triton==3.7.1" -e ".[eval]"
+	$(PY) experiments/table1_digits.py $(TABLE1_ARGS)
+
 # docs/gpu_fitness.md: registers, spills, shared memory and occupancy of every kernel configuration
 # on sm_90a and sm_80 (ptxas ships in the triton wheel), with the rules CI enforces (--check)
 COMPILE_CHECK_ARGS ?= --check
@@ -48,4 +57,4 @@ GPU_SESSION_ARGS ?=
 gpu-session: install-bench
 	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_session.py $(GPU_SESSION_ARGS)
 
-.PHONY: install install-test install-bench train test bench compile-check gpu-session
+.PHONY: install install-test install-bench train test bench table1 compile-check gpu-session

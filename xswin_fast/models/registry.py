@@ -8,14 +8,32 @@ from typing import Dict, List, Tuple
 
 from .ascend import ASCEND_PRESETS
 from .diffit import DIFFIT_PRESETS
-from .dit import DIT_PRESETS
+from .dit import DIT_PRESETS, DiT, UViT
 from .iuvit import IUVIT_PRESETS
-from .xswin import XSWIN_PRESETS, XSwin
+from .xswin import XSWIN_PRESETS, USwin, XSwin
 
 # train.py's built-in job: sklearn's 8x8 digits at their native size, 1 channel, 10 classes.
 # Patch 1 and 2x2 windows over an 8x8 map with the global bottleneck at 4x4 tokens: the token
 # geometry of the X-Swin paper's 8x8x4 latents, at a width that trains in minutes on a CPU.
+_SWIN_DIGITS = dict(
+    input_size=8, patch_size=1, in_channels=1, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
+    window_size=2, bottleneck_depth=1, num_classes=10, stochastic_depth_prob=0.0,
+)
+# The Table-1 baselines at the digits' scale (experiments/table1_digits.py, docs/table1.md), each
+# within 10% of XSwin-digits' 0.75M parameters. USwin is XSwin without the cross-attention skips,
+# as in the paper's ablation (-4.5%). DiT and UViT take patch 1: the DiT paper's FID improves with
+# every halving of the patch at fixed parameters, an 8x8 grid affords the 64 tokens, and every
+# model then sees one token per pixel; width 64 is XSwin-digits' bottleneck width, head dim 32 its
+# own, and 9 blocks match the parameters (DiT -5.8%, UViT -1.3% with its skip projections).
+_VIT_DIGITS = dict(input_size=8, patch_size=1, in_channels=1, hidden_size=64, depth=9, num_heads=2, num_classes=10)
 DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
+    "XSwin-digits": (XSwin, dict(_SWIN_DIGITS)),
+    "USwin-digits": (USwin, dict(_SWIN_DIGITS)),
+    "UViT-digits": (UViT, dict(_VIT_DIGITS)),
+    "DiT-digits": (DiT, dict(_VIT_DIGITS)),
+}
+
+PRESETS: Dict[str, Tuple[type, dict]] = {
     "XSwin-digits": (
         XSwin,
         dict(
