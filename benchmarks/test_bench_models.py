@@ -33,12 +33,12 @@ import torch
 
 import benchutils as bu
 from xswin_fast import create_model
-from xswin_fast.models import PRESETS
+from xswin_fast.models.registry import DIGITS_PRESETS, PIXEL_PRESETS, PRESETS
 from xswin_fast.flops import count_parameters, forward_flops
 
 FAMILIES = ("XSwin", "USwin", "DiT", "UViT")
-# pixel-space presets (3 channels, no VAE), each benchmarked at its own input_size
-PIXEL_PRESETS = ("DiffiT-CIFAR10", "ASCEND-32", "IUViT-CIFAR10", "DiffiT-FFHQ64", "ASCEND-64", "IUViT-CelebA64", "ASCEND-256")
+# the papers' pixel-space presets (3 channels, no VAE), each at its own input_size; not the digits
+PAPER_PIXEL_PRESETS = tuple(name for name in PIXEL_PRESETS if name not in DIGITS_PRESETS)
 GPU_SIZES, CPU_SIZES = ("S", "B"), ("S",)
 GPU_LATENTS, CPU_LATENTS = (32, 64, 128), (16,)
 # images per step on a GPU (the same for every model at a latent size); the CPU uses 1
@@ -60,7 +60,7 @@ def pytest_generate_tests(metafunc):
     latents = _csv(metafunc.config.getoption("--bench-latents"), GPU_LATENTS if on_gpu or cpu_full else CPU_LATENTS, int)
     cases = [(f"{fam}-{size}/2", latent) for size in sizes for fam in FAMILIES for latent in latents]
     if on_gpu or cpu_full:
-        cases += [("DiffiT-latent-XL/2", 32)] + [(name, PRESETS[name][1]["input_size"]) for name in PIXEL_PRESETS]
+        cases += [("DiffiT-latent-XL/2", 32)] + [(name, PRESETS[name][1]["input_size"]) for name in PAPER_PIXEL_PRESETS]
     else:
         cases += [("DiffiT-CIFAR10", 16)]
     ids = [f"{n}-{'px' if n in PIXEL_PRESETS else 'lat'}{lat}" for n, lat in cases]

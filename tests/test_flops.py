@@ -53,3 +53,12 @@ def test_counts_a_bfloat16_model():
     with torch.device("meta"):
         model = create_model("DiT-S/2").to(torch.bfloat16)
     assert forward_flops(model, 32) == 2 * dit_forward_macs(L=256, D=384, depth=12, p=2)
+
+
+def test_preset_table_counts_pixel_presets_at_their_own_size():
+    # a pixel-space preset is not a latent: built at its input_size whatever image_size says
+    table = preset_table(512, ["DiffiT-CIFAR10", "XSwin-digits"])
+    with torch.device("meta"):
+        cifar = create_model("DiffiT-CIFAR10")
+    assert f"| DiffiT-CIFAR10 (32-px images) | {count_parameters(cifar) / 1e6:.2f} | {forward_flops(cifar, 32) / 1e9:.2f} |" in table
+    assert "| XSwin-digits (8-px images) |" in table

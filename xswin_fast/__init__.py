@@ -1,4 +1,5 @@
-"""xswin_fast: fast hierarchical Swin U-Net diffusion backbones (XSwin, USwin) with Triton kernels.
+"""xswin_fast: fast window-attention diffusion backbones (XSwin, USwin; DiT, UViT; DiffiT, ASCEND,
+IU-ViT) with Triton kernels.
 
     from xswin_fast import XSwin, create_model
     model = create_model("XSwin-S/2", input_size=32, num_classes=1000)
@@ -6,7 +7,9 @@
     model.save_pretrained("my-model"); model = xswin_fast.from_pretrained("my-model")
 """
 from . import ops
-from .models import DiT, USwin, UViT, XSwin, create_model, from_pretrained, list_models
+from .models import (
+    ASCEND, DiffiT, DiT, IUViT, LatentDiffiT, USwin, UViT, XSwin, create_model, from_pretrained, list_models,
+)
 
 __version__ = "0.1.0"
 
@@ -23,4 +26,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'xswin_fast' has no attribute {name!r}")
 
 
-__all__ = ["ops", "XSwin", "USwin", "DiT", "UViT", "create_model", "list_models", "from_pretrained", *_PIPELINES, "__version__"]
+__all__ = [
+    "ops", "XSwin", "USwin", "DiT", "UViT", "DiffiT", "LatentDiffiT", "ASCEND", "IUViT", "create_model", "list_models",
+    "from_pretrained", *_PIPELINES, "__version__",
+]

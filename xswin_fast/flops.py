@@ -5,7 +5,8 @@
 decomposes into counted matmuls (docs/design.md §5). Counting runs on the meta device: no memory,
 no compute.
 
-    python -m xswin_fast.flops            # markdown table of every preset at 256 px
+    python -m xswin_fast.flops            # markdown table of every latent preset at 256 px
+    python -m xswin_fast.flops --models ASCEND-32 DiffiT-CIFAR10   # pixel-space presets at their size
 """
 import argparse
 from typing import Optional
@@ -41,28 +42,31 @@ def forward_flops(model: torch.nn.Module, latent_size: int, batch: int = 2) -> f
 
 
 def preset_table(image_size: int = 256, names: Optional[list] = None) -> str:
-    """Markdown table: preset, parameters (M), forward GFLOPs per image at ``image_size`` px (a
-    multiple of 8: the SD VAE's latent is 1/8 of it)."""
-    from .models.registry import PRESETS, create_model
+    """Markdown table: preset, parameters (M), forward GFLOPs per image. Latent presets are
+    counted at ``image_size`` px (a multiple of 8: the SD VAE's latent is 1/8 of it), pixel-space
+    presets (``PIXEL_PRESETS``) at their own ``input_size``, named so in the table. ``names``
+    (list of str or None): the presets; None is every latent preset."""
+    from .models.registry import PIXEL_PRESETS, PRESETS, create_model
 
     if checks.integer("image_size", image_size) % 8:
         raise ValueError(f"image_size must be a multiple of 8 (the SD VAE's downsampling), got {image_size}")
-    latent = image_size // 8
     rows = ["| preset | params (M) | GFLOPs / image |", "|---|---:|---:|"]
-    for name in names or list(PRESETS):
-        overrides = {"input_size": latent}
+    for name in names or [n for n in PRESETS if n not in PIXEL_PRESETS]:
+        pixels = name in PIXEL_PRESETS
         with torch.device("meta"):
-            model = create_model(name, **overrides)
-        rows.append(
-            f"| {name} | {count_parameters(model) / 1e6:.2f} | {forward_flops(model, latent) / 1e9:.2f} |"
-        )
+            model = create_model(name) if pixels else create_model(name, input_size=image_size // 8)
+        size = model.input_size
+        label = f"{name} ({size}-px images)" if pixels else name
+        rows.append(f"| {label} | {count_parameters(model) / 1e6:.2f} | {forward_flops(model, size) / 1e9:.2f} |")
     return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-size", type=int, default=256, help="pixels; the latent is 1/8 of it (SD VAE)")
-    parser.add_argument("--models", nargs="*", default=None, help="preset names (default: all)")
+    parser.add_argument("--image-size", type=int, default=256,
+                        help="pixels of the latent presets; the latent is 1/8 of it (SD VAE)")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="preset names (default: every latent preset; pixel-space ones at their own size)")
     args = parser.parse_args()
     try:
         print(preset_table(args.image_size, args.models))

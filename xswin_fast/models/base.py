@@ -36,7 +36,7 @@ def _register_outermost(init):
 
 
 class DiffusionBackbone(ModelMixin, ConfigMixin):
-    """Base class of XSwin, USwin, DiT and UViT.
+    """Base class of every backbone: XSwin, USwin, DiT, UViT, DiffiT, LatentDiffiT, ASCEND and IUViT.
 
     Subclasses set ``in_channels``, ``out_channels``, ``learn_sigma``, ``num_classes`` and
     ``y_embedder`` and implement ``forward(x, t, y)`` with x (B, in_channels, H, W) latents,

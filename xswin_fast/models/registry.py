@@ -34,18 +34,14 @@ DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
 }
 
 PRESETS: Dict[str, Tuple[type, dict]] = {
-    "XSwin-digits": (
-        XSwin,
-        dict(
-            input_size=8, patch_size=1, in_channels=1, embed_dim=32, depths=(2, 2), num_heads=(1, 2),
-            window_size=2, bottleneck_depth=1, num_classes=10, stochastic_depth_prob=0.0,
-        ),
-    ),
-}
-
-PRESETS: Dict[str, Tuple[type, dict]] = {
     **XSWIN_PRESETS, **DIT_PRESETS, **DIFFIT_PRESETS, **ASCEND_PRESETS, **IUVIT_PRESETS, **DIGITS_PRESETS,
 }
+# Presets that model pixels at their own input_size (no VAE): the papers' CIFAR/FFHQ/CelebA
+# models and the digits. Every other preset models SD-VAE latents (1/8 of the image size).
+PIXEL_PRESETS: Tuple[str, ...] = (
+    "DiffiT-CIFAR10", "DiffiT-FFHQ64", "ASCEND-32", "ASCEND-64", "ASCEND-256", "IUViT-CIFAR10", "IUViT-CelebA64",
+    *DIGITS_PRESETS,
+)
 
 
 def list_models() -> List[str]:
