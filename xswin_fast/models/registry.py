@@ -6,10 +6,10 @@ comes from here.
 """
 from typing import Dict, List, Tuple
 
-from .ascend import ASCEND_PRESETS
-from .diffit import DIFFIT_PRESETS
+from .ascend import ASCEND, ASCEND_PRESETS
+from .diffit import DIFFIT_PRESETS, DiffiT
 from .dit import DIT_PRESETS, DiT, UViT
-from .iuvit import IUVIT_PRESETS
+from .iuvit import IUVIT_PRESETS, IUViT
 from .xswin import XSWIN_PRESETS, USwin, XSwin
 
 # train.py's built-in job: sklearn's 8x8 digits at their native size, 1 channel, 10 classes.
@@ -26,11 +26,23 @@ _SWIN_DIGITS = dict(
 # model then sees one token per pixel; width 64 is XSwin-digits' bottleneck width, head dim 32 its
 # own, and 9 blocks match the parameters (DiT -5.8%, UViT -1.3% with its skip projections).
 _VIT_DIGITS = dict(input_size=8, patch_size=1, in_channels=1, hidden_size=64, depth=9, num_heads=2, num_classes=10)
+# The other papers' backbones at the same scale and token layout (patch 1 or none, 2x2 windows):
+# DiffiT's window-TMSA U-Net over 8, 4, 2-token maps (-0.1%), ASCEND's Swin-pair encoder on two
+# 32-channel levels (+8.5%), IU-ViT as UViT-digits with 13 blocks (+1.0%).
 DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
     "XSwin-digits": (XSwin, dict(_SWIN_DIGITS)),
     "USwin-digits": (USwin, dict(_SWIN_DIGITS)),
     "UViT-digits": (UViT, dict(_VIT_DIGITS)),
     "DiT-digits": (DiT, dict(_VIT_DIGITS)),
+    "DiffiT-digits": (DiffiT, dict(
+        input_size=8, in_channels=1, channels=(32, 64, 64), depths=(1, 2, 1), num_heads=(1, 2, 2), window_size=2,
+        time_dim=64, num_classes=10,
+    )),
+    "ASCEND-digits": (ASCEND, dict(
+        input_size=8, in_channels=1, channels=32, channel_mult=(1, 1), depth=2, attention_downsample=(1, 2),
+        head_channels=32, window_size=2, dropout=0.0, num_classes=10,
+    )),
+    "IUViT-digits": (IUViT, dict(_VIT_DIGITS, depth=13)),
 }
 
 PRESETS: Dict[str, Tuple[type, dict]] = {
