@@ -28,10 +28,10 @@ softmax statistics are recomputed and delta = rowsum(P * dP) comes from the tile
 dq, dk and dv of its tokens once. The relative-position-bias gradient and the logit-scale
 gradient are sums over every window and batch: each program accumulates its share in fp32
 registers (fp64 for fp64 inputs) and writes one partial, and the partials are summed by torch
-in a fixed order. No atomics: gradients are bitwise reproducible. 16-bit tiles of 64 tokens with
-a bias gradient take two such walks (``SPLIT_BACKWARD``, chosen by ``backward_passes``): a dq
-pass with the bias partials and a dk/dv pass with the logit-scale partials, so that neither
-holds more tiles than fit in 255 registers on sm_90a.
+in a fixed order. No atomics: gradients are bitwise reproducible. Tiles of 64 tokens with a
+bias gradient at d >= 32 (fp16, bf16, fp32) take two such walks (``SPLIT_BACKWARD``,
+chosen by ``backward_passes``): a dq pass with the bias partials and a dk/dv pass with the
+logit-scale partials, so that neither holds more tiles than fit in 255 registers on sm_90a.
 
 Isolation. A packed tile holds several windows, possibly of different samples. A masked or
 foreign key contributes exactly nothing, forward and backward: probabilities, dp and ds are
@@ -584,15 +584,12 @@ def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool
     # scores takes 32 registers per thread in every layout Triton gives it; one pass over 64-token
     # tiles that also holds the bias-gradient accumulator and the dk, dv and dq tiles spilled on
     # 16-bit inputs from d = 32 on, while each half of the split fits. fp32 (IEEE products, no
-    # tensor cores) spills at 255 registers either way, but fused at d = 64 ptxas fell back to 32
-    # registers and 18 KB of spill.
-    if dtype in (torch.float16, torch.bfloat16):
-        min_block_d = 32
-    elif dtype == torch.float32:
-        min_block_d = 64
-    else:
+    # tensor cores) spills either way, less split: fused, ptxas fell back to 32 registers and
+    # 18 KB of spill at d = 64 and spilled 0.9 KB at d = 32 (split: 128 registers without spill
+    # and 255 with 0.3 KB).
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return FUSED_BACKWARD
-    if need_dbias and plan.BN >= 64 and _block_d(d) >= min_block_d:
+    if need_dbias and plan.BN >= 64 and _block_d(d) >= 32:
         return SPLIT_BACKWARD
     return FUSED_BACKWARD
 

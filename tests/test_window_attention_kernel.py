@@ -78,8 +78,8 @@ CASES = {
     "8x8-w8-self-cos-bias-d64-fp32": (2, 8, 8, (8, 8), (0, 0), 2, 64, False, "cos", True, FP32),
     "12x12-w8-s4-pad-self-dot-bias-fp32": (1, 12, 12, (8, 8), (4, 4), 1, 32, False, "dot", True, FP32),
     "16x16-w8-s4-cross-cos-bias-fp16": (1, 16, 16, (8, 8), (4, 4), 2, 16, True, "cos", True, FP16),
-    # 16-bit 64-token tiles of d >= 32 with a bias gradient: the split backward (dq, then dk and dv;
-    # fp32 from d = 64: 8x8-w8-self-cos-bias-d64-fp32 above)
+    # 64-token tiles of d >= 32 with a bias gradient: the split backward (dq, then dk and dv; in
+    # fp32 too: 8x8-w8-self-cos-bias-d64-fp32 and 12x12-w8-s4-pad-self-dot-bias-fp32 above)
     "16x16-w8-s4-self-cos-bias-d32-bf16": (1, 16, 16, (8, 8), (4, 4), 2, 32, False, "cos", True, BF16),
     "8x8-w8-self-cos-bias-d64-fp16": (1, 8, 8, (8, 8), (0, 0), 2, 64, False, "cos", True, FP16),
     # windows of more than 64 tokens: query blocks of 64 rows
@@ -196,7 +196,7 @@ def test_backward_passes_split_only_tiles_of_64_tokens_with_a_bias_gradient():
     assert wa.backward_passes(wide, 32, FP16, True) == wa.SPLIT_BACKWARD
     assert wa.backward_passes(wide, 64, FP32, True) == wa.SPLIT_BACKWARD
     assert wa.backward_passes(wide, 16, BF16, True) == wa.FUSED_BACKWARD
-    assert wa.backward_passes(wide, 32, FP32, True) == wa.FUSED_BACKWARD
+    assert wa.backward_passes(wide, 32, FP32, True) == wa.SPLIT_BACKWARD
     assert wa.backward_passes(wide, 64, FP64, True) == wa.FUSED_BACKWARD
     assert wa.backward_passes(wide, 64, BF16, False) == wa.FUSED_BACKWARD
     assert wa.backward_passes(small, 64, BF16, True) == wa.FUSED_BACKWARD
