@@ -62,6 +62,15 @@ def _ptrs(base, i_b, o_t, o_c, s_b, s_t, s_c):
 
 
 @triton.jit
+def _tile_tokens(i_p, TILES, i_it, BT: tl.constexpr):
+    # [BT] tokens of tile i_it of program i_p (TILES tiles of BT tokens per program). Written as a
+    # multiple of BT, not as i_p * TPP: the compiler then proves BT-token alignment, so a
+    # channels-first map (tokens contiguous) is read in vectors whatever the runtime TPP is (at
+    # a TPP not divisible by 16 it fell back to scalar 16-bit loads, 255 registers and spills).
+    return (i_p * TILES + i_it) * BT + tl.arange(0, BT)
+
+
+@triton.jit
 def _normalize(b_x, m, C, eps):
     # [BT, BC] rows of b_x (zero where masked) -> (x - mean) * rstd (zero where masked), [BT] rstd
     b_mean = tl.sum(b_x, axis=1) / C
@@ -96,8 +105,8 @@ def modulate_fwd_kernel(
     # [BC]
     b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
     b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
@@ -128,8 +137,8 @@ def modulate_bwd_kernel(
     b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
     b_dshift = tl.zeros([BC], dtype=tl.float32)
     b_dscale = tl.zeros([BC], dtype=tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
@@ -166,8 +175,8 @@ def gated_residual_fwd_kernel(
     m_c = o_c < C
     # [BC]
     b_gate = tl.load(gate + i_b * s_gate + o_c, mask=m_c, other=0.0).to(tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
@@ -195,8 +204,8 @@ def gated_residual_bwd_kernel(
     # [BC]
     b_gate = tl.load(gate + i_b * s_gate + o_c, mask=m_c, other=0.0).to(tl.float32)
     b_dgate = tl.zeros([BC], dtype=tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
@@ -230,8 +239,8 @@ def modulate_layernorm_fwd_kernel(
         b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
     if HAS_B:
         b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
@@ -271,8 +280,8 @@ def modulate_layernorm_bwd_kernel(
     b_dscale = tl.zeros([BC], dtype=tl.float32)
     b_dw = tl.zeros([BC], dtype=tl.float32)
     b_db = tl.zeros([BC], dtype=tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
@@ -323,8 +332,8 @@ def residual_layernorm_fwd_kernel(
         b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
     if HAS_KEEP:
         b_keep = tl.load(keep + i_b * s_keep).to(tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
@@ -371,8 +380,8 @@ def residual_layernorm_bwd_kernel(
     b_dw = tl.zeros([BC], dtype=tl.float32)
     b_db = tl.zeros([BC], dtype=tl.float32)
     b_dkeep = tl.zeros([BC], dtype=tl.float32)
-    for i_t in range(0, TPP, BT):
-        o_t = i_p * TPP + i_t + tl.arange(0, BT)
+    for i_it in range(0, TPP // BT):
+        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
         m = (o_t < T)[:, None] & m_c[None, :]
         # [BT, BC]
         b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)

@@ -28,7 +28,10 @@ softmax statistics are recomputed and delta = rowsum(P * dP) comes from the tile
 dq, dk and dv of its tokens once. The relative-position-bias gradient and the logit-scale
 gradient are sums over every window and batch: each program accumulates its share in fp32
 registers (fp64 for fp64 inputs) and writes one partial, and the partials are summed by torch
-in a fixed order. No atomics: gradients are bitwise reproducible.
+in a fixed order. No atomics: gradients are bitwise reproducible. Tiles of 64 tokens with a
+bias gradient at d >= 32 (fp16, bf16, fp32) take two such walks (``SPLIT_BACKWARD``,
+chosen by ``backward_passes``): a dq pass with the bias partials and a dk/dv pass with the
+logit-scale partials, so that neither holds more tiles than fit in 255 registers on sm_90a.
 
 Isolation. A packed tile holds several windows, possibly of different samples. A masked or
 foreign key contributes exactly nothing, forward and backward: probabilities, dp and ds are
@@ -58,6 +61,10 @@ __all__ = [
     "unsupported_reason",
     "MaskMode",
     "TilePlan",
+    "BackwardPass",
+    "FUSED_BACKWARD",
+    "SPLIT_BACKWARD",
+    "backward_passes",
     "MAX_HEAD_DIM",
     "MAX_WINDOW_TOKENS",
 ]
@@ -162,9 +169,9 @@ def _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT: tl.constexpr, SHIFTED: tl.co
 
 
 @triton.jit
-def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
+def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
             m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
-            WPT: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            N: tl.constexpr, WPT: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
             MASK_MODE: tl.constexpr, SHIFTED: tl.constexpr,
             ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     # [BM, BN] raw products q.k (cosine: of the L2-normalised q, k)
@@ -174,8 +181,10 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
     # [BM, BN] scores in log2 units, so that the softmax runs on exp2
     b_s = b_c * (b_scale * _LOG2E)
     if HAS_BIAS:
-        # o_qn, o_kn < N always: the gather is in bounds without a mask
-        b_s += tl.load(bias + o_qn[:, None] * s_bi + o_kn[None, :] * s_bj).to(ACC) * _LOG2E
+        # this head's contiguous [N, N] bias: with constexpr strides a thread's addresses are one
+        # base plus constant offsets, not a hoisted [BM, BN] tile of 64-bit pointers (32 registers
+        # a thread on a 64-token tile). o_qn, o_kn < N always: in bounds without a mask.
+        b_s += tl.load(bias + o_qn[:, None] * N + o_kn[None, :]).to(ACC) * _LOG2E
     if MASK_MODE == _MASK_ALWAYS:
         m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
         b_s = tl.where(m_a, b_s, float("-inf"))
@@ -204,7 +213,7 @@ def window_attn_fwd_kernel(
     s_kb, s_kh, s_kw, s_kn, s_kd,
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
-    s_bn, s_bi, s_bj, s_ls,
+    s_ls,
     H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
@@ -226,7 +235,7 @@ def window_attn_fwd_kernel(
         b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
     else:
         b_scale = scale
-    bias += i_hd.to(tl.int64) * s_bn
+    bias += i_hd.to(tl.int64) * (N * N)
     for i_it in range(TILES):
         i_tile = i_p * TILES + i_it
         # [BN] key tokens
@@ -252,9 +261,9 @@ def window_attn_fwd_kernel(
             else:
                 b_rq = 1.0
             # [BM, BN]
-            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
-                               m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
-                               WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
+            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
+                          m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                          N, WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BM, BD]
             b_o = _isolated_dot(b_p.to(b_v.dtype), b_v, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
             p_o = o + _offsets(o_qb, o_qh, o_qw, s_ob, s_oh, s_ow)[:, None] + o_od[None, :]
@@ -269,15 +278,17 @@ def window_attn_bwd_kernel(
     s_vb, s_vh, s_vw, s_vn, s_vd,
     s_ob, s_oh, s_ow, s_on, s_od,
     s_gb, s_gh, s_gw, s_gn, s_gd,
-    s_bn, s_bi, s_bj, s_ls,
+    s_ls,
     H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
     NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
+    DQ: tl.constexpr, DKV: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
 ):
-    # do has strides s_o*; dq, dk and dv share the strides s_g*
+    # do has strides s_o*; dq, dk and dv share the strides s_g*. The launch writes dq (DQ) and/or
+    # dk and dv (DKV); the bias-gradient partials go with dq, the logit-scale ones with dk and dv.
     i_p, i_hd, n_hd = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
     SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
     o_d = tl.arange(0, BD)
@@ -294,7 +305,7 @@ def window_attn_bwd_kernel(
         b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
     else:
         b_scale = scale
-    bias += i_hd.to(tl.int64) * s_bn
+    bias += i_hd.to(tl.int64) * (N * N)
     # this program's partial sums, written once at the end (fixed order: deterministic)
     p_db = dbias_part + (i_p * n_hd + i_hd).to(tl.int64) * (NUM_QB * BM * BN)
     # [BM, BN]
@@ -315,11 +326,12 @@ def window_attn_bwd_kernel(
             b_rk = 1.0 / tl.maximum(b_nk, _EPS)
         else:
             b_rk = 1.0
-        # [BN, BD]
-        b_dk = tl.zeros([BN, BD], dtype=ACC)
-        b_dv = tl.zeros([BN, BD], dtype=ACC)
-        # [BN] column sums of dc * c (cosine: the key-norm term of dk)
-        b_dkn = tl.zeros([BN], dtype=ACC)
+        if DKV:
+            # [BN, BD] ds^T q (cosine: ds^T qn) and p^T do, and [BN] colsum(ds * c) (cosine), summed
+            # over the query blocks
+            b_dk = tl.zeros([BN, BD], dtype=ACC)
+            b_dv = tl.zeros([BN, BD], dtype=ACC)
+            b_dkn = tl.zeros([BN], dtype=ACC)
         if COSINE:
             b_kn = (b_k.to(ACC) * b_rk[:, None]).to(b_k.dtype)
         for i_qb in range(NUM_QB):
@@ -336,21 +348,30 @@ def window_attn_bwd_kernel(
             else:
                 b_rq = 1.0
             # [BM, BN]
-            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, s_bi, s_bj, o_qn, o_kn, i_tile, b_scale,
-                               m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
-                               WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
-            # [BN, BD]
-            b_dv += _isolated_dot(tl.trans(b_p.to(b_do.dtype)), b_do, o_ks, o_qs, WPT, ACC, UPCAST, PREC)
+            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
+                          m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                          N, WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
+            if DKV:
+                b_dv += _isolated_dot(tl.trans(b_p.to(b_do.dtype)), b_do, o_ks, o_qs, WPT, ACC, UPCAST, PREC)
             # [BM, BN] dp, then ds = dL/d(score) with delta = rowsum(p * dp) from the tile
             b_dp = _dot(b_do, tl.trans(b_v), ACC, UPCAST, PREC)
             if MASK_MODE == _MASK_ALWAYS:
-                # a masked or foreign key contributes exactly nothing (dp and c may be Inf there)
+                # a masked or foreign key contributes exactly nothing (dp may be Inf there)
                 m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
                 b_dp = tl.where(m_a, b_dp, 0.0)
-                b_c = tl.where(m_a, b_c, 0.0)
             b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 1)[:, None])
             if MASK_MODE == _MASK_ALWAYS:
                 b_ds = tl.where(m_a, b_ds, 0.0)
+            if COSINE and DKV:
+                # [BM, BN] ds * c in fp32: its column sums are the norm term of dk, its row sums the
+                # share of dtau (a sum that cancels, ds summing to 0 over each row: 16-bit products
+                # of ds would lose it)
+                b_dsc = b_ds * b_c
+                if MASK_MODE == _MASK_ALWAYS:
+                    b_dsc = tl.where(m_a, b_dsc, 0.0)
+                b_dkn += tl.sum(b_dsc, 0)
+                if HAS_DTEMP:
+                    b_dt += tl.sum(b_dsc, 1)
             if HAS_DBIAS:
                 if NUM_QB == 1:
                     b_db += b_ds
@@ -360,31 +381,34 @@ def window_attn_bwd_kernel(
                     tl.store(p_dbq, tl.load(p_dbq) + b_ds)
                     # the next window's read of these addresses must see this write
                     tl.debug_barrier()
+            b_dsh = b_ds.to(b_q.dtype)
             if COSINE:
-                if HAS_DTEMP:
-                    b_dt += tl.sum(b_ds * b_c, 1)
-                # [BM, BN] gradient of the cosine c = qn . kn
-                b_dc = b_ds * b_scale
-                b_dcc = b_dc * b_c
                 b_qn = b_q.to(ACC) * b_rq[:, None]
-                # [BM, BD] dq = (dqn - qn <qn, dqn>) / max(|q|, eps); the norm term vanishes when clamped
-                b_dq = _isolated_dot(b_dc.to(b_q.dtype), b_kn, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
-                b_dq -= b_qn * tl.where(b_nq >= _EPS, tl.sum(b_dcc, 1), 0.0)[:, None]
-                b_dq = b_dq * b_rq[:, None]
-                b_dk += _isolated_dot(tl.trans(b_dc.to(b_q.dtype)), b_qn.to(b_q.dtype), o_ks, o_qs, WPT, ACC, UPCAST, PREC)
-                b_dkn += tl.sum(b_dcc, 0)
-            else:
-                b_dsh = b_ds.to(b_q.dtype)
-                b_dq = _isolated_dot(b_dsh, b_k, o_qs, o_ks, WPT, ACC, UPCAST, PREC) * scale
-                b_dk += _isolated_dot(tl.trans(b_dsh), b_q, o_ks, o_qs, WPT, ACC, UPCAST, PREC) * scale
-            p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
-            tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
-        if COSINE:
-            b_dk -= b_k.to(ACC) * b_rk[:, None] * tl.where(b_nk >= _EPS, b_dkn, 0.0)[:, None]
-            b_dk = b_dk * b_rk[:, None]
-        o_kg = _offsets(o_kb, o_kh, o_kw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
-        tl.store(dk + o_kg, b_dk.to(dk.dtype.element_ty), mask=m_kd)
-        tl.store(dv + o_kg, b_dv.to(dv.dtype.element_ty), mask=m_kd)
+            if DQ:
+                if COSINE:
+                    # [BM, BD] ds kn. Its dot with qn is rowsum(ds * c) (c = qn . kn), the norm term
+                    # of dq: a pass without dk and dv keeps no [BM, BN] tile of c live.
+                    b_dq = _isolated_dot(b_dsh, b_kn, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
+                    b_dqn = tl.sum(b_qn * b_dq, 1)
+                    # dq = tau (ds kn - qn rowsum(ds * c)) / max(|q|, eps); no norm term when clamped
+                    b_dq = (b_dq - b_qn * tl.where(b_nq >= _EPS, b_dqn, 0.0)[:, None]) * (b_scale * b_rq)[:, None]
+                else:
+                    b_dq = _isolated_dot(b_dsh, b_k, o_qs, o_ks, WPT, ACC, UPCAST, PREC) * scale
+                p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
+                tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
+            if DKV:
+                if COSINE:
+                    b_dk += _isolated_dot(tl.trans(b_dsh), b_qn.to(b_q.dtype), o_ks, o_qs, WPT, ACC, UPCAST, PREC)
+                else:
+                    b_dk += _isolated_dot(tl.trans(b_dsh), b_q, o_ks, o_qs, WPT, ACC, UPCAST, PREC) * scale
+        if DKV:
+            if COSINE:
+                # dk = tau (ds^T qn - kn colsum(ds * c)) / max(|k|, eps); no norm term when clamped
+                b_dkn = tl.where(b_nk >= _EPS, b_dkn, 0.0)
+                b_dk = (b_dk - b_k.to(ACC) * b_rk[:, None] * b_dkn[:, None]) * (b_scale * b_rk)[:, None]
+            o_kg = _offsets(o_kb, o_kh, o_kw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
+            tl.store(dk + o_kg, b_dk.to(dk.dtype.element_ty), mask=m_kd)
+            tl.store(dv + o_kg, b_dv.to(dv.dtype.element_ty), mask=m_kd)
     if HAS_DBIAS:
         if NUM_QB == 1:
             tl.store(p_db + o_m[:, None] * BN + o_tk[None, :], b_db)
@@ -468,6 +492,11 @@ def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int
     )
 
 
+def _block_d(d: int) -> int:
+    """The kernels' channel block BD for head dim d: masked loads pad it to a power of two >= 16."""
+    return max(16, triton.next_power_of_2(d))
+
+
 def _precision(q: torch.Tensor) -> dict:
     """Accumulator dtype, dot precision and the interpreter's bf16 upcast for q's dtype."""
     return dict(
@@ -486,12 +515,13 @@ def _strides(name: str, t: torch.Tensor) -> dict:
 
 
 def _bias_args(q: torch.Tensor, bias: Optional[torch.Tensor], logit_scale: Optional[torch.Tensor]) -> dict:
-    """Keyword arguments of the bias and logit-scale pointers and strides; an absent tensor gets
-    q as a placeholder pointer (never dereferenced) and zero strides."""
-    s_bn, s_bi, s_bj = bias.stride() if bias is not None else (0, 0, 0)
+    """Keyword arguments of the bias and logit-scale pointers and the logit scale's stride; an
+    absent tensor gets q as a placeholder pointer (never dereferenced). The kernels read the
+    bias as a contiguous (heads, N, N) tensor: a strided one (the models pass a permuted view)
+    is copied, heads * N * N elements."""
     return dict(
-        bias=bias if bias is not None else q, logit_scale=logit_scale if logit_scale is not None else q,
-        s_bn=s_bn, s_bi=s_bi, s_bj=s_bj, s_ls=logit_scale.stride(0) if logit_scale is not None else 0,
+        bias=bias.contiguous() if bias is not None else q, logit_scale=logit_scale if logit_scale is not None else q,
+        s_ls=logit_scale.stride(0) if logit_scale is not None else 0,
         COSINE=logit_scale is not None, HAS_BIAS=bias is not None,
     )
 
@@ -519,7 +549,7 @@ def window_attention_fwd(
     window_attn_fwd_kernel[(_cdiv(plan.num_tiles, tiles), nh)](
         q=q, k=k, v=v, o=o, **_bias_args(q, bias, logit_scale),
         **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o),
-        scale=float(scale), D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
+        scale=float(scale), D=d, BD=_block_d(d), TILES=tiles,
         **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     return out
@@ -532,6 +562,36 @@ def _num_splits(dev: torch.device, num_tiles: int, heads: int) -> int:
     sms = device.multiprocessors(dev)
     target = 4 * sms if sms is not None else 8
     return max(1, min(num_tiles, target // heads))
+
+
+class BackwardPass(NamedTuple):
+    """What one launch of the backward kernel writes: dq with the bias and logit-scale partials
+    (``dq``), dk and dv (``dkv``)."""
+
+    dq: bool
+    dkv: bool
+
+
+FUSED_BACKWARD = (BackwardPass(dq=True, dkv=True),)
+# two walks over the tiles, each recomputing the scores, probabilities and ds
+SPLIT_BACKWARD = (BackwardPass(dq=True, dkv=False), BackwardPass(dq=False, dkv=True))
+
+
+def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool) -> Tuple[BackwardPass, ...]:
+    """The backward launches for this plan at head dim ``d`` and input ``dtype``, with or without a
+    bias gradient."""
+    # Measured with the compile check (docs/gpu_fitness.md). On sm_90a a [64, 64] fp32 tile of
+    # scores takes 32 registers per thread in every layout Triton gives it; one pass over 64-token
+    # tiles that also holds the bias-gradient accumulator and the dk, dv and dq tiles spilled on
+    # 16-bit inputs from d = 32 on, while each half of the split fits. fp32 (IEEE products, no
+    # tensor cores) spills either way, less split: fused, ptxas fell back to 32 registers and
+    # 18 KB of spill at d = 64 and spilled 0.9 KB at d = 32 (split: 128 registers without spill
+    # and 255 with 0.3 KB).
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return FUSED_BACKWARD
+    if need_dbias and plan.BN >= 64 and _block_d(d) >= 32:
+        return SPLIT_BACKWARD
+    return FUSED_BACKWARD
 
 
 def window_attention_bwd(
@@ -547,52 +607,70 @@ def window_attention_bwd(
     need_dbias: bool,
     need_dlogit_scale: bool,
     num_splits: Optional[int] = None,
+    passes: Optional[Sequence[BackwardPass]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward launch: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
-    dlogit_scale (heads,); the last two are empty tensors when not requested."""
+    """Backward launches: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
+    dlogit_scale (heads,); the last two are empty tensors when not requested.
+
+    ``num_splits`` (programs per head) and ``passes`` (``FUSED_BACKWARD`` or ``SPLIT_BACKWARD``)
+    override the plan's choices; the gradients do not depend on them.
+    """
     B, H, W, nh, d = q.shape
     plan = _plan(B, H, W, tuple(window), tuple(shift))
-    N, WPT, BM, BN, NUM_QB = plan.N, plan.WPT, plan.BM, plan.BN, plan.NUM_QB
     need_dbias = need_dbias and bias is not None
     need_dlogit_scale = need_dlogit_scale and logit_scale is not None
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
-    num_tiles = plan.num_tiles
-    splits = num_splits or _num_splits(q.device, num_tiles, nh)
-    tiles = _cdiv(num_tiles, min(splits, num_tiles))
-    splits = _cdiv(num_tiles, tiles)
+    splits = num_splits or _num_splits(q.device, plan.num_tiles, nh)
+    tiles = _cdiv(plan.num_tiles, min(splits, plan.num_tiles))
+    splits = _cdiv(plan.num_tiles, tiles)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     # per-program partial sums: [splits, heads, query rows, keys] and [splits, heads]
     if need_dbias:
-        alloc = torch.zeros if NUM_QB > 1 else torch.empty
-        dbias_part = alloc((splits, nh, NUM_QB * BM, BN), dtype=acc, device=q.device)
+        alloc = torch.zeros if plan.NUM_QB > 1 else torch.empty
+        dbias_part = alloc((splits, nh, plan.NUM_QB * plan.BM, plan.BN), dtype=acc, device=q.device)
     else:
         dbias_part = q
     dtemp_part = torch.empty((splits, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
     do5 = do.unflatten(-1, (nh, d))
-    window_attn_bwd_kernel[(splits, nh)](
-        q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
-        dbias_part=dbias_part, dtemp_part=dtemp_part,
-        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
-        scale=float(scale), D=d, BD=max(16, triton.next_power_of_2(d)), TILES=tiles,
-        HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
-        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
-    )
-    # second stage of the deterministic reductions: fixed-order sums over the programs
-    if need_dbias:
-        db = dbias_part.sum(0)
-        if WPT > 1:
-            # packed windows: the diagonal [N, N] blocks of the tile, summed over the slots
-            db = db[:, : WPT * N, : WPT * N].reshape(nh, WPT, N, WPT, N).diagonal(dim1=1, dim2=3).sum(-1)
-        dbias = db[:, :N, :N].to(bias.dtype).contiguous()
-    else:
-        dbias = q.new_empty(0)
-    if need_dlogit_scale:
-        ls = logit_scale.to(acc)
-        dls = dtemp_part.sum(0) * torch.exp(ls.clamp(max=LOG_MAX_LOGIT_SCALE)) * (ls <= LOG_MAX_LOGIT_SCALE)
-        dls = dls.to(logit_scale.dtype)
-    else:
-        dls = q.new_empty(0)
+    for p in passes or backward_passes(plan, d, q.dtype, need_dbias):
+        window_attn_bwd_kernel[(splits, nh)](
+            q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
+            dbias_part=dbias_part, dtemp_part=dtemp_part,
+            **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
+            scale=float(scale), D=d, BD=_block_d(d), TILES=tiles,
+            HAS_DBIAS=need_dbias and p.dq, HAS_DTEMP=need_dlogit_scale and p.dkv, DQ=p.dq, DKV=p.dkv,
+            **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
+            **_register_cap(q),
+        )
+    dbias = _bias_gradient(dbias_part, plan, bias) if need_dbias else q.new_empty(0)
+    dls = _logit_scale_gradient(dtemp_part, logit_scale) if need_dlogit_scale else q.new_empty(0)
     return dq, dk, dv, dbias, dls
+
+
+def _register_cap(q: torch.Tensor) -> dict:
+    """Launch options of the backward: an explicit 255-register cap for fp32. Without it ptxas
+    gave one specialisation of XSwin-B/2's fp32 dk/dv pass (d64, IEEE products) 32 registers and
+    13 KB of spill on sm_90a; capped, it keeps 255 registers (1.1 KB of spill)."""
+    return dict(maxnreg=255) if q.dtype == torch.float32 else {}
+
+
+def _bias_gradient(dbias_part: torch.Tensor, plan: TilePlan, bias: torch.Tensor) -> torch.Tensor:
+    """(heads, N, N) dbias from the programs' [splits, heads, rows, BN] partials: the second stage
+    of the deterministic reduction, a fixed-order sum over the programs."""
+    N, WPT = plan.N, plan.WPT
+    db = dbias_part.sum(0)
+    if WPT > 1:
+        # packed windows: the diagonal [N, N] blocks of the tile, summed over the slots
+        db = db[:, : WPT * N, : WPT * N].reshape(db.shape[0], WPT, N, WPT, N).diagonal(dim1=1, dim2=3).sum(-1)
+    return db[:, :N, :N].to(bias.dtype).contiguous()
+
+
+def _logit_scale_gradient(dtemp_part: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """(heads,) dlogit_scale from the programs' [splits, heads] partials of dL/dtau (fixed-order
+    sum), through tau = exp(min(logit_scale, log 100))."""
+    ls = logit_scale.to(dtemp_part.dtype)
+    dls = dtemp_part.sum(0) * torch.exp(ls.clamp(max=LOG_MAX_LOGIT_SCALE)) * (ls <= LOG_MAX_LOGIT_SCALE)
+    return dls.to(logit_scale.dtype)
 
 
 # custom ops: opaque to torch.compile, with fake implementations; the forward op's autograd
@@ -665,7 +743,7 @@ def _shared_memory(plan: TilePlan, d: int, itemsize: int, backward: bool) -> int
     tiles and of the fp32 [BM, BN] score tiles for the dots, per key token of the tile. Fitted to
     the sm_90a / sm_80 compiles at num_stages=1 (docs/window_attention.md), linear in BD for a
     256-token tile, with a 10% margin; it over-estimates tiles of up to 64 tokens, which all fit."""
-    BD = max(16, triton.next_power_of_2(d))
+    BD = _block_d(d)
     per_key = (13 * BD * itemsize) // 4 + 320 if backward else 2 * BD * itemsize + 256
     return int(1.1 * plan.BN * per_key)
 

@@ -131,3 +131,32 @@ def test_capture_and_compile_a_tiny_window_attention_for_sm90():
     assert all(r["regs"] > 0 and r["spill_stores"] == 0 for r in out["results"])
     # a real sm_90a cubin: the forward's tl.dot runs on tensor cores
     assert all(r["mma"] for r in out["results"])
+
+
+CHANNELS_FIRST_MODULATE = """
+import json, sys
+import torch
+from xswin_fast import compile_check as cc
+from xswin_fast.kernels import adaln
+# a bf16 (B, C, 8, 8) conv map seen as (B, H, W, C): tokens contiguous. At batch 64 on 132 SMs
+# each program gets 8 tokens (TPP = 8, not a multiple of 16)
+x = torch.empty(64, 384, 8, 8, dtype=torch.bfloat16).movedim(1, -1)
+shift, scale = torch.empty(2, 64, 384, dtype=torch.bfloat16).unbind(0)
+recorder = cc.LaunchRecorder()
+with cc.emulated_gpu(cc.TARGETS[90]), recorder.active(cc.TARGETS[90]):
+    assert adaln._config(64, 64, 384, x.device).TPP == 8
+    adaln.modulate_bwd(x, shift, scale, torch.empty_like(x))
+specs = {k: s for k, s in recorder.configs.items() if s["kernel"] == "modulate_bwd_kernel"}
+json.dump(list(cc.compile_all(specs, 1, 300, None, progress=lambda line: None).values()), sys.stdout)
+"""
+
+
+def test_modulate_backward_reads_a_channels_first_map_in_vectors_on_sm90():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", CHANNELS_FIRST_MODULATE], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads(proc.stdout)
+    assert result["status"] == "OK" and result["spill_stores"] == 0, result
+    # x and do: 8 bf16 tokens a load (128 bits); scalar 16-bit loads meant an unproven alignment
+    assert "16" not in result["loads"] and result["loads"].get("128", 0) >= 2, result["loads"]

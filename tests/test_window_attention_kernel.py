@@ -78,6 +78,10 @@ CASES = {
     "8x8-w8-self-cos-bias-d64-fp32": (2, 8, 8, (8, 8), (0, 0), 2, 64, False, "cos", True, FP32),
     "12x12-w8-s4-pad-self-dot-bias-fp32": (1, 12, 12, (8, 8), (4, 4), 1, 32, False, "dot", True, FP32),
     "16x16-w8-s4-cross-cos-bias-fp16": (1, 16, 16, (8, 8), (4, 4), 2, 16, True, "cos", True, FP16),
+    # 64-token tiles of d >= 32 with a bias gradient: the split backward (dq, then dk and dv; in
+    # fp32 too: 8x8-w8-self-cos-bias-d64-fp32 and 12x12-w8-s4-pad-self-dot-bias-fp32 above)
+    "16x16-w8-s4-self-cos-bias-d32-bf16": (1, 16, 16, (8, 8), (4, 4), 2, 32, False, "cos", True, BF16),
+    "8x8-w8-self-cos-bias-d64-fp16": (1, 8, 8, (8, 8), (0, 0), 2, 64, False, "cos", True, FP16),
     # windows of more than 64 tokens: query blocks of 64 rows
     "13x12-w12-s5x6-pad-self-cos-bias-fp32": (1, 13, 12, (12, 12), (5, 6), 1, 16, False, "cos", True, FP32),
     "16x16-w16-s8-cross-dot-bias-fp32": (1, 16, 16, (16, 16), (8, 8), 1, 32, True, "dot", True, FP32),
@@ -166,6 +170,36 @@ def test_bias_gradient_does_not_depend_on_the_split(window, shift):
     # dq, dk, dv do not go through any reduction: bitwise equal whatever the split
     for g, r in zip(got[:3], ref[:3]):
         assert torch.equal(g, r)
+
+
+@pytest.mark.parametrize(
+    "window, shift, d, mode",
+    [((2, 2), (1, 1), 16, "cos"), ((8, 8), (4, 4), 32, "cos"), ((7, 7), (3, 3), 16, "dot"), ((12, 12), (5, 6), 16, "cos")],
+    ids=["w2-packed", "w8-edge-masks", "w7-empty-slots", "w12-query-blocks"],
+)
+def test_split_backward_gives_the_fused_gradients(window, shift, d, mode, poisoned):
+    # the dq pass (with the bias partials) and the dk/dv pass (with the logit-scale partials)
+    # compute what the fused pass does, term for term
+    B, H, W, nh = 2, 13, 12, 2
+    q, k, v, b, ls, scale = make_inputs(B, H, W, window, nh, d, False, mode, True, FP32)
+    do = torch.randn(B, H, W, nh * d)
+    args = (do, q, k, v, b, ls, list(window), list(shift), scale or d ** -0.5, True, True)
+    fused = wa.window_attention_bwd(*args, passes=wa.FUSED_BACKWARD)
+    split = wa.window_attention_bwd(*args, passes=wa.SPLIT_BACKWARD)
+    for name, g, r in zip(["dq", "dk", "dv", "dbias", "dlogit_scale"], split, fused):
+        assert torch.equal(g, r), name
+
+
+def test_backward_passes_split_only_tiles_of_64_tokens_with_a_bias_gradient():
+    wide, small = wa._plan(2, 16, 16, (8, 8), (4, 4)), wa._plan(2, 8, 8, (4, 4), (0, 0))
+    assert wa.backward_passes(wide, 64, BF16, True) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(wide, 32, FP16, True) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(wide, 64, FP32, True) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(wide, 16, BF16, True) == wa.FUSED_BACKWARD
+    assert wa.backward_passes(wide, 32, FP32, True) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(wide, 64, FP64, True) == wa.FUSED_BACKWARD
+    assert wa.backward_passes(wide, 64, BF16, False) == wa.FUSED_BACKWARD
+    assert wa.backward_passes(small, 64, BF16, True) == wa.FUSED_BACKWARD
 
 
 def test_any_input_strides_give_identical_results():
