@@ -160,3 +160,15 @@ def test_modulate_backward_reads_a_channels_first_map_in_vectors_on_sm90():
     assert result["status"] == "OK" and result["spill_stores"] == 0, result
     # x and do: 8 bf16 tokens a load (128 bits); scalar 16-bit loads meant an unproven alignment
     assert "16" not in result["loads"] and result["loads"].get("128", 0) >= 2, result["loads"]
+
+
+def test_a_preset_call_outside_the_kernel_limits_is_rejected_up_front_not_a_crash():
+    # DiffiT-latent-XL/2 attends over its whole 16x16 token grid at head dim 72: the backward
+    # kernel would not fit, so on a GPU that call runs on the reference and the check lists it
+    from xswin_fast import compile_check as cc
+
+    calls, seen = cc.record_preset("DiffiT-latent-XL/2", [1], ["bf16"])
+    indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
+    rejected, errors = cc.replay(indexed, [None], cc.TARGETS[90], cc.LaunchRecorder(), [])
+    assert errors == []
+    assert rejected and all("window_attention" in msg and "shared memory" in msg for _, _, msg in rejected)
