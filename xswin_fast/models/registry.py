@@ -26,9 +26,10 @@ _SWIN_DIGITS = dict(
 # model then sees one token per pixel; width 64 is XSwin-digits' bottleneck width, head dim 32 its
 # own, and 9 blocks match the parameters (DiT -5.8%, UViT -1.3% with its skip projections).
 _VIT_DIGITS = dict(input_size=8, patch_size=1, in_channels=1, hidden_size=64, depth=9, num_heads=2, num_classes=10)
-# The other papers' backbones at the same scale and token layout (patch 1 or none, 2x2 windows):
+# The other papers' backbones at the same scale and token layout (patch 1 or none, 2x2 windows),
+# with learned sigma like the four above (one recipe):
 # DiffiT's window-TMSA U-Net over 8, 4, 2-token maps (-0.1%), ASCEND's Swin-pair encoder on two
-# 32-channel levels (+8.5%), IU-ViT as UViT-digits with 13 blocks (+1.0%).
+# 32-channel levels (+8.6%), IU-ViT as UViT-digits with 13 blocks (+1.0%).
 DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
     "XSwin-digits": (XSwin, dict(_SWIN_DIGITS)),
     "USwin-digits": (USwin, dict(_SWIN_DIGITS)),
@@ -36,13 +37,13 @@ DIGITS_PRESETS: Dict[str, Tuple[type, dict]] = {
     "DiT-digits": (DiT, dict(_VIT_DIGITS)),
     "DiffiT-digits": (DiffiT, dict(
         input_size=8, in_channels=1, channels=(32, 64, 64), depths=(1, 2, 1), num_heads=(1, 2, 2), window_size=2,
-        time_dim=64, num_classes=10,
+        time_dim=64, num_classes=10, learn_sigma=True,
     )),
     "ASCEND-digits": (ASCEND, dict(
         input_size=8, in_channels=1, channels=32, channel_mult=(1, 1), depth=2, attention_downsample=(1, 2),
-        head_channels=32, window_size=2, dropout=0.0, num_classes=10,
+        head_channels=32, window_size=2, dropout=0.0, num_classes=10, learn_sigma=True,
     )),
-    "IUViT-digits": (IUViT, dict(_VIT_DIGITS, depth=13)),
+    "IUViT-digits": (IUViT, dict(_VIT_DIGITS, depth=13, learn_sigma=True)),
 }
 
 PRESETS: Dict[str, Tuple[type, dict]] = {
