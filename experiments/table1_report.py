@@ -83,7 +83,7 @@ def _recipe_line(recipe: Dict[str, Any]) -> str:
 def markdown(rows: Dict[str, Dict[str, Any]], recipe: Dict[str, Any], cells: List[Dict[str, Any]]) -> str:
     head = "| " + " | ".join(title for _, title, _ in METRICS) + " |"
     lines = [
-        "# Table 1 on the digits: XSwin, USwin, UViT and DiT", "",
+        "# Table 1 on the digits: " + ", ".join(m.removesuffix("-digits") for m in rows), "",
         f"Recipe: {_recipe_line(recipe)}", "",
         "Machines: " + "; ".join(sorted({c["machine"] for c in cells})) + ". Commits: "
         + ", ".join(sorted({c["commit"] for c in cells})) + ".", "",
