@@ -148,6 +148,29 @@ def forward_backward(model, inputs, seed: int = 0):
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same_forward_backward(got, ref) -> None:
+    """Two ``forward_backward`` results agree: the output to 1e-4 / 1e-5, every gradient to 1e-4
+    relative and 1e-5 absolute scaled by the reference gradient's largest entry (at least 1)."""
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-5)
+    assert got[1].keys() == ref[1].keys()
+    for n in ref[1]:
+        scale = max(1.0, ref[1][n].abs().max().item())
+        torch.testing.assert_close(got[1][n], ref[1][n], rtol=1e-4, atol=1e-5 * scale, msg=n)
+
+
+def fit_losses(model, inputs, target: torch.Tensor, lr: float, steps: int = 8) -> list:
+    """The MSE losses of ``steps`` Adam steps of ``model(*inputs)`` towards a fixed ``target``."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(model(*inputs), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def triton_adaln(model):
     """A copy of ``model`` with its adaLN ops on the Triton backend (automatic under the
     interpreter) and window attention on the reference: for tests of the adaLN kernels, whether

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import xswin_fast.ops as ops
-from helpers import IUVIT_TINY, model_inputs, randomize_, tiny
+from helpers import IUVIT_TINY, fit_losses, model_inputs, randomize_, tiny
 from xswin_fast import create_model
 from xswin_fast.flops import count_parameters
 from xswin_fast.models.dit import UViT
@@ -133,14 +133,7 @@ def test_unconditional_model_trains():
     x, t, _ = model_inputs(model, B=4)
     y = torch.zeros(4, dtype=torch.long)
     target = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = F.mse_loss(model(x, t, y), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit_losses(model, (x, t, y), target, lr=1e-3)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -52,7 +52,7 @@ PRESETS: Dict[str, Tuple[type, dict]] = {
 # Presets that model pixels at their own input_size (no VAE): the papers' CIFAR/FFHQ/CelebA
 # models and the digits. Every other preset models SD-VAE latents (1/8 of the image size).
 PIXEL_PRESETS: Tuple[str, ...] = (
-    "DiffiT-CIFAR10", "DiffiT-FFHQ64", "ASCEND-32", "ASCEND-64", "ASCEND-256", "IUViT-CIFAR10", "IUViT-CelebA64",
+    *(name for name, (cls, _) in DIFFIT_PRESETS.items() if cls is DiffiT), *ASCEND_PRESETS, *IUVIT_PRESETS,
     *DIGITS_PRESETS,
 )
 
