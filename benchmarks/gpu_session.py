@@ -10,7 +10,8 @@ the session goes on):
    (``TRITON_INTERPRET=0``; tensors default to CUDA through the ``cuda_default_device`` plugin),
    bf16 cases included.
 2. ``window-attention``: the benchmark suite's window attention at the XSwin-S/2 and XSwin-B/2
-   stage shapes, forward and forward+backward: reference, ``torch.compile``, FlexAttention, Triton.
+   stage shapes, forward and forward+backward: reference, ``torch.compile``, FlexAttention, Triton;
+   reference vs Triton at the paper preset's 2x2 windows.
    Bytes and the ideal speedup come from the traffic model (``xswin_fast.traffic``).
 3. ``adaln``: the adaLN forms at XSwin-S/2's first stage, eager vs ``torch.compile`` vs Triton.
 4. ``models``: XSwin-S/2 vs DiT-S/2 training steps (images/s) at 256 and 512 px.
@@ -38,9 +39,10 @@ from typing import Dict, List, NamedTuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
 SESSION_BUDGET_S = 480
-# every implementation at stage 1 of XSwin-S/2 and XSwin-B/2; reference vs Triton at stage 2
+# every implementation at stage 1 of XSwin-S/2 and XSwin-B/2; reference vs Triton at stage 2 and
+# at the paper preset's first stage (2x2 windows: the kernels' SMALL path)
 # (each torch.compile / FlexAttention case compiles for ~10 s)
-XSWIN_CASES = "xswin-s2-s1 or xswin-b2-s1 or ((xswin-s2-s2 or xswin-b2-s2) and (reference or triton))"
+XSWIN_CASES = "xswin-s2-s1 or xswin-b2-s1 or ((xswin-s2-s2 or xswin-b2-s2 or paper-s1) and (reference or triton))"
 
 
 class Step(NamedTuple):
@@ -127,7 +129,8 @@ def shapes() -> List[str]:
     import test_bench_adaln
     import test_bench_window_attention
 
-    cases = [f"window attention {n}: {c}" for n, c in test_bench_window_attention.CASES.items() if n.startswith("xswin")]
+    cases = [f"window attention {n}: {c}" for n, c in test_bench_window_attention.CASES.items()
+             if n.startswith("xswin") or n == "paper-s1"]
     return cases + [f"adaLN {n}: {s}" for n, s in test_bench_adaln.SHAPES.items() if n.startswith("xswin")]
 
 

@@ -8,36 +8,41 @@ projection), the bottom/right padding, the cyclic shift and the window partition
 arithmetic, and each output token is written at its original position, into a caller-given
 strided ``out`` if there is one.
 
-Tile layout. A tile is the tokens of ``WPT`` consecutive windows (over (b, window row, window
-column)), ``N = wh * ww`` tokens each, laid out in a ``BN``-token block (``BN = max(16,
-next_pow2(N))``, ``tl.dot`` needs >= 16 on a GPU). Windows of up to 8 tokens are packed
-(2x2 windows: 4 per 16-token tile) with a block-diagonal mask. A window is one softmax block:
-its scores fit one tile, so there is no online-softmax rescaling. Windows of more than 64
-tokens (up to 16x16) take ``NUM_QB`` query blocks of 64 rows against all of their keys.
+Two kernel pairs (``KernelPath``, chosen by the tile plan from the window's token count N):
+
+- DOT (N > 8): tensor-core tiles. A tile is one window, ``N = wh * ww`` tokens laid out in a
+  ``BN = next_pow2(N)``-token block. A window is one softmax block: its scores fit one tile,
+  so there is no online-softmax rescaling. Windows of more than 64 tokens (up to 16x16) take
+  ``NUM_QB`` query blocks of 64 rows against all of their keys.
+- SMALL (N <= 8, e.g. the X-Swin paper's 2x2 windows): ``tl.dot`` needs tiles of 16 on a side,
+  so a 4-token window there would waste 75% of its scores. Instead each step takes ``WPT``
+  whole windows as [WPT, BN, BD] tiles (``BN = next_pow2(N)``) and computes exactly their
+  [N, N] scores with CUDA-core products reduced over the channels, one key index at a time.
+  At so few keys per query the kernel is bound by memory traffic, not by multiply-adds.
 
 Masks are computed in the kernel from the token coordinates, never loaded: Swin's region mask
 (the shifted frame is cut into [0, P-w), [P-w, P-s), [P-s, P) per axis), the padded keys and
-the empty slots of a tile are excluded exactly (probability 0). Padded queries are computed
-against no key and never written. When the map needs no mask (no shift, no padding, one window
-per tile) the kernel is specialised without one, and with a shift or padding only the windows
-of the last window rows/columns evaluate it (a runtime branch per window).
+the empty slots of a block are excluded exactly (probability 0). Padded queries are computed
+against no key and never written. When the map needs no mask (no shift, no padding, a window
+filling its block) the kernels are specialised without one; on the DOT path with a shift or
+padding, only the windows of the last window rows/columns evaluate it (a runtime branch per
+window).
 
-Backward. One program walks a fixed range of tiles per head (``NUM_SPLITS`` programs per head),
-recomputes the scores and the softmax of each window (nothing but q, k, v and do is read; the
+Backward. One program walks a fixed range of tiles (SMALL: steps) per head (``_num_splits``
+programs per head), recomputes the scores and the softmax of each window (nothing but q, k, v and do is read; the
 softmax statistics are recomputed and delta = rowsum(P * dP) comes from the tile), and writes
 dq, dk and dv of its tokens once. The relative-position-bias gradient and the logit-scale
 gradient are sums over every window and batch: each program accumulates its share in fp32
 registers (fp64 for fp64 inputs) and writes one partial, and the partials are summed by torch
-in a fixed order. No atomics: gradients are bitwise reproducible. Tiles of 64 tokens with a
+in a fixed order. No atomics: gradients are bitwise reproducible. DOT tiles of 64 tokens with a
 bias gradient at d >= 32 (fp16, bf16, fp32) take two such walks (``SPLIT_BACKWARD``,
 chosen by ``backward_passes``): a dq pass with the bias partials and a dk/dv pass with the
 logit-scale partials, so that neither holds more tiles than fit in 255 registers on sm_90a.
 
-Isolation. A packed tile holds several windows, possibly of different samples. A masked or
-foreign key contributes exactly nothing, forward and backward: probabilities, dp and ds are
-selected (``tl.where``), never multiplied by a 0 mask, and the products whose reduction runs
-over the tile's tokens are taken per window slot (``_isolated_dot``), so an Inf or NaN in one
-window never reaches another.
+Isolation. A masked key contributes exactly nothing, forward and backward: probabilities, dp and
+ds are selected (``tl.where``), never multiplied by a 0 mask, and no product reduces over the
+tokens of two windows (one window per DOT tile; the SMALL path reduces over one window's
+queries or keys only), so an Inf or NaN in one window never reaches another.
 
 Layout of this file: jit kernels -> tile plan -> launchers -> ``torch.library.custom_op``
 registration (fake, and autograd on the forward op) -> ``unsupported_reason`` and the entry
@@ -74,6 +79,13 @@ MAX_HEAD_DIM = 128
 MAX_WINDOW_TOKENS = 256
 # windows of more tokens than this are split into query blocks of this many rows
 MAX_BLOCK_M = 64
+# windows of at most this many tokens take the small path (KernelPath.SMALL): tl.dot needs 16
+MAX_SMALL_WINDOW_TOKENS = 8
+# elements of one [WPT, BN, BD] tile of the small path (WPT windows per step) and its warps.
+# Measured on sm_90a (docs/gpu_fitness.md): at 2048 the backward of 2x4 windows took 255
+# registers and spilled up to 188 B; at 1024, 8 fp32 registers a thread per tile, no spill.
+SMALL_STEP_ELEMENTS = 1024
+SMALL_NUM_WARPS = 4
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 LOG_MAX_LOGIT_SCALE = math.log(100.0)
 # kernel constants: the logit-scale clamp, log2(e) for exp2 softmax, F.normalize's eps
@@ -89,7 +101,8 @@ class MaskMode(enum.IntEnum):
     NONE = 0
     # a shift or padding, one window per tile: only windows from EDGE_WH / EDGE_WW on
     EDGE_WINDOWS = 1
-    # packed or partially filled tiles: every window
+    # partially filled blocks (N < BN), or any window of the SMALL path with a shift or padding:
+    # every window
     ALWAYS = 2
 
 
@@ -106,30 +119,12 @@ def _dot(a, b, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _isolated_dot(a, b, o_rs, o_ks, WPT: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
-    # a [R, K] @ b [K, D] where row r may only see the reduction entries of its own window slot
-    # (o_rs [R], o_ks [K]). A packed tile holds several windows: a plain dot would multiply a
-    # foreign window's Inf/NaN by an exact 0 of a and spread NaN to every window of the tile.
-    # So each slot gets its own dot, on b with the other slots' entries selected away (never
-    # multiplied by 0), and each row takes the result of its own slot.
-    if WPT == 1:
-        return _dot(a, b, ACC, UPCAST, PREC)
-    b_o = tl.zeros([a.shape[0], b.shape[1]], dtype=ACC)
-    for i_s in tl.static_range(WPT):
-        b_s = tl.where((o_ks == i_s)[:, None], b, tl.zeros_like(b))
-        b_o = tl.where((o_rs == i_s)[:, None], _dot(a, b_s, ACC, UPCAST, PREC), b_o)
-    return b_o
-
-
-@triton.jit
-def _tokens(i_tile, o_t, H, W, NWH, NWW, NWIN,
-            WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-            N: tl.constexpr, WPT: tl.constexpr):
-    # token o_t of tile i_tile: window slot, index inside the window, (b, row, col) of the map
-    o_slot = o_t // N
-    o_n = o_t % N
-    o_win = i_tile * WPT + o_slot
-    m_t = (o_slot < WPT) & (o_win < NWIN)
+def _window_tokens(o_win, o_n, H, W, NWH, NWW, NWIN,
+                   WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, N: tl.constexpr):
+    # token o_n of window o_win (tensors of one shape, or a scalar and a tensor): (b, row, col) of
+    # the map, Swin region, and whether it is a real token (a window of the map, an index inside
+    # the window, not bottom/right padding)
+    m_t = (o_win < NWIN) & (o_n < N)
     o_b = o_win // (NWH * NWW)
     o_wh = (o_win % (NWH * NWW)) // NWW
     o_ww = o_win % NWW
@@ -142,7 +137,16 @@ def _tokens(i_tile, o_t, H, W, NWH, NWW, NWIN,
     # Swin region along each axis: [0, P-w) -> 0, [P-w, P-s) -> 1, [P-s, P) -> 2
     o_rh = tl.where(o_fh >= NWH * WH - WH, tl.where(o_fh >= NWH * WH - SH, 2, 1), 0)
     o_rw = tl.where(o_fw >= NWW * WW - WW, tl.where(o_fw >= NWW * WW - SW, 2, 1), 0)
-    return o_b, o_h, o_w, o_n, o_slot, o_rh * 3 + o_rw, m_t
+    return o_b, o_h, o_w, o_rh * 3 + o_rw, m_t
+
+
+@triton.jit
+def _tokens(i_tile, o_t, H, W, NWH, NWW, NWIN,
+            WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, N: tl.constexpr):
+    # token o_t of tile i_tile (one window per tile): (b, row, col), its index into the [N, N]
+    # bias (in bounds even for the tile's empty slots o_t >= N), Swin region, real token
+    o_b, o_h, o_w, o_r, m_t = _window_tokens(i_tile, o_t, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
+    return o_b, o_h, o_w, o_t % N, o_r, m_t
 
 
 @triton.jit
@@ -158,11 +162,9 @@ def _channels(i_hd, o_d, s_n, s_d):
 
 
 @triton.jit
-def _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT: tl.constexpr, SHIFTED: tl.constexpr):
-    # [BM, BN] pairs a query may attend to: real tokens of one window and one Swin region
+def _allowed(m_q, m_k, o_qr, o_kr, SHIFTED: tl.constexpr):
+    # [BM, BN] pairs a query may attend to: real tokens of one Swin region
     m_a = m_q[:, None] & m_k[None, :]
-    if WPT > 1:
-        m_a = m_a & (o_qs[:, None] == o_ks[None, :])
     if SHIFTED:
         m_a = m_a & (o_qr[:, None] == o_kr[None, :])
     return m_a
@@ -170,8 +172,8 @@ def _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT: tl.constexpr, SHIFTED: tl.co
 
 @triton.jit
 def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
-            m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
-            N: tl.constexpr, WPT: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+            N: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
             MASK_MODE: tl.constexpr, SHIFTED: tl.constexpr,
             ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     # [BM, BN] raw products q.k (cosine: of the L2-normalised q, k)
@@ -186,13 +188,13 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
         # a thread on a 64-token tile). o_qn, o_kn < N always: in bounds without a mask.
         b_s += tl.load(bias + o_qn[:, None] * N + o_kn[None, :]).to(ACC) * _LOG2E
     if MASK_MODE == _MASK_ALWAYS:
-        m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
+        m_a = _allowed(m_q, m_k, o_qr, o_kr, SHIFTED)
         b_s = tl.where(m_a, b_s, float("-inf"))
     elif MASK_MODE == _MASK_EDGE_WINDOWS:
         # one window per tile: only windows of the last rows/columns need the mask
         i_w = i_tile % (NWH * NWW)
         if (i_w // NWW >= EDGE_WH) | (i_w % NWW >= EDGE_WW):
-            b_s = tl.where(_allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED), b_s, float("-inf"))
+            b_s = tl.where(_allowed(m_q, m_k, o_qr, o_kr, SHIFTED), b_s, float("-inf"))
     # [BM, BN] probabilities; a row without any allowed key (padded queries) becomes 0
     b_m = tl.max(b_s, 1)
     b_m = tl.where(b_m == float("-inf"), 0.0, b_m)
@@ -216,7 +218,7 @@ def window_attn_fwd_kernel(
     s_ls,
     H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-    N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
     NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
@@ -239,7 +241,7 @@ def window_attn_fwd_kernel(
     for i_it in range(TILES):
         i_tile = i_p * TILES + i_it
         # [BN] key tokens
-        o_kb, o_kh, o_kw, o_kn, o_ks, o_kr, m_k = _tokens(i_tile, o_tk, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+        o_kb, o_kh, o_kw, o_kn, o_kr, m_k = _tokens(i_tile, o_tk, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
         m_kd = m_k[:, None] & m_d[None, :]
         # [BN, BD]
         b_k = tl.load(k + _offsets(o_kb, o_kh, o_kw, s_kb, s_kh, s_kw)[:, None] + o_kd[None, :], mask=m_kd, other=0.0)
@@ -252,7 +254,7 @@ def window_attn_fwd_kernel(
         for i_qb in range(NUM_QB):
             # [BM] query tokens
             o_tq = i_qb * BM + tl.arange(0, BM)
-            o_qb, o_qh, o_qw, o_qn, o_qs, o_qr, m_q = _tokens(i_tile, o_tq, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+            o_qb, o_qh, o_qw, o_qn, o_qr, m_q = _tokens(i_tile, o_tq, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
             m_qd = m_q[:, None] & m_d[None, :]
             # [BM, BD]
             b_q = tl.load(q + _offsets(o_qb, o_qh, o_qw, s_qb, s_qh, s_qw)[:, None] + o_qd[None, :], mask=m_qd, other=0.0)
@@ -262,10 +264,10 @@ def window_attn_fwd_kernel(
                 b_rq = 1.0
             # [BM, BN]
             b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
-                          m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
-                          N, WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
+                          m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                          N, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BM, BD]
-            b_o = _isolated_dot(b_p.to(b_v.dtype), b_v, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
+            b_o = _dot(b_p.to(b_v.dtype), b_v, ACC, UPCAST, PREC)
             p_o = o + _offsets(o_qb, o_qh, o_qw, s_ob, s_oh, s_ow)[:, None] + o_od[None, :]
             tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_qd)
 
@@ -281,7 +283,7 @@ def window_attn_bwd_kernel(
     s_ls,
     H, W, NWH, NWW, NWIN, EDGE_WH, EDGE_WW, TILES, scale,
     D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
-    N: tl.constexpr, WPT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
     NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
     DQ: tl.constexpr, DKV: tl.constexpr,
@@ -315,7 +317,7 @@ def window_attn_bwd_kernel(
     for i_it in range(TILES):
         i_tile = i_p * TILES + i_it
         # [BN] key tokens
-        o_kb, o_kh, o_kw, o_kn, o_ks, o_kr, m_k = _tokens(i_tile, o_tk, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+        o_kb, o_kh, o_kw, o_kn, o_kr, m_k = _tokens(i_tile, o_tk, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
         m_kd = m_k[:, None] & m_d[None, :]
         # [BN, BD]
         b_k = tl.load(k + _offsets(o_kb, o_kh, o_kw, s_kb, s_kh, s_kw)[:, None] + o_kd[None, :], mask=m_kd, other=0.0)
@@ -337,7 +339,7 @@ def window_attn_bwd_kernel(
         for i_qb in range(NUM_QB):
             # [BM] query tokens
             o_tq = i_qb * BM + o_m
-            o_qb, o_qh, o_qw, o_qn, o_qs, o_qr, m_q = _tokens(i_tile, o_tq, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N, WPT)
+            o_qb, o_qh, o_qw, o_qn, o_qr, m_q = _tokens(i_tile, o_tq, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
             m_qd = m_q[:, None] & m_d[None, :]
             # [BM, BD]
             b_q = tl.load(q + _offsets(o_qb, o_qh, o_qw, s_qb, s_qh, s_qw)[:, None] + o_qd[None, :], mask=m_qd, other=0.0)
@@ -349,15 +351,15 @@ def window_attn_bwd_kernel(
                 b_rq = 1.0
             # [BM, BN]
             b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
-                          m_q, m_k, o_qs, o_ks, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
-                          N, WPT, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
+                          m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                          N, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             if DKV:
-                b_dv += _isolated_dot(tl.trans(b_p.to(b_do.dtype)), b_do, o_ks, o_qs, WPT, ACC, UPCAST, PREC)
+                b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do, ACC, UPCAST, PREC)
             # [BM, BN] dp, then ds = dL/d(score) with delta = rowsum(p * dp) from the tile
             b_dp = _dot(b_do, tl.trans(b_v), ACC, UPCAST, PREC)
             if MASK_MODE == _MASK_ALWAYS:
                 # a masked or foreign key contributes exactly nothing (dp may be Inf there)
-                m_a = _allowed(m_q, m_k, o_qs, o_ks, o_qr, o_kr, WPT, SHIFTED)
+                m_a = _allowed(m_q, m_k, o_qr, o_kr, SHIFTED)
                 b_dp = tl.where(m_a, b_dp, 0.0)
             b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 1)[:, None])
             if MASK_MODE == _MASK_ALWAYS:
@@ -388,19 +390,19 @@ def window_attn_bwd_kernel(
                 if COSINE:
                     # [BM, BD] ds kn. Its dot with qn is rowsum(ds * c) (c = qn . kn), the norm term
                     # of dq: a pass without dk and dv keeps no [BM, BN] tile of c live.
-                    b_dq = _isolated_dot(b_dsh, b_kn, o_qs, o_ks, WPT, ACC, UPCAST, PREC)
+                    b_dq = _dot(b_dsh, b_kn, ACC, UPCAST, PREC)
                     b_dqn = tl.sum(b_qn * b_dq, 1)
                     # dq = tau (ds kn - qn rowsum(ds * c)) / max(|q|, eps); no norm term when clamped
                     b_dq = (b_dq - b_qn * tl.where(b_nq >= _EPS, b_dqn, 0.0)[:, None]) * (b_scale * b_rq)[:, None]
                 else:
-                    b_dq = _isolated_dot(b_dsh, b_k, o_qs, o_ks, WPT, ACC, UPCAST, PREC) * scale
+                    b_dq = _dot(b_dsh, b_k, ACC, UPCAST, PREC) * scale
                 p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
                 tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
             if DKV:
                 if COSINE:
-                    b_dk += _isolated_dot(tl.trans(b_dsh), b_qn.to(b_q.dtype), o_ks, o_qs, WPT, ACC, UPCAST, PREC)
+                    b_dk += _dot(tl.trans(b_dsh), b_qn.to(b_q.dtype), ACC, UPCAST, PREC)
                 else:
-                    b_dk += _isolated_dot(tl.trans(b_dsh), b_q, o_ks, o_qs, WPT, ACC, UPCAST, PREC) * scale
+                    b_dk += _dot(tl.trans(b_dsh), b_q, ACC, UPCAST, PREC) * scale
         if DKV:
             if COSINE:
                 # dk = tau (ds^T qn - kn colsum(ds * c)) / max(|k|, eps); no norm term when clamped
@@ -414,6 +416,244 @@ def window_attn_bwd_kernel(
             tl.store(p_db + o_m[:, None] * BN + o_tk[None, :], b_db)
     if HAS_DTEMP:
         tl.store(dtemp_part + i_p * n_hd + i_hd, tl.sum(b_dt, 0))
+
+
+@triton.jit
+def _small_probs(b_c, b_bias, b_scale, m_a, HAS_BIAS: tl.constexpr, MASK_MODE: tl.constexpr):
+    # [WPT, BN, BN] probabilities of the windows' raw products c (query i on axis 1, key j on
+    # axis 2); a row without any allowed key (padded queries) becomes 0
+    b_s = b_c * (b_scale * _LOG2E)
+    if HAS_BIAS:
+        b_s += b_bias[None, :, :]
+    if MASK_MODE == _MASK_ALWAYS:
+        b_s = tl.where(m_a, b_s, float("-inf"))
+    b_m = tl.max(b_s, 2)
+    b_m = tl.where(b_m == float("-inf"), 0.0, b_m)
+    b_p = tl.exp2(b_s - b_m[:, :, None])
+    b_l = tl.sum(b_p, 2)
+    b_l = tl.where(b_l == 0.0, 1.0, b_l)
+    b_p = b_p / b_l[:, :, None]
+    if MASK_MODE == _MASK_ALWAYS:
+        b_p = tl.where(m_a, b_p, 0.0)
+    return b_p
+
+
+@triton.jit
+def _small_key(t, o_win, j: tl.constexpr, o_td, m_d, s_b, s_h, s_w, H, W, NWH, NWW, NWIN,
+               WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, N: tl.constexpr,
+               ACC: tl.constexpr):
+    # [WPT, BD] token j of each window o_win [WPT] (zero where not a real token), and its offsets
+    o_b, o_h, o_w, _, m_j = _window_tokens(o_win, j, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
+    o_j = _offsets(o_b, o_h, o_w, s_b, s_h, s_w)[:, None] + o_td[None, :]
+    m_jd = m_j[:, None] & m_d[None, :]
+    return tl.load(t + o_j, mask=m_jd, other=0.0).to(ACC), o_b, o_h, o_w, m_jd
+
+
+@triton.jit
+def _column(b_x, o_n, j: tl.constexpr):
+    # [WPT, BN] column j of a [WPT, BN, BN] tile (a register tile cannot be indexed)
+    return tl.sum(tl.where(o_n[None, None, :] == j, b_x, 0.0), 2)
+
+
+@triton.jit
+def _inverse_norm(b_x):
+    # [WPT, BN] 1 / max(|x|, eps) over the channels of a [WPT, BN, BD] tile
+    return 1.0 / tl.maximum(tl.sqrt(tl.sum(b_x * b_x, 2)), _EPS)
+
+
+@triton.jit
+def window_attn_small_fwd_kernel(
+    q, k, v, o, bias, logit_scale,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_ob, s_oh, s_ow, s_on, s_od,
+    s_ls,
+    H, W, NWH, NWW, NWIN, TILES, scale,
+    D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    N: tl.constexpr, WPT: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, MASK_MODE: tl.constexpr,
+    COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+):
+    # Windows of at most 8 tokens: each step takes WPT whole windows and computes exactly their
+    # [N, N] scores (N padded to BN = next_pow2(N)) with CUDA-core products and reductions over
+    # the channels: no tl.dot, so no 16-token tile minimum and no foreign window in a product.
+    i_p, i_hd = tl.program_id(0), tl.program_id(1)
+    SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    o_n = tl.arange(0, BN)
+    o_qd = _channels(i_hd, o_d, s_qn, s_qd)
+    o_kd = _channels(i_hd, o_d, s_kn, s_kd)
+    o_vd = _channels(i_hd, o_d, s_vn, s_vd)
+    o_od = _channels(i_hd, o_d, s_on, s_od)
+    if COSINE:
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
+    else:
+        b_scale = scale
+    b_bias = tl.zeros([BN, BN], dtype=ACC)
+    if HAS_BIAS:
+        # [BN, BN] this head's bias in log2 units, loaded once per program
+        m_nn = (o_n < N)[:, None] & (o_n < N)[None, :]
+        b_bias = tl.load(bias + i_hd.to(tl.int64) * (N * N) + o_n[:, None] * N + o_n[None, :], mask=m_nn,
+                         other=0.0).to(ACC) * _LOG2E
+    for i_it in range(TILES):
+        # [WPT] windows of this step
+        o_win = (i_p * TILES + i_it) * WPT + tl.arange(0, WPT)
+        # [WPT, BN] their tokens (queries and keys sit at the same positions)
+        o_tb, o_th, o_tw, o_tr, m_t = _window_tokens(o_win[:, None], o_n[None, :], H, W, NWH, NWW, NWIN,
+                                                     WH, WW, SH, SW, N)
+        # [WPT, BN, BN] allowed (query, key) pairs: real tokens of one Swin region
+        m_a = m_t[:, :, None] & m_t[:, None, :]
+        if SHIFTED:
+            m_a = m_a & (o_tr[:, :, None] == o_tr[:, None, :])
+        m_td = m_t[:, :, None] & m_d[None, None, :]
+        # [WPT, BN, BD]
+        p_q = q + _offsets(o_tb, o_th, o_tw, s_qb, s_qh, s_qw)[:, :, None] + o_qd[None, None, :]
+        b_q = tl.load(p_q, mask=m_td, other=0.0).to(ACC)
+        if COSINE:
+            b_q = b_q * _inverse_norm(b_q)[:, :, None]
+        # [WPT, BN, BN] q.k, key j's products written into column j
+        b_c = tl.zeros([WPT, BN, BN], dtype=ACC)
+        for j in tl.static_range(N):
+            b_kj, _, _, _, _ = _small_key(k, o_win, j, o_kd, m_d, s_kb, s_kh, s_kw, H, W, NWH, NWW, NWIN,
+                                          WH, WW, SH, SW, N, ACC)
+            if COSINE:
+                b_kj = b_kj * (1.0 / tl.maximum(tl.sqrt(tl.sum(b_kj * b_kj, 1)), _EPS))[:, None]
+            b_cj = tl.sum(b_q * b_kj[:, None, :], 2)
+            b_c = tl.where(o_n[None, None, :] == j, b_cj[:, :, None], b_c)
+        b_p = _small_probs(b_c, b_bias, b_scale, m_a, HAS_BIAS, MASK_MODE)
+        # [WPT, BN, BD] sum over keys j of p_j v_j
+        b_o = tl.zeros([WPT, BN, BD], dtype=ACC)
+        for j in tl.static_range(N):
+            b_vj, _, _, _, _ = _small_key(v, o_win, j, o_vd, m_d, s_vb, s_vh, s_vw, H, W, NWH, NWW, NWIN,
+                                          WH, WW, SH, SW, N, ACC)
+            b_o += _column(b_p, o_n, j)[:, :, None] * b_vj[:, None, :]
+        p_o = o + _offsets(o_tb, o_th, o_tw, s_ob, s_oh, s_ow)[:, :, None] + o_od[None, None, :]
+        tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_td)
+
+
+@triton.jit
+def window_attn_small_bwd_kernel(
+    q, k, v, do, dq, dk, dv, bias, logit_scale, dbias_part, dtemp_part,
+    s_qb, s_qh, s_qw, s_qn, s_qd,
+    s_kb, s_kh, s_kw, s_kn, s_kd,
+    s_vb, s_vh, s_vw, s_vn, s_vd,
+    s_ob, s_oh, s_ow, s_on, s_od,
+    s_gb, s_gh, s_gw, s_gn, s_gd,
+    s_ls,
+    H, W, NWH, NWW, NWIN, TILES, scale,
+    D: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+    N: tl.constexpr, WPT: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, MASK_MODE: tl.constexpr,
+    COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    # One walk over TILES steps of WPT whole windows: every gradient of a window comes from its
+    # own step (do has strides s_o*; dq, dk and dv share s_g*). The bias- and logit-scale
+    # gradients are this program's partial sums, written once at the end (fixed order).
+    i_p, i_hd, n_hd = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
+    SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
+    o_d = tl.arange(0, BD)
+    m_d = o_d < D
+    o_n = tl.arange(0, BN)
+    o_qd = _channels(i_hd, o_d, s_qn, s_qd)
+    o_kd = _channels(i_hd, o_d, s_kn, s_kd)
+    o_vd = _channels(i_hd, o_d, s_vn, s_vd)
+    o_od = _channels(i_hd, o_d, s_on, s_od)
+    o_gd = _channels(i_hd, o_d, s_gn, s_gd)
+    if COSINE:
+        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
+    else:
+        b_scale = scale
+    b_bias = tl.zeros([BN, BN], dtype=ACC)
+    if HAS_BIAS:
+        m_nn = (o_n < N)[:, None] & (o_n < N)[None, :]
+        b_bias = tl.load(bias + i_hd.to(tl.int64) * (N * N) + o_n[:, None] * N + o_n[None, :], mask=m_nn,
+                         other=0.0).to(ACC) * _LOG2E
+    # [BN, BN] and [WPT, BN] partial sums of dbias and dtau
+    b_db = tl.zeros([BN, BN], dtype=ACC)
+    b_dt = tl.zeros([WPT, BN], dtype=ACC)
+    for i_it in range(TILES):
+        o_win = (i_p * TILES + i_it) * WPT + tl.arange(0, WPT)
+        o_tb, o_th, o_tw, o_tr, m_t = _window_tokens(o_win[:, None], o_n[None, :], H, W, NWH, NWW, NWIN,
+                                                     WH, WW, SH, SW, N)
+        m_a = m_t[:, :, None] & m_t[:, None, :]
+        if SHIFTED:
+            m_a = m_a & (o_tr[:, :, None] == o_tr[:, None, :])
+        m_td = m_t[:, :, None] & m_d[None, None, :]
+        # [WPT, BN, BD] q (cosine: q / max(|q|, eps)) and do
+        b_q = tl.load(q + _offsets(o_tb, o_th, o_tw, s_qb, s_qh, s_qw)[:, :, None] + o_qd[None, None, :],
+                      mask=m_td, other=0.0).to(ACC)
+        b_do = tl.load(do + _offsets(o_tb, o_th, o_tw, s_ob, s_oh, s_ow)[:, :, None] + o_od[None, None, :],
+                       mask=m_td, other=0.0).to(ACC)
+        if COSINE:
+            b_nq = tl.sqrt(tl.sum(b_q * b_q, 2))
+            b_rq = 1.0 / tl.maximum(b_nq, _EPS)
+            b_q = b_q * b_rq[:, :, None]
+        # [WPT, BN, BN] c = q.k and dp = do.v, column j from key j
+        b_c = tl.zeros([WPT, BN, BN], dtype=ACC)
+        b_dp = tl.zeros([WPT, BN, BN], dtype=ACC)
+        for j in tl.static_range(N):
+            b_kj, _, _, _, _ = _small_key(k, o_win, j, o_kd, m_d, s_kb, s_kh, s_kw, H, W, NWH, NWW, NWIN,
+                                          WH, WW, SH, SW, N, ACC)
+            b_vj, _, _, _, _ = _small_key(v, o_win, j, o_vd, m_d, s_vb, s_vh, s_vw, H, W, NWH, NWW, NWIN,
+                                          WH, WW, SH, SW, N, ACC)
+            if COSINE:
+                b_kj = b_kj * (1.0 / tl.maximum(tl.sqrt(tl.sum(b_kj * b_kj, 1)), _EPS))[:, None]
+            b_c = tl.where(o_n[None, None, :] == j, tl.sum(b_q * b_kj[:, None, :], 2)[:, :, None], b_c)
+            b_dp = tl.where(o_n[None, None, :] == j, tl.sum(b_do * b_vj[:, None, :], 2)[:, :, None], b_dp)
+        b_p = _small_probs(b_c, b_bias, b_scale, m_a, HAS_BIAS, MASK_MODE)
+        if MASK_MODE == _MASK_ALWAYS:
+            # a masked key contributes exactly nothing (dp may be Inf there)
+            b_dp = tl.where(m_a, b_dp, 0.0)
+        # [WPT, BN, BN] ds = dL/d(score), delta = rowsum(p * dp)
+        b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 2)[:, :, None])
+        if MASK_MODE == _MASK_ALWAYS:
+            b_ds = tl.where(m_a, b_ds, 0.0)
+        if HAS_DBIAS:
+            b_db += tl.sum(b_ds, 0)
+        if COSINE:
+            # [WPT, BN, BN] ds * c: its row sums are the norm term of dq and the share of dtau,
+            # its column sums the norm term of dk
+            b_dsc = b_ds * b_c
+            if MASK_MODE == _MASK_ALWAYS:
+                b_dsc = tl.where(m_a, b_dsc, 0.0)
+            b_dqn = tl.sum(b_dsc, 2)
+            if HAS_DTEMP:
+                b_dt += b_dqn
+        # [WPT, BN, BD] sum over keys j of ds_j k_j (cosine: of the normalised k_j)
+        b_dq = tl.zeros([WPT, BN, BD], dtype=ACC)
+        for j in tl.static_range(N):
+            b_kj, o_jb, o_jh, o_jw, m_jd = _small_key(k, o_win, j, o_kd, m_d, s_kb, s_kh, s_kw, H, W, NWH, NWW,
+                                                      NWIN, WH, WW, SH, SW, N, ACC)
+            b_dsj = _column(b_ds, o_n, j)
+            # [WPT, BD] ds_j^T q and p_j^T do: sums over the window's queries
+            b_dkj = tl.sum(b_dsj[:, :, None] * b_q, 1)
+            b_dvj = tl.sum(_column(b_p, o_n, j)[:, :, None] * b_do, 1)
+            if COSINE:
+                b_nkj = tl.sqrt(tl.sum(b_kj * b_kj, 1))
+                b_rkj = 1.0 / tl.maximum(b_nkj, _EPS)
+                b_kj = b_kj * b_rkj[:, None]
+                # dk = tau (ds^T qn - kn colsum(ds * c)) / max(|k|, eps); no norm term when clamped
+                b_dknj = tl.where(b_nkj >= _EPS, tl.sum(_column(b_dsc, o_n, j), 1), 0.0)
+                b_dkj = (b_dkj - b_kj * b_dknj[:, None]) * (b_scale * b_rkj)[:, None]
+            else:
+                b_dkj = b_dkj * scale
+            b_dq += b_dsj[:, :, None] * b_kj[:, None, :]
+            o_jg = _offsets(o_jb, o_jh, o_jw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
+            tl.store(dk + o_jg, b_dkj.to(dk.dtype.element_ty), mask=m_jd)
+            tl.store(dv + o_jg, b_dvj.to(dv.dtype.element_ty), mask=m_jd)
+        if COSINE:
+            # dq = tau (ds kn - qn rowsum(ds * c)) / max(|q|, eps); no norm term when clamped
+            b_dq = (b_dq - b_q * tl.where(b_nq >= _EPS, b_dqn, 0.0)[:, :, None]) * (b_scale * b_rq)[:, :, None]
+        else:
+            b_dq = b_dq * scale
+        p_dq = dq + _offsets(o_tb, o_th, o_tw, s_gb, s_gh, s_gw)[:, :, None] + o_gd[None, None, :]
+        tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_td)
+    if HAS_DBIAS:
+        p_db = dbias_part + (i_p * n_hd + i_hd).to(tl.int64) * (BN * BN)
+        tl.store(p_db + o_n[:, None] * BN + o_n[None, :], b_db)
+    if HAS_DTEMP:
+        tl.store(dtemp_part + i_p * n_hd + i_hd, tl.sum(tl.sum(b_dt, 1), 0))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -430,9 +670,22 @@ def _first_masked_window(size: int, window: int, shift: int) -> int:
     return padded // window
 
 
-class TilePlan(NamedTuple):
-    """Tile geometry of one (B, H, W) map and window, shared by the forward and backward launches."""
+class KernelPath(enum.Enum):
+    """Which kernel pair a window takes."""
 
+    # tensor-core tiles (tl.dot): one window per tile of BN = max(16, next_pow2(N)) tokens, query
+    # blocks of 64 rows from 65 tokens on
+    DOT = "dot"
+    # windows of at most MAX_SMALL_WINDOW_TOKENS: WPT whole windows per step, their exact [N, N]
+    # scores (N padded to a power of two) by CUDA-core products
+    SMALL = "small"
+
+
+class TilePlan(NamedTuple):
+    """Tile geometry of one (B, H, W) map, window and head dim, shared by the forward and
+    backward launches."""
+
+    path: KernelPath
     num_tiles: int
     num_warps: int
     # software-pipelining depth of the tile loops: 1 = no multi-buffered loads, whose copies of
@@ -452,6 +705,7 @@ class TilePlan(NamedTuple):
     SH: int
     SW: int
     N: int
+    # windows per step (KernelPath.SMALL; 1 on the DOT path)
     WPT: int
     BM: int
     BN: int
@@ -459,24 +713,40 @@ class TilePlan(NamedTuple):
     MASK_MODE: MaskMode
 
     def kernel_args(self) -> dict:
-        """The plan's keyword arguments of both kernels."""
+        """The plan's keyword arguments of its path's kernels."""
         args = self._asdict()
-        del args["num_tiles"], args["num_warps"], args["num_stages"]
+        unused = ("EDGE_WH", "EDGE_WW", "BM", "NUM_QB") if self.path is KernelPath.SMALL else ("WPT",)
+        for name in ("path", "num_tiles", "num_warps", "num_stages") + unused:
+            del args[name]
         args["MASK_MODE"] = int(self.MASK_MODE)
         return args
 
+    def score_fraction(self) -> float:
+        """The share of the computed (query, key) scores that pair two tokens of one window (the
+        rest is tile padding), over the whole launch."""
+        computed = self.num_tiles * self.WPT * self.NUM_QB * self.BM * self.BN
+        return self.NWIN * self.N * self.N / computed
+
 
 @functools.lru_cache(maxsize=256)
-def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int]) -> TilePlan:
+def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int], d: int) -> TilePlan:
     (wh, ww), (sh, sw) = window, shift
     N = wh * ww
     nwh, nww = _cdiv(H, wh), _cdiv(W, ww)
-    BN = max(16, triton.next_power_of_2(N))
-    # small windows share a tile (block-diagonal mask); large ones are split into query blocks
-    WPT = BN // N
-    BM = min(BN, MAX_BLOCK_M)
     padded = (nwh * wh, nww * ww) != (H, W)
-    if WPT > 1 or N < BN:
+    edges = dict(EDGE_WH=_first_masked_window(H, wh, sh), EDGE_WW=_first_masked_window(W, ww, sw))
+    geometry = dict(H=H, W=W, NWH=nwh, NWW=nww, NWIN=B * nwh * nww, WH=wh, WW=ww, SH=sh, SW=sw, N=N)
+    if N <= MAX_SMALL_WINDOW_TOKENS:
+        BN = triton.next_power_of_2(N)
+        WPT = max(1, SMALL_STEP_ELEMENTS // (BN * _block_d(d)))
+        mask_mode = MaskMode.ALWAYS if padded or sh > 0 or sw > 0 or N < BN else MaskMode.NONE
+        return TilePlan(
+            path=KernelPath.SMALL, num_tiles=_cdiv(B * nwh * nww, WPT), num_warps=SMALL_NUM_WARPS, num_stages=1,
+            **geometry, **edges, WPT=WPT, BM=BN, BN=BN, NUM_QB=1, MASK_MODE=mask_mode,
+        )
+    BN = triton.next_power_of_2(N)
+    BM = min(BN, MAX_BLOCK_M)
+    if N < BN:
         mask_mode = MaskMode.ALWAYS
     elif padded or sh > 0 or sw > 0:
         mask_mode = MaskMode.EDGE_WINDOWS
@@ -485,10 +755,8 @@ def _plan(B: int, H: int, W: int, window: Tuple[int, int], shift: Tuple[int, int
     return TilePlan(
         # 8 warps from 64-token windows on: at 4, a thread holds 32 fp32 registers per 64 x 64
         # tile and the backward's live tiles spill
-        num_tiles=_cdiv(B * nwh * nww, WPT), num_warps=4 if BN < 64 else 8, num_stages=1,
-        H=H, W=W, NWH=nwh, NWW=nww, NWIN=B * nwh * nww,
-        EDGE_WH=_first_masked_window(H, wh, sh), EDGE_WW=_first_masked_window(W, ww, sw),
-        WH=wh, WW=ww, SH=sh, SW=sw, N=N, WPT=WPT, BM=BM, BN=BN, NUM_QB=_cdiv(WPT * N, BM), MASK_MODE=mask_mode,
+        path=KernelPath.DOT, num_tiles=B * nwh * nww, num_warps=4 if BN < 64 else 8, num_stages=1,
+        **geometry, **edges, WPT=1, BM=BM, BN=BN, NUM_QB=_cdiv(N, BM), MASK_MODE=mask_mode,
     )
 
 
@@ -542,16 +810,18 @@ def window_attention_fwd(
     scale, unused in cosine mode (``logit_scale`` given).
     """
     B, H, W, nh, d = q.shape
-    plan = _plan(B, H, W, tuple(window), tuple(shift))
+    plan = _plan(B, H, W, tuple(window), tuple(shift), d)
     out = torch.empty((B, H, W, nh * d), dtype=q.dtype, device=q.device)
     o = out.unflatten(-1, (nh, d))
+    args = dict(q=q, k=k, v=v, o=o, **_bias_args(q, bias, logit_scale),
+                **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o),
+                scale=float(scale), D=d, BD=_block_d(d), **plan.kernel_args(),
+                num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if plan.path is KernelPath.SMALL:
+        window_attn_small_fwd_kernel[(plan.num_tiles, nh)](TILES=1, ACC=_precision(q)["ACC"], **args)
+        return out
     tiles = max(1, 64 // plan.BN)
-    window_attn_fwd_kernel[(_cdiv(plan.num_tiles, tiles), nh)](
-        q=q, k=k, v=v, o=o, **_bias_args(q, bias, logit_scale),
-        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o),
-        scale=float(scale), D=d, BD=_block_d(d), TILES=tiles,
-        **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
-    )
+    window_attn_fwd_kernel[(_cdiv(plan.num_tiles, tiles), nh)](TILES=tiles, **_precision(q), **args)
     return out
 
 
@@ -587,7 +857,7 @@ def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool
     # tensor cores) spills either way, less split: fused, ptxas fell back to 32 registers and
     # 18 KB of spill at d = 64 and spilled 0.9 KB at d = 32 (split: 128 registers without spill
     # and 255 with 0.3 KB).
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if plan.path is KernelPath.SMALL or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return FUSED_BACKWARD
     if need_dbias and plan.BN >= 64 and _block_d(d) >= 32:
         return SPLIT_BACKWARD
@@ -612,11 +882,12 @@ def window_attention_bwd(
     """Backward launches: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
     dlogit_scale (heads,); the last two are empty tensors when not requested.
 
-    ``num_splits`` (programs per head) and ``passes`` (``FUSED_BACKWARD`` or ``SPLIT_BACKWARD``)
-    override the plan's choices; the gradients do not depend on them.
+    ``num_splits`` (programs per head) and ``passes`` (``FUSED_BACKWARD`` or ``SPLIT_BACKWARD``, for
+    the DOT path; the SMALL path has one pass) override the plan's choices; the gradients do not
+    depend on them.
     """
     B, H, W, nh, d = q.shape
-    plan = _plan(B, H, W, tuple(window), tuple(shift))
+    plan = _plan(B, H, W, tuple(window), tuple(shift), d)
     need_dbias = need_dbias and bias is not None
     need_dlogit_scale = need_dlogit_scale and logit_scale is not None
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
@@ -632,16 +903,20 @@ def window_attention_bwd(
         dbias_part = q
     dtemp_part = torch.empty((splits, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
     do5 = do.unflatten(-1, (nh, d))
-    for p in passes or backward_passes(plan, d, q.dtype, need_dbias):
-        window_attn_bwd_kernel[(splits, nh)](
-            q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
-            dbias_part=dbias_part, dtemp_part=dtemp_part,
-            **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
-            scale=float(scale), D=d, BD=_block_d(d), TILES=tiles,
-            HAS_DBIAS=need_dbias and p.dq, HAS_DTEMP=need_dlogit_scale and p.dkv, DQ=p.dq, DKV=p.dkv,
-            **plan.kernel_args(), **_precision(q), num_warps=plan.num_warps, num_stages=plan.num_stages,
-            **_register_cap(q),
-        )
+    args = dict(q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
+                dbias_part=dbias_part, dtemp_part=dtemp_part, **_strides("q", q), **_strides("k", k),
+                **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
+                scale=float(scale), D=d, BD=_block_d(d), TILES=tiles, **plan.kernel_args(),
+                num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if plan.path is KernelPath.SMALL:
+        window_attn_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
+                                                   ACC=_precision(q)["ACC"], **args)
+    else:
+        for p in passes or backward_passes(plan, d, q.dtype, need_dbias):
+            window_attn_bwd_kernel[(splits, nh)](
+                HAS_DBIAS=need_dbias and p.dq, HAS_DTEMP=need_dlogit_scale and p.dkv, DQ=p.dq, DKV=p.dkv,
+                **_precision(q), **_register_cap(q), **args,
+            )
     dbias = _bias_gradient(dbias_part, plan, bias) if need_dbias else q.new_empty(0)
     dls = _logit_scale_gradient(dtemp_part, logit_scale) if need_dlogit_scale else q.new_empty(0)
     return dq, dk, dv, dbias, dls
@@ -657,12 +932,8 @@ def _register_cap(q: torch.Tensor) -> dict:
 def _bias_gradient(dbias_part: torch.Tensor, plan: TilePlan, bias: torch.Tensor) -> torch.Tensor:
     """(heads, N, N) dbias from the programs' [splits, heads, rows, BN] partials: the second stage
     of the deterministic reduction, a fixed-order sum over the programs."""
-    N, WPT = plan.N, plan.WPT
-    db = dbias_part.sum(0)
-    if WPT > 1:
-        # packed windows: the diagonal [N, N] blocks of the tile, summed over the slots
-        db = db[:, : WPT * N, : WPT * N].reshape(db.shape[0], WPT, N, WPT, N).diagonal(dim1=1, dim2=3).sum(-1)
-    return db[:, :N, :N].to(bias.dtype).contiguous()
+    N = plan.N
+    return dbias_part.sum(0)[:, :N, :N].to(bias.dtype).contiguous()
 
 
 def _logit_scale_gradient(dtemp_part: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -779,7 +1050,7 @@ def unsupported_reason(
         )
     if B * _cdiv(H, wh) * wh * _cdiv(W, ww) * ww >= 2**31:
         return f"q of shape {tuple(q.shape)} has too many (padded) tokens for the kernel's int32 window indices ({arch}, {q.dtype})"
-    plan, limit = _plan(B, H, W, (wh, ww), tuple(shift_size)), device.shared_memory_per_block(q.device)
+    plan, limit = _plan(B, H, W, (wh, ww), tuple(shift_size), d), device.shared_memory_per_block(q.device)
     backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias, logit_scale))
     for name, needed in (("forward", False), ("backward", True)):
         smem = _shared_memory(plan, d, q.element_size(), needed)

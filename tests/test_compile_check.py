@@ -108,29 +108,42 @@ def test_rules_flag_selects_what_check_enforces():
 CAPTURE_AND_COMPILE = """
 import json, sys
 from xswin_fast import compile_check as cc
-calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([(2, 2)], [16], ["bf16"]).items())]
+window, kernels = tuple(json.loads(sys.argv[1])), sys.argv[2]
+calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([window], [16], ["bf16"]).items())]
 recorder = cc.LaunchRecorder()
 rejected, errors = cc.replay(calls, [1], cc.TARGETS[90], recorder, [])
-specs = {k: s for k, s in recorder.configs.items() if s["kernel"].endswith("fwd_kernel")}
+specs = {k: s for k, s in recorder.configs.items() if s["kernel"].endswith(kernels)}
 results = cc.compile_all(specs, 1, 300, None, progress=lambda line: None)
 json.dump(dict(kernels=sorted(s["kernel"] for s in recorder.configs.values()), errors=errors,
                results=list(results.values())), sys.stdout)
 """
 
 
-def test_capture_and_compile_a_tiny_window_attention_for_sm90():
+def _capture_and_compile(window, kernels):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE, json.dumps(window), kernels], capture_output=True,
+                          text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["errors"] == []
-    # the forward and the backward of the self form (cosine, bias: its gradient partials are summed)
-    assert any(k.endswith("fwd_kernel") for k in out["kernels"]) and any(k.endswith("bwd_kernel") for k in out["kernels"])
     assert out["results"] and all(r["status"] == "OK" for r in out["results"])
     assert all(r["regs"] > 0 and r["spill_stores"] == 0 for r in out["results"])
+    return out
+
+
+def test_capture_and_compile_a_tiny_window_attention_for_sm90():
+    out = _capture_and_compile([4, 4], "fwd_kernel")
+    # the forward and the backward of the self form (cosine, bias: its gradient partials are summed)
+    assert any(k.endswith("fwd_kernel") for k in out["kernels"]) and any(k.endswith("bwd_kernel") for k in out["kernels"])
     # a real sm_90a cubin: the forward's tl.dot runs on tensor cores
     assert all(r["mma"] for r in out["results"])
+
+
+def test_small_windows_compile_to_the_small_kernels_for_sm90():
+    # 2x2 windows take the SMALL path: CUDA-core products, forward and backward, no spill
+    out = _capture_and_compile([2, 2], "_kernel")
+    assert {k for k in out["kernels"] if "window" in k} == {"window_attn_small_fwd_kernel", "window_attn_small_bwd_kernel"}
+    assert not any(r["mma"] for r in out["results"])
 
 
 CHANNELS_FIRST_MODULATE = """

@@ -2,10 +2,10 @@
 interpreter).
 
 Isolation: an Inf or NaN planted in one window (of q, k, v or the upstream gradient) must leave
-the output and the dq, dk, dv of every other window -- in particular those packed into the same
-tile and those of the other samples -- exactly as in the clean run. The reference keeps windows
-apart (one softmax per window); a kernel that multiplies a masked probability of 0 by a foreign
-Inf does not.
+the output and the dq, dk, dv of every other window -- in particular those computed in the same
+step of the SMALL path and those of the other samples -- exactly as in the clean run. The
+reference keeps windows apart (one softmax per window); a kernel that multiplies a masked
+probability of 0 by a foreign Inf does not.
 
 Strides: q, k, v, bias and logit_scale are read through their strides, whatever they are.
 """
@@ -18,11 +18,11 @@ from helpers import strided
 from xswin_fast import ops
 from xswin_fast.kernels import window_attention as wa
 
-# id: (B, H, W, window, shift, heads, d, cosine, bias); every packing of the kernel's tiles
+# id: (B, H, W, window, shift, heads, d, cosine, bias); both kernel paths, every kind of mask
 CASES = {
-    "w2-packed4-shift-pad-cos": (2, 5, 7, (2, 2), (1, 1), 2, 16, True, True),
-    "w2x3-packed2-shift-dot": (2, 4, 6, (2, 3), (1, 1), 2, 16, False, True),
-    "w1-packed16-dot": (2, 3, 5, (1, 1), (0, 0), 1, 16, False, False),
+    "w2-small-shift-pad-cos": (2, 5, 7, (2, 2), (1, 1), 2, 16, True, True),
+    "w2x3-small-shift-dot": (2, 4, 6, (2, 3), (1, 1), 2, 16, False, True),
+    "w1-small-dot": (2, 3, 5, (1, 1), (0, 0), 1, 16, False, False),
     "w4-edge-masks-shift-cos": (2, 8, 8, (4, 4), (2, 2), 2, 16, True, True),
     "w7-empty-slots-pad-dot": (2, 9, 9, (7, 7), (3, 3), 1, 16, False, True),
 }
@@ -64,7 +64,7 @@ def test_a_non_finite_token_stays_in_its_window(case, name, value):
 
 
 @pytest.mark.parametrize("name, value", POISONS, ids=[f"{n}-{v}" for n, v in POISONS])
-@pytest.mark.parametrize("case", ["w2-packed4-shift-pad-cos", "w7-empty-slots-pad-dot"])
+@pytest.mark.parametrize("case", ["w4-edge-masks-shift-cos", "w7-empty-slots-pad-dot"])
 def test_a_non_finite_token_stays_in_its_window_split_backward(case, name, value, monkeypatch):
     # the two-pass backward that 16-bit 64-token tiles take, here on fp32 inputs
     monkeypatch.setattr(wa, "backward_passes", lambda *args: wa.SPLIT_BACKWARD)

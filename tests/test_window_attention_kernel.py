@@ -55,12 +55,15 @@ FP32, FP16, BF16, FP64 = torch.float32, torch.float16, torch.bfloat16, torch.flo
 
 # id: (B, H, W, window, shift, heads, d, cross, mode, bias, dtype)
 CASES = {
-    # N = 4: 2x2 windows packed 4 to a 16-token tile
+    # N <= 8: the SMALL path (whole windows per step, CUDA-core products); 2x2 windows
     "8x8-w2-self-dot-fp32": (2, 8, 8, (2, 2), (0, 0), 2, 16, False, "dot", False, FP32),
+    "12x12-w2-s1-self-cos-bias-d64-bf16": (3, 12, 12, (2, 2), (1, 1), 2, 64, False, "cos", True, BF16),
+    "5x5-w2-s1-pad-self-cos-bias-fp64": (2, 5, 5, (2, 2), (1, 1), 2, 16, False, "cos", True, FP64),
+    "3x5-w1x2-s0x1-pad-self-dot-bias-fp32": (2, 3, 5, (1, 2), (0, 1), 2, 16, False, "dot", True, FP32),
     "5x7-w2-s1-pad-cross-cos-bias-fp32": (2, 5, 7, (2, 2), (1, 1), 2, 16, True, "cos", True, FP32),
     "5x7-w2-s1-pad-cross-cos-bias-fp16": (2, 5, 7, (2, 2), (1, 1), 2, 16, True, "cos", True, FP16),
     "6x6-w2-s1-self-dot-bias-bf16": (2, 6, 6, (2, 2), (1, 1), 2, 32, False, "dot", True, BF16),
-    # non-square windows: 2x3 (2 per tile) and 4x2 (2 per tile), non-power-of-two d
+    # non-square windows: 2x3 (6 tokens in a block of 8) and 4x2, non-power-of-two d
     "6x7-w2x3-s1x2-pad-self-cos-bias-fp32": (1, 6, 7, (2, 3), (1, 2), 3, 16, False, "cos", True, FP32),
     "7x5-w4x2-s2x1-pad-cross-dot-bias-d24-fp16": (2, 7, 5, (4, 2), (2, 1), 2, 24, True, "dot", True, FP16),
     "4x6-w2x3-s1-cross-dot-bias-d8-fp32": (1, 4, 6, (2, 3), (1, 1), 2, 8, True, "dot", True, FP32),
@@ -145,8 +148,9 @@ def test_out_view_passes_gradients():
 
 
 def test_gradients_are_bitwise_reproducible():
-    # 8 tiles of four 2x2 windows per head, 4 backward programs per head walking 2 tiles each
-    B, H, W, nh, d = 2, 8, 8, 2, 16
+    # 2x2 windows at d = 64: 8 steps of 8 windows per head, 4 backward programs per head walking
+    # 2 steps each
+    B, H, W, nh, d = 4, 8, 8, 2, 64
     q, k, v, b, ls, _ = make_inputs(B, H, W, (2, 2), nh, d, False, "cos", True, FP32)
     grad = torch.randn(B, H, W, nh * d)
     first = run("triton", q, k, v, (2, 2), (1, 1), b, ls, None, grad)[1]
@@ -155,7 +159,7 @@ def test_gradients_are_bitwise_reproducible():
         assert torch.equal(g1, g2)
 
 
-@pytest.mark.parametrize("window, shift", [((2, 2), (1, 1)), ((12, 12), (5, 6))], ids=["w2-packed", "w12-query-blocks"])
+@pytest.mark.parametrize("window, shift", [((2, 2), (1, 1)), ((12, 12), (5, 6))], ids=["w2-small", "w12-query-blocks"])
 def test_bias_gradient_does_not_depend_on_the_split(window, shift):
     # the partial sums of any number of backward programs add up to the same gradient
     B, H, W, nh, d = 2, 13, 12, 1, 16
@@ -174,8 +178,8 @@ def test_bias_gradient_does_not_depend_on_the_split(window, shift):
 
 @pytest.mark.parametrize(
     "window, shift, d, mode",
-    [((2, 2), (1, 1), 16, "cos"), ((8, 8), (4, 4), 32, "cos"), ((7, 7), (3, 3), 16, "dot"), ((12, 12), (5, 6), 16, "cos")],
-    ids=["w2-packed", "w8-edge-masks", "w7-empty-slots", "w12-query-blocks"],
+    [((3, 5), (1, 2), 16, "cos"), ((8, 8), (4, 4), 32, "cos"), ((7, 7), (3, 3), 16, "dot"), ((12, 12), (5, 6), 16, "cos")],
+    ids=["w3x5-empty-slot", "w8-edge-masks", "w7-empty-slots", "w12-query-blocks"],
 )
 def test_split_backward_gives_the_fused_gradients(window, shift, d, mode, poisoned):
     # the dq pass (with the bias partials) and the dk/dv pass (with the logit-scale partials)
@@ -191,7 +195,7 @@ def test_split_backward_gives_the_fused_gradients(window, shift, d, mode, poison
 
 
 def test_backward_passes_split_only_tiles_of_64_tokens_with_a_bias_gradient():
-    wide, small = wa._plan(2, 16, 16, (8, 8), (4, 4)), wa._plan(2, 8, 8, (4, 4), (0, 0))
+    wide, small = wa._plan(2, 16, 16, (8, 8), (4, 4), 64), wa._plan(2, 8, 8, (4, 4), (0, 0), 64)
     assert wa.backward_passes(wide, 64, BF16, True) == wa.SPLIT_BACKWARD
     assert wa.backward_passes(wide, 32, FP16, True) == wa.SPLIT_BACKWARD
     assert wa.backward_passes(wide, 64, FP32, True) == wa.SPLIT_BACKWARD
@@ -200,6 +204,25 @@ def test_backward_passes_split_only_tiles_of_64_tokens_with_a_bias_gradient():
     assert wa.backward_passes(wide, 64, FP64, True) == wa.FUSED_BACKWARD
     assert wa.backward_passes(wide, 64, BF16, False) == wa.FUSED_BACKWARD
     assert wa.backward_passes(small, 64, BF16, True) == wa.FUSED_BACKWARD
+
+
+@pytest.mark.parametrize("window, d", [((2, 2), 32), ((2, 2), 128), ((1, 1), 16), ((2, 3), 64), ((2, 4), 16)])
+def test_small_windows_take_the_small_path_without_tile_padding(window, d):
+    # tl.dot tiles of 16 tokens would leave a 2x2 window 4 x 4 of their 16 x 16 scores (25%);
+    # the SMALL path computes each window's own [N, N] block, N padded to a power of two
+    plan = wa._plan(64, 32, 32, window, (1, 1), d)
+    N = window[0] * window[1]
+    assert plan.path is wa.KernelPath.SMALL
+    assert plan.score_fraction() == pytest.approx(N * N / plan.BN**2)
+    assert plan.score_fraction() > 0.5
+    assert wa._plan(64, 32, 32, (2, 2), (1, 1), d).score_fraction() == 1.0
+
+
+def test_larger_windows_take_tensor_core_tiles():
+    for window in [(3, 3), (4, 4), (7, 7), (8, 8), (12, 12), (16, 16)]:
+        plan = wa._plan(8, 48, 48, window, (0, 0), 64)
+        assert plan.path is wa.KernelPath.DOT and plan.WPT == 1, window
+    assert wa._plan(8, 48, 48, (7, 7), (0, 0), 64).score_fraction() == pytest.approx(49 * 49 / 64**2)
 
 
 def test_any_input_strides_give_identical_results():
