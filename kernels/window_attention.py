@@ -171,6 +171,14 @@ def _allowed(m_q, m_k, o_qr, o_kr, SHIFTED: tl.constexpr):
 
 
 @triton.jit
+def _temperature(logit_scale, i_hd, s_ls, scale, COSINE: tl.constexpr, ACC: tl.constexpr):
+    # head i_hd's score scale: tau = exp(min(logit_scale, log 100)) in cosine mode, else scale
+    if COSINE:
+        return tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
+    return scale
+
+
+@triton.jit
 def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
             m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
             N: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -233,10 +241,7 @@ def window_attn_fwd_kernel(
     o_kd = _channels(i_hd, o_d, s_kn, s_kd)
     o_vd = _channels(i_hd, o_d, s_vn, s_vd)
     o_od = _channels(i_hd, o_d, s_on, s_od)
-    if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
-    else:
-        b_scale = scale
+    b_scale = _temperature(logit_scale, i_hd, s_ls, scale, COSINE, ACC)
     bias += i_hd.to(tl.int64) * (N * N)
     for i_it in range(TILES):
         i_tile = i_p * TILES + i_it
@@ -303,10 +308,7 @@ def window_attn_bwd_kernel(
     o_vd = _channels(i_hd, o_d, s_vn, s_vd)
     o_od = _channels(i_hd, o_d, s_on, s_od)
     o_gd = _channels(i_hd, o_d, s_gn, s_gd)
-    if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
-    else:
-        b_scale = scale
+    b_scale = _temperature(logit_scale, i_hd, s_ls, scale, COSINE, ACC)
     bias += i_hd.to(tl.int64) * (N * N)
     # this program's partial sums, written once at the end (fixed order: deterministic)
     p_db = dbias_part + (i_p * n_hd + i_hd).to(tl.int64) * (NUM_QB * BM * BN)
@@ -419,6 +421,31 @@ def window_attn_bwd_kernel(
 
 
 @triton.jit
+def _small_bias(bias, i_hd, o_n, N: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    # [BN, BN] head i_hd's contiguous [N, N] bias in log2 units (0 without one or beyond N),
+    # loaded once per program
+    b_bias = tl.zeros([o_n.shape[0], o_n.shape[0]], dtype=ACC)
+    if HAS_BIAS:
+        m_nn = (o_n < N)[:, None] & (o_n < N)[None, :]
+        b_bias = tl.load(bias + i_hd.to(tl.int64) * (N * N) + o_n[:, None] * N + o_n[None, :], mask=m_nn,
+                         other=0.0).to(ACC) * _LOG2E
+    return b_bias
+
+
+@triton.jit
+def _small_step(o_win, o_n, H, W, NWH, NWW, NWIN,
+                WH: tl.constexpr, WW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr, N: tl.constexpr):
+    # the tokens of windows o_win [WPT] (queries and keys sit at the same positions): [WPT, BN]
+    # (b, row, col) and real-token mask, and the [WPT, BN, BN] allowed (query, key) pairs: real
+    # tokens of one Swin region
+    o_b, o_h, o_w, o_r, m_t = _window_tokens(o_win[:, None], o_n[None, :], H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
+    m_a = m_t[:, :, None] & m_t[:, None, :]
+    if (SH > 0) | (SW > 0):
+        m_a = m_a & (o_r[:, :, None] == o_r[:, None, :])
+    return o_b, o_h, o_w, m_t, m_a
+
+
+@triton.jit
 def _small_probs(b_c, b_bias, b_scale, m_a, HAS_BIAS: tl.constexpr, MASK_MODE: tl.constexpr):
     # [WPT, BN, BN] probabilities of the windows' raw products c (query i on axis 1, key j on
     # axis 2); a row without any allowed key (padded queries) becomes 0
@@ -478,7 +505,6 @@ def window_attn_small_fwd_kernel(
     # [N, N] scores (N padded to BN = next_pow2(N)) with CUDA-core products and reductions over
     # the channels: no tl.dot, so no 16-token tile minimum and no foreign window in a product.
     i_p, i_hd = tl.program_id(0), tl.program_id(1)
-    SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
     o_d = tl.arange(0, BD)
     m_d = o_d < D
     o_n = tl.arange(0, BN)
@@ -486,26 +512,12 @@ def window_attn_small_fwd_kernel(
     o_kd = _channels(i_hd, o_d, s_kn, s_kd)
     o_vd = _channels(i_hd, o_d, s_vn, s_vd)
     o_od = _channels(i_hd, o_d, s_on, s_od)
-    if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
-    else:
-        b_scale = scale
-    b_bias = tl.zeros([BN, BN], dtype=ACC)
-    if HAS_BIAS:
-        # [BN, BN] this head's bias in log2 units, loaded once per program
-        m_nn = (o_n < N)[:, None] & (o_n < N)[None, :]
-        b_bias = tl.load(bias + i_hd.to(tl.int64) * (N * N) + o_n[:, None] * N + o_n[None, :], mask=m_nn,
-                         other=0.0).to(ACC) * _LOG2E
+    b_scale = _temperature(logit_scale, i_hd, s_ls, scale, COSINE, ACC)
+    b_bias = _small_bias(bias, i_hd, o_n, N, HAS_BIAS, ACC)
     for i_it in range(TILES):
-        # [WPT] windows of this step
+        # [WPT] windows of this step, [WPT, BN] their tokens, [WPT, BN, BN] allowed pairs
         o_win = (i_p * TILES + i_it) * WPT + tl.arange(0, WPT)
-        # [WPT, BN] their tokens (queries and keys sit at the same positions)
-        o_tb, o_th, o_tw, o_tr, m_t = _window_tokens(o_win[:, None], o_n[None, :], H, W, NWH, NWW, NWIN,
-                                                     WH, WW, SH, SW, N)
-        # [WPT, BN, BN] allowed (query, key) pairs: real tokens of one Swin region
-        m_a = m_t[:, :, None] & m_t[:, None, :]
-        if SHIFTED:
-            m_a = m_a & (o_tr[:, :, None] == o_tr[:, None, :])
+        o_tb, o_th, o_tw, m_t, m_a = _small_step(o_win, o_n, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
         m_td = m_t[:, :, None] & m_d[None, None, :]
         # [WPT, BN, BD]
         p_q = q + _offsets(o_tb, o_th, o_tw, s_qb, s_qh, s_qw)[:, :, None] + o_qd[None, None, :]
@@ -551,7 +563,6 @@ def window_attn_small_bwd_kernel(
     # own step (do has strides s_o*; dq, dk and dv share s_g*). The bias- and logit-scale
     # gradients are this program's partial sums, written once at the end (fixed order).
     i_p, i_hd, n_hd = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
-    SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
     o_d = tl.arange(0, BD)
     m_d = o_d < D
     o_n = tl.arange(0, BN)
@@ -560,25 +571,15 @@ def window_attn_small_bwd_kernel(
     o_vd = _channels(i_hd, o_d, s_vn, s_vd)
     o_od = _channels(i_hd, o_d, s_on, s_od)
     o_gd = _channels(i_hd, o_d, s_gn, s_gd)
-    if COSINE:
-        b_scale = tl.exp(tl.minimum(tl.load(logit_scale + i_hd * s_ls).to(ACC), _LOG_MAX))
-    else:
-        b_scale = scale
-    b_bias = tl.zeros([BN, BN], dtype=ACC)
-    if HAS_BIAS:
-        m_nn = (o_n < N)[:, None] & (o_n < N)[None, :]
-        b_bias = tl.load(bias + i_hd.to(tl.int64) * (N * N) + o_n[:, None] * N + o_n[None, :], mask=m_nn,
-                         other=0.0).to(ACC) * _LOG2E
+    b_scale = _temperature(logit_scale, i_hd, s_ls, scale, COSINE, ACC)
+    b_bias = _small_bias(bias, i_hd, o_n, N, HAS_BIAS, ACC)
     # [BN, BN] and [WPT, BN] partial sums of dbias and dtau
     b_db = tl.zeros([BN, BN], dtype=ACC)
     b_dt = tl.zeros([WPT, BN], dtype=ACC)
     for i_it in range(TILES):
+        # [WPT] windows of this step, [WPT, BN] their tokens, [WPT, BN, BN] allowed pairs
         o_win = (i_p * TILES + i_it) * WPT + tl.arange(0, WPT)
-        o_tb, o_th, o_tw, o_tr, m_t = _window_tokens(o_win[:, None], o_n[None, :], H, W, NWH, NWW, NWIN,
-                                                     WH, WW, SH, SW, N)
-        m_a = m_t[:, :, None] & m_t[:, None, :]
-        if SHIFTED:
-            m_a = m_a & (o_tr[:, :, None] == o_tr[:, None, :])
+        o_tb, o_th, o_tw, m_t, m_a = _small_step(o_win, o_n, H, W, NWH, NWW, NWIN, WH, WW, SH, SW, N)
         m_td = m_t[:, :, None] & m_d[None, None, :]
         # [WPT, BN, BD] q (cosine: q / max(|q|, eps)) and do
         b_q = tl.load(q + _offsets(o_tb, o_th, o_tw, s_qb, s_qh, s_qw)[:, :, None] + o_qd[None, None, :],
