@@ -488,7 +488,7 @@ def _inverse_norm(b_x):
     return 1.0 / tl.maximum(tl.sqrt(tl.sum(b_x * b_x, 2)), _EPS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NWIN"])
 def window_attn_small_fwd_kernel(
     q, k, v, o, bias, logit_scale,
     s_qb, s_qh, s_qw, s_qn, s_qd,
@@ -544,7 +544,7 @@ def window_attn_small_fwd_kernel(
         tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_td)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NWIN", "TILES"])
 def window_attn_small_bwd_kernel(
     q, k, v, do, dq, dk, dv, bias, logit_scale, dbias_part, dtemp_part,
     s_qb, s_qh, s_qw, s_qn, s_qd,
