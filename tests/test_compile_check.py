@@ -174,6 +174,39 @@ def test_a_preset_call_outside_the_kernel_limits_is_rejected_up_front_not_a_cras
     assert rejected and all("window_attention" in msg and "shared memory" in msg for _, _, msg in rejected)
 
 
+BATCH_REPLAYS = """
+import json, sys
+from xswin_fast import compile_check as cc
+calls = {}
+for preset in ("XSwin-digits", "DiT-digits"):
+    calls.update(cc.record_preset(preset, [1], ["bf16", "fp32"])[0])
+indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
+keys, kernels = {}, set()
+for batch in (1, 3, 64, 256):
+    recorder = cc.LaunchRecorder()
+    rejected, errors = cc.replay(indexed, [batch], cc.TARGETS[90], recorder, [])
+    assert not rejected and not errors, (rejected, errors)
+    # sum_partials fits its tile to the number of partials, which follows the batch
+    keys[batch] = sorted(key for key, spec in recorder.configs.items() if spec["kernel"] != "sum_partials_kernel")
+    kernels |= {spec["kernel"] for spec in recorder.configs.values()}
+json.dump(dict(keys=keys, kernels=sorted(kernels)), sys.stdout)
+"""
+
+
+def test_the_batch_changes_no_window_attention_or_adaln_compile_input():
+    # batch 1 to 256 changes the grids and the runtime bounds NWIN, TILES and TPP, not the
+    # binaries: the kernels keep those ints out of Triton's specialisation (== 1 became a
+    # constexpr, and a divisibility attribute another compile), so every batch launches exactly
+    # the configurations batch 1 launches, pointer alignment included
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", BATCH_REPLAYS], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert {"window_attn_fwd_kernel", "window_attn_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
+            "sum_partials_kernel"} <= set(out["kernels"]), out["kernels"]
+    assert all(keys == out["keys"]["1"] for keys in out["keys"].values())
+
+
 HUGE_REPLAY = """
 import json, sys
 import torch
