@@ -695,8 +695,9 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
         f"configurations that differ from the model runs' own: the replay is not faithful")]
     sweep = sweep_calls(_windows(args.sweep_windows), _ints(args.sweep_head_dims), precisions) if args.sweep_windows else {}
     swept = [(len(indexed) + i, call, labels) for i, (call, labels) in enumerate(sweep.items())]
-    progress(f"replaying {len(indexed)} op calls from the presets at batches {args.batches} and {len(swept)} from "
-             f"the sweep at batch {args.sweep_batch} on {', '.join(t.name for t in args.targets)} ...")
+    progress(f"recorded in {time.time() - start:.0f} s; replaying {len(indexed)} op calls from the presets at batches "
+             f"{args.batches} and {len(swept)} from the sweep at batch {args.sweep_batch} on "
+             f"{', '.join(t.name for t in args.targets)} ...")
     configs, sources, rejected, errors, consulted = replay_all(
         [(indexed, _ints(args.batches)), (swept, [args.sweep_batch])], [t.arch for t in args.targets], args.jobs)
     if not args.all_specializations:
