@@ -53,6 +53,12 @@ MAX_CHANNELS = 8192
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # elements of one [BT, BC] tile; the interpreter pays per program and per op, not per element
 TILE_ELEMENTS = 16384 if INTERPRET else 4096
+# Runtime ints of the token kernels that Triton must not specialise (== 1 as a constexpr,
+# divisibility by 16 as an attribute): TPP, tokens per program, follows the batch through the
+# grid and is only a loop bound, so each specialisation was another binary per batch size for
+# nothing. T and C stay specialised: their divisibility proves the token and channel masks
+# constant over vectors (128-bit loads).
+_TOKEN_KERNEL_RUNTIME_INTS = ["TPP"]
 
 
 @triton.jit
@@ -87,7 +93,7 @@ def _normalize_bwd(b_g, b_xhat, b_rstd, m, C):
     return tl.where(m, (b_g - b_c2[:, None] - b_xhat * b_c1[:, None]) * b_rstd[:, None], 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def modulate_fwd_kernel(
     x, shift, scale, o,
     T, C, eps, TPP,
@@ -116,7 +122,7 @@ def modulate_fwd_kernel(
         tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def modulate_bwd_kernel(
     x, scale, do, dx, part,
     T, C, eps, TPP,
@@ -158,7 +164,7 @@ def modulate_bwd_kernel(
     tl.store(p_part + NB * NP * C, b_dscale, mask=m_c)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def gated_residual_fwd_kernel(
     x, y, gate, o,
     T, C, TPP,
@@ -185,7 +191,7 @@ def gated_residual_fwd_kernel(
         tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def gated_residual_bwd_kernel(
     y, gate, do, dy, part,
     T, C, TPP,
@@ -216,7 +222,7 @@ def gated_residual_bwd_kernel(
     tl.store(part + (i_b * NP + i_p) * C + o_c, b_dgate, mask=m_c)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def modulate_layernorm_fwd_kernel(
     x, shift, scale, w, b, o,
     T, C, eps, TPP,
@@ -253,7 +259,7 @@ def modulate_layernorm_fwd_kernel(
         tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def modulate_layernorm_bwd_kernel(
     x, shift, scale, w, do, dx, part,
     T, C, eps, TPP,
@@ -307,7 +313,7 @@ def modulate_layernorm_bwd_kernel(
     tl.store(p_part + 3 * n_part, b_db, mask=m_c)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def residual_layernorm_fwd_kernel(
     x, y, w, b, keep, o,
     T, C, eps, TPP,
@@ -349,7 +355,7 @@ def residual_layernorm_fwd_kernel(
         tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
 def residual_layernorm_bwd_kernel(
     y, w, b, keep, do, dy, part, part_keep,
     T, C, eps, TPP,

@@ -216,7 +216,7 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
     return b_c, b_p
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NWIN"])
 def window_attn_fwd_kernel(
     q, k, v, o, bias, logit_scale,
     s_qb, s_qh, s_qw, s_qn, s_qd,
@@ -277,7 +277,7 @@ def window_attn_fwd_kernel(
             tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_qd)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NWIN", "TILES"])
 def window_attn_bwd_kernel(
     q, k, v, do, dq, dk, dv, bias, logit_scale, dbias_part, dtemp_part,
     s_qb, s_qh, s_qw, s_qn, s_qd,

@@ -185,3 +185,61 @@ def test_a_preset_call_outside_the_kernel_limits_is_rejected_up_front_not_a_cras
     rejected, errors = cc.replay(indexed, [None], cc.TARGETS[90], cc.LaunchRecorder(), [])
     assert errors == []
     assert rejected and all("window_attention" in msg and "shared memory" in msg for _, _, msg in rejected)
+
+
+BATCH_REPLAYS = """
+import json, sys
+from xswin_fast import compile_check as cc
+calls = {}
+for preset in ("XSwin-digits", "DiT-digits"):
+    calls.update(cc.record_preset(preset, [1], ["bf16", "fp32"])[0])
+indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
+keys, kernels = {}, set()
+for batch in (1, 3, 64, 256):
+    recorder = cc.LaunchRecorder()
+    rejected, errors = cc.replay(indexed, [batch], cc.TARGETS[90], recorder, [])
+    assert not rejected and not errors, (rejected, errors)
+    # sum_partials fits its tile to the number of partials, which follows the batch
+    keys[batch] = sorted(key for key, spec in recorder.configs.items() if spec["kernel"] != "sum_partials_kernel")
+    kernels |= {spec["kernel"] for spec in recorder.configs.values()}
+json.dump(dict(keys=keys, kernels=sorted(kernels)), sys.stdout)
+"""
+
+
+def test_the_batch_changes_no_window_attention_or_adaln_compile_input():
+    # batch 1 to 256 changes the grids and the runtime bounds NWIN, TILES and TPP, not the
+    # binaries: the kernels keep those ints out of Triton's specialisation (== 1 became a
+    # constexpr, and a divisibility attribute another compile), so every batch launches exactly
+    # the configurations batch 1 launches, pointer alignment included
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", BATCH_REPLAYS], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert {"window_attn_fwd_kernel", "window_attn_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
+            "sum_partials_kernel"} <= set(out["kernels"]), out["kernels"]
+    assert all(keys == out["keys"]["1"] for keys in out["keys"].values())
+
+
+HUGE_REPLAY = """
+import json, sys
+import torch
+from xswin_fast import compile_check as cc
+from xswin_fast.op_calls import MODEL_BATCH, OpCall
+# a bf16 (B, 1024, 1024, 64) map: 34 GB at batch 256, more than this machine (or CI's) holds;
+# the launcher's output of the same size is allocated inside the kernel's custom op
+x = torch.empty(MODEL_BATCH, 1024, 1024, 64, dtype=torch.bfloat16, device="meta").requires_grad_()
+shift, scale = (torch.empty(MODEL_BATCH, 64, dtype=torch.bfloat16, device="meta").requires_grad_() for _ in range(2))
+call = OpCall.of("modulate", (x, shift, scale), {}, grad=torch.empty(x.shape, dtype=x.dtype, device="meta"))
+recorder = cc.LaunchRecorder()
+rejected, errors = cc.replay([(0, call, {("sweep", "huge modulate", None, "bf16")})], [256], cc.TARGETS[90], recorder, [])
+json.dump(dict(rejected=rejected, errors=errors, kernels=sorted(s["kernel"] for s in recorder.configs.values())), sys.stdout)
+"""
+
+
+def test_a_replay_larger_than_memory_allocates_nothing():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", HUGE_REPLAY], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["errors"] == [] and out["rejected"] == []
+    assert {"modulate_fwd_kernel", "modulate_bwd_kernel"} <= set(out["kernels"]), out["kernels"]

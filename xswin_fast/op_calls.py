@@ -11,6 +11,7 @@ Used by the offline compile check (``xswin_fast.compile_check``) and the traffic
 (``xswin_fast.traffic``).
 """
 import contextlib
+import mmap
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -32,10 +33,27 @@ def _to_meta(x):
     return x
 
 
+# Linux's MAP_NORESERVE (Python 3.11's mmap module does not name it)
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+# storages from this size on are mapped without reserving memory (see empty_like_layout)
+_UNRESERVED_BYTES = 1 << 30
+
+
 def empty_like_layout(shape, stride, offset: int, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor with exactly this layout (pages are never touched)."""
+    """An uninitialised CPU tensor with exactly this layout (pages are never touched).
+
+    A storage of 1 GiB or more is an anonymous private mapping with MAP_NORESERVE: replayed at
+    batch 256, ASCEND-256 at 4x its size (1024 px) asks for tensors of up to 137 GB, which Linux's
+    default overcommit heuristic refuses to ``torch.empty`` on a machine with less memory, though
+    no page of them is ever written. The mapping is page-aligned, as aligned as torch's own."""
     extent = 0 if 0 in shape else 1 + sum((s - 1) * abs(st) for s, st in zip(shape, stride))
-    return torch.empty(max(offset + extent, 1), dtype=dtype).as_strided(tuple(shape), tuple(stride), offset)
+    numel = max(offset + extent, 1)
+    if numel * dtype.itemsize < _UNRESERVED_BYTES:
+        storage = torch.empty(numel, dtype=dtype)
+    else:
+        pages = mmap.mmap(-1, numel * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+        storage = torch.frombuffer(pages, dtype=dtype, count=numel)
+    return storage.as_strided(tuple(shape), tuple(stride), offset)
 
 
 def _to_cpu(x):
@@ -51,15 +69,21 @@ class NoCompute(TorchDispatchMode):
     """Aten ops on big tensors run on the meta device: outputs get the right shape, strides and
     dtype, uninitialised (zeros when the output itself is small). Small ones (data-dependent checks, embeddings of t and y) run for real,
     so do views, and non-aten ops (the kernels' custom ops) run their real implementation, which
-    reaches the kernel launches."""
+    reaches the kernel launches, under this mode too: the outputs, partial sums and copies of the
+    kernels' launchers cost nothing either (a real ``torch.empty`` of an output of 24-137 GB, as
+    ASCEND-256 at 4x its size asks at batch 256, fails on a machine with less memory)."""
 
     SMALL = 1 << 16
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.namespace != "aten":
+            # the op's CPU implementation, with this mode on for the aten ops inside it
+            with self:
+                return func.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args, **kwargs)
         flat = [a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         small = sum(t.numel() for t in flat) <= self.SMALL and "empty" not in func.__name__
-        if func.namespace != "aten" or func.is_view or small:
+        if func.is_view or small:
             return func(*args, **kwargs)
         out = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
         if func._schema.is_mutable:
