@@ -191,7 +191,7 @@ BATCH_REPLAYS = """
 import json, sys
 from xswin_fast import compile_check as cc
 calls = {}
-for preset in ("XSwin-digits", "DiT-digits"):
+for preset in ("XSwin-digits", "XSwin-S/2", "DiT-digits"):
     calls.update(cc.record_preset(preset, [1], ["bf16", "fp32"])[0])
 indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
 keys, kernels = {}, set()
@@ -215,7 +215,9 @@ def test_the_batch_changes_no_window_attention_or_adaln_compile_input():
     proc = subprocess.run([sys.executable, "-c", BATCH_REPLAYS], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert {"window_attn_fwd_kernel", "window_attn_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
+    # XSwin-digits' 2x2 windows take the SMALL pair, XSwin-S/2's 8x8 windows the tensor-core one
+    assert {"window_attn_fwd_kernel", "window_attn_bwd_kernel", "window_attn_small_fwd_kernel",
+            "window_attn_small_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
             "sum_partials_kernel"} <= set(out["kernels"]), out["kernels"]
     assert all(keys == out["keys"]["1"] for keys in out["keys"].values())
 

@@ -642,7 +642,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precisions", default="fp32,bf16,fp16", help="fp32, and bf16 / fp16 under autocast")
     p.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)), help="batches the calls are replayed at")
     p.add_argument("--targets", default="90,80", help="compute capabilities: 90 (sm_90a) and/or 80 (sm_80)")
-    p.add_argument("--sweep-windows", default="1,2,3x5,4,7,8,12,16", help="window-attention sweep: windows "
+    p.add_argument("--sweep-windows", default="1,2,2x4,3x5,4,7,8,12,16", help="window-attention sweep: windows "
                    "(w or hxw); empty for none")
     p.add_argument("--sweep-head-dims", default="16,48,64,128", help="window-attention sweep: head dims")
     p.add_argument("--sweep-batch", type=int, default=64, help="batch of the sweep's calls")
