@@ -544,7 +544,7 @@ def window_attn_small_fwd_kernel(
         tl.store(p_o, b_o.to(o.dtype.element_ty), mask=m_td)
 
 
-@triton.jit(do_not_specialize=["NWIN", "TILES"])
+@triton.jit(do_not_specialize=["NWH", "NWW", "NWIN", "TILES"])
 def window_attn_small_bwd_kernel(
     q, k, v, do, dq, dk, dv, bias, logit_scale, dbias_part, dtemp_part,
     s_qb, s_qh, s_qw, s_qn, s_qd,
