@@ -822,7 +822,7 @@ def window_attention_fwd(
         window_attn_small_fwd_kernel[(plan.num_tiles, nh)](TILES=1, ACC=_precision(q)["ACC"], **args)
         return out
     tiles = max(1, 64 // plan.BN)
-    window_attn_fwd_kernel[(_cdiv(plan.num_tiles, tiles), nh)](TILES=tiles, **_precision(q), **args)
+    window_attn_fwd_kernel[(_cdiv(plan.num_tiles, tiles), nh)](TILES=tiles, **_precision(q), **_register_cap(q), **args)
     return out
 
 
@@ -924,9 +924,10 @@ def window_attention_bwd(
 
 
 def _register_cap(q: torch.Tensor) -> dict:
-    """Launch options of the backward: an explicit 255-register cap for fp32. Without it ptxas
-    gave one specialisation of XSwin-B/2's fp32 dk/dv pass (d64, IEEE products) 32 registers and
-    13 KB of spill on sm_90a; capped, it keeps 255 registers (1.1 KB of spill)."""
+    """Launch options of the tensor-core kernels: an explicit 255-register cap for fp32. Without
+    it ptxas gave one specialisation of XSwin-B/2's fp32 dk/dv pass (d64, IEEE products) 32
+    registers and 13 KB of spill on sm_90a (capped: 255 registers, 1.1 KB of spill), and the fp32
+    forward of 7x7 and 8x8 windows at d128 32 registers and 8-12 KB of spill."""
     return dict(maxnreg=255) if q.dtype == torch.float32 else {}
 
 
