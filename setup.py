@@ -19,6 +19,7 @@ setup(
         "xswin_fast.kernels",
         "xswin_fast.data",
         "xswin_fast.evaluation",
+        "xswin_fast.objectives",
         "xswin_fast.runs",
         "xswin_fast.cli",
         "xswin_fast.pipelines",

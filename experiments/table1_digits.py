@@ -29,20 +29,20 @@ from torch.utils.data import Dataset
 from xswin_fast.checkpoints import list_checkpoints, load_newest_checkpoint
 from xswin_fast.cli.user_errors import ArgumentParser, exit_on_user_error, finite_float, positive_int
 from xswin_fast.data import DigitsDataset
-from xswin_fast.diffusion import autocast_dtype
+from xswin_fast.objectives.eps import autocast_dtype
 from xswin_fast.evaluation.digits_extractor import load_digits_cnn
 from xswin_fast.evaluation.metrics import ImageListDataset, TensorImageDataset, compute_metrics
 from xswin_fast.evaluation.reference import export_reference, reference_labels
 from xswin_fast.images import save_grid
 from xswin_fast.models import create_model, list_models
-from xswin_fast.diffusion import SAMPLERS
-from xswin_fast.flow import FLOW_SAMPLERS
+from xswin_fast.objectives.eps import SAMPLERS
+from xswin_fast.objectives.flow import FLOW_SAMPLERS
 from xswin_fast.objectives import OBJECTIVES
 from xswin_fast.runs.config import BACKENDS, ConfigError, new_run_config, parse_threads, resume_config
 from xswin_fast.runs.distributed import resolve_device
 from xswin_fast.runs.launch import resolve_threads, train
 from xswin_fast.runs.run_dir import load_run
-from xswin_fast.sampling import generate
+from xswin_fast.objectives.sampling import generate
 
 from table1_report import write_report  # the sibling file: a script's own folder is on sys.path
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xswin_fast.checkpoints import CheckpointError, load_newest_checkpoint
-from xswin_fast.diffusion import Diffusion
+from xswin_fast.objectives.eps import Diffusion
 from xswin_fast.pipelines import XSwinPipeline, export_run, is_model_folder, read_model_folder
 from xswin_fast.runs.run_dir import load_run
 

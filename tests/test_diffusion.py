@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from xswin_fast.diffusion import Diffusion, autocast_dtype
+from xswin_fast.objectives.eps import Diffusion, autocast_dtype
 
 
 def test_diffusion_vb_gradient_reaches_only_the_variance_channels():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from helpers import FAMILIES, randomize_, tiny
-from xswin_fast.diffusion import Diffusion
-from xswin_fast.flow import FlowMatching, resolution_shift, shift_time
+from xswin_fast.objectives.eps import Diffusion
+from xswin_fast.objectives.flow import FlowMatching, resolution_shift, shift_time
 from xswin_fast.models import create_model
 from xswin_fast.objectives import objective_from_config
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from xswin_fast.data.digits import DigitsDataset
-from xswin_fast.diffusion import Diffusion
+from xswin_fast.objectives.eps import Diffusion
 
 
 class EmpiricalDenoiser(nn.Module):

@@ -1,4 +1,4 @@
-"""sample.py and xswin_fast.sampling.generate on a tiny digits checkpoint."""
+"""sample.py and xswin_fast.objectives.sampling.generate on a tiny digits checkpoint."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from xswin_fast.cli import sample
 from xswin_fast.runs.run_dir import load_run
-from xswin_fast.sampling import generate
+from xswin_fast.objectives.sampling import generate
 
 
 @pytest.mark.parametrize("sampler,extra", [("ddim", ["--cfg-scale", "3.0"]), ("ddpm", ["--no-ema", "--labels", "3,7"])])
@@ -50,7 +50,7 @@ def test_sample_progress_lines_show_k_of_n_elapsed_and_eta(digits_run, caplog):
 def test_one_cfg_default_and_threads_auto_for_every_command_line():
     from xswin_fast.cli import evaluate
     from xswin_fast.runs.config import TrainConfig, build_parser
-    from xswin_fast.sampling import DEFAULT_CFG_SCALE
+    from xswin_fast.objectives.sampling import DEFAULT_CFG_SCALE
 
     for parser in (sample.build_parser(), evaluate.build_parser()):
         defaults = {a.dest: a.default for a in parser._actions}

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from xswin_fast.checkpoints import list_checkpoints, load_checkpoint
 from xswin_fast.cli import train
-from xswin_fast.diffusion import Diffusion
+from xswin_fast.objectives.eps import Diffusion
 from xswin_fast.runs.config import TrainConfig
 from xswin_fast.runs.ema import create_ema, update_ema
 from xswin_fast.runs.trainer import Trainer, non_finite_parts

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..diffusion import PRECISIONS
+from ..objectives.eps import PRECISIONS
 from ..evaluation.digits_extractor import load_digits_cnn
 from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_weights_file, compute_metrics, inception_weights
 from ..evaluation.reference import export_reference, reference_labels
@@ -30,7 +30,7 @@ from ..images import save_grid, save_pngs
 from ..runs.config import BACKENDS, ConfigError, parse_threads
 from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
-from ..sampling import DEFAULT_CFG_SCALE
+from ..objectives.sampling import DEFAULT_CFG_SCALE
 from .process import apply_threads, log_to_stdout, progress_mode
 from .sample import add_sampler_flags, check_generation, generate_images, generation_tag
 from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int

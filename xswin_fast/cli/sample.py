@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
-from ..diffusion import PRECISIONS, autocast_dtype
+from ..objectives.eps import PRECISIONS, autocast_dtype
 from ..objectives import ALL_SAMPLERS
 from ..images import save_grid, save_pngs
 from ..runs.config import BACKENDS, ConfigError, parse_threads
 from ..runs.run_dir import SamplingRun, load_run
-from ..sampling import DEFAULT_CFG_SCALE, generate
+from ..objectives.sampling import DEFAULT_CFG_SCALE, generate
 from .process import apply_threads, log_to_stdout, progress_mode
 from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
 

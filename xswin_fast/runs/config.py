@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from ..checkpoints import plain_data
-from ..diffusion import PRECISIONS, SAMPLERS
-from ..flow import FLOW_SAMPLERS, T_SAMPLINGS
+from ..objectives.eps import PRECISIONS, SAMPLERS
+from ..objectives.flow import FLOW_SAMPLERS, T_SAMPLINGS
 from ..models import list_models
 from ..objectives import ALL_SAMPLERS, OBJECTIVES
-from ..sampling import DEFAULT_CFG_SCALE
+from ..objectives.sampling import DEFAULT_CFG_SCALE
 
 logger = logging.getLogger(__name__)
 

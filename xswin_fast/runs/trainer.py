@@ -19,13 +19,13 @@ from ..checkpoints import (
     restore_rng_state,
     save_checkpoint,
 )
-from ..diffusion import Diffusion, autocast_dtype
-from ..flow import FlowMatching, resolution_shift
+from ..objectives.eps import Diffusion, autocast_dtype
+from ..objectives.flow import FlowMatching, resolution_shift
 from ..images import save_grid
 from ..models import create_model
 from ..objectives import Objective
 from ..pipelines.export import export_run
-from ..sampling import generate
+from ..objectives.sampling import generate
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
 from .ema import create_ema, ema_decay, update_ema
@@ -147,7 +147,7 @@ class Trainer:
 
     def _objective(self) -> Objective:
         """The run's objective: eps-prediction DDPM, or flow matching (which ignores the variance
-        channels of a learned-sigma backbone, see ``xswin_fast.flow``)."""
+        channels of a learned-sigma backbone, see ``xswin_fast.objectives.flow``)."""
         config, info = self.config, self.data.info
         if config.objective == "flow":
             shape = (info.latent_channels, info.latent_size, info.latent_size)

@@ -7,7 +7,7 @@ Both share one interface: ``objective``, ``num_timesteps``, ``samplers``, ``defa
 """
 from typing import Any, Dict, Union
 
-from .diffusion import SAMPLERS, Diffusion
+from .eps import SAMPLERS, Diffusion
 from .flow import FLOW_SAMPLERS, FlowMatching
 
 OBJECTIVES = ("eps", "flow")

@@ -9,11 +9,11 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..images import to_uint8
+from ..progress_lines import ProgressLines
+from ..vae import LatentCodec
+from .base import Objective
 from .guidance import Interval
-from .images import to_uint8
-from .objectives import Objective
-from .progress_lines import ProgressLines
-from .vae import LatentCodec
 
 # the guidance scale of train.py's grids, sample.py and evaluate.py: DiT's FID setting, and the
 # best FID of the digits job (docs/training.md)
@@ -43,7 +43,7 @@ def generate(
     ``model`` (eval mode) samples ``shape`` = (C, H, W) of its input space on its own device;
     ``diffusion`` is the run's objective (``Diffusion`` or ``FlowMatching``); ``sampler`` and
     ``steps`` default to its own (ddpm 250 for eps, euler 25 for flow); ``cfg_interval`` (lo, hi)
-    limits guidance to those noise levels (see ``xswin_fast.guidance``).
+    limits guidance to those noise levels (see ``xswin_fast.objectives.guidance``).
     ``codec`` decodes latents to pixels (None: pixel space). One generator seeded with ``seed``
     draws all noise, so a given seed and ``batch_size`` always give the same images.
     ``progress`` over all denoising steps: "none", "bar" (tqdm) or "log" (k/N, elapsed and ETA

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
-from .compat import ensure_torchvision_importable
+from ..compat import ensure_torchvision_importable
 from .guidance import Interval, check_guidance, guided_at, model_output
 
 FLOW_SAMPLERS = ("euler", "heun")

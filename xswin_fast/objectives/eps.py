@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from .compat import ensure_torchvision_importable
+from ..compat import ensure_torchvision_importable
 from .guidance import Interval, check_guidance, guided_at, model_output
 
 SAMPLERS = ("ddpm", "ddim")
@@ -206,7 +206,7 @@ class Diffusion:
 
         With ``cfg_scale != 1`` the batch is doubled with the null label (``model.num_classes``)
         and ``model.forward_with_cfg`` guides every eps channel, at the steps whose noise level
-        ``t / T`` lies in ``cfg_interval`` (lo, hi) (None: every step; see ``xswin_fast.guidance``).
+        ``t / T`` lies in ``cfg_interval`` (lo, hi) (None: every step; see ``xswin_fast.objectives.guidance``).
         ``on_step`` is called after every denoising step (progress reports).
         """
         check_guidance(model, cfg_scale, cfg_interval)
