@@ -29,20 +29,16 @@ from torch.utils.data import Dataset
 from xswin_fast.checkpoints import list_checkpoints, load_newest_checkpoint
 from xswin_fast.cli.user_errors import ArgumentParser, exit_on_user_error, finite_float, positive_int
 from xswin_fast.data import DigitsDataset
-from xswin_fast.objectives.eps import autocast_dtype
 from xswin_fast.evaluation.digits_extractor import load_digits_cnn
 from xswin_fast.evaluation.metrics import ImageListDataset, TensorImageDataset, compute_metrics
 from xswin_fast.evaluation.reference import export_reference, reference_labels
 from xswin_fast.images import save_grid
 from xswin_fast.models import create_model, list_models
-from xswin_fast.objectives.eps import SAMPLERS
-from xswin_fast.objectives.flow import FLOW_SAMPLERS
-from xswin_fast.objectives import OBJECTIVES
-from xswin_fast.runs.config import BACKENDS, ConfigError, new_run_config, parse_threads, resume_config
+from xswin_fast.objectives import FLOW_SAMPLERS, OBJECTIVES, SAMPLERS, autocast_dtype, generate
+from xswin_fast.runs.config import BACKEND_CHOICES, ConfigError, new_run_config, op_backend, parse_threads, resume_config
 from xswin_fast.runs.distributed import resolve_device
 from xswin_fast.runs.launch import resolve_threads, train
 from xswin_fast.runs.run_dir import load_run
-from xswin_fast.objectives.sampling import generate
 
 from table1_report import write_report  # the sibling file: a script's own folder is on sys.path
 
@@ -98,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/table1-digits", help="the experiment folder (default results/table1-digits)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=parse_threads, default="auto", help="CPU threads: N, 0 or auto (as train.py)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="op backend of the models (as train.py)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="op backend of the models (as train.py)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table from the finished cells")
     p.add_argument("--digits-extractor-weights", help="digits-cnn weights (default: the cache; trained if missing)")
     p.add_argument("--ckpt-every", type=positive_int, default=100, help="checkpoint every N steps (default 100)")
@@ -246,16 +242,15 @@ class Scorer:
     """Samples from one cell's EMA model and scores them with the digits metrics."""
 
     def __init__(self, run: Path, args: argparse.Namespace):
-        backend = None if args.backend == "auto" else args.backend
-        self.run, self.args = load_run(str(run), args.device, backend=backend), args
-        self.sampler = args.sampler or self.run.diffusion.default_sampler
+        self.run, self.args = load_run(str(run), args.device, backend=op_backend(args.backend)), args
+        self.sampler = args.sampler or self.run.objective.default_sampler
 
     def sample(self, labels: List[int], cfg: float, seed: int) -> Tuple[torch.Tensor, float]:
         """(uint8 (N, 1, 8, 8) images on the CPU, seconds taken) for N ``labels`` at guidance ``cfg``,
         all noise drawn from one generator seeded with ``seed``."""
         run = self.run
         began = time.perf_counter()
-        images = generate(run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=self.sampler,
+        images = generate(run.model, run.objective, labels, run.latent_shape, codec=run.codec, sampler=self.sampler,
                           steps=self.args.sample_steps, cfg_scale=cfg, seed=seed, batch_size=SAMPLE_BATCH,
                           autocast_dtype=autocast_dtype("auto", run.device))
         return images, time.perf_counter() - began

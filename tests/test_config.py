@@ -9,7 +9,9 @@ import pytest
 
 from xswin_fast import create_model, list_models
 from xswin_fast.runs.config import (
+    RENAMED,
     ConfigError,
+    Resume,
     TrainConfig,
     build_parser,
     defaults_for,
@@ -98,9 +100,10 @@ def test_old_config_json_still_loads(tmp_path):
     }
     (tmp_path / "config.json").write_text(json.dumps(old))
     loaded = TrainConfig.load(tmp_path / "config.json").to_dict()
-    assert {k: loaded[k] for k in old} == old
+    current = {RENAMED.get(k, k): v for k, v in old.items()}
+    assert "num_timesteps" in current and {k: loaded[k] for k in current} == current
     # settings added since take their defaults: an old run is an eps run
-    assert {k: loaded[k] for k in set(loaded) - set(old)} == {
+    assert {k: loaded[k] for k in set(loaded) - set(current)} == {
         "objective": "eps", "t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "time_shift": 1.0}
 
 
@@ -122,7 +125,7 @@ def test_resume_merge_keeps_saved_settings_and_warns_on_unsafe_changes(tmp_path,
     ({"model_kwargs": {"embed_dim": 64}}, "--model-kwargs"),
     ({"data": "elsewhere"}, "--data"),
     ({"global_seed": 1}, "--global-seed 1: the checkpoint was trained with 0"),
-    ({"diffusion_steps": 500}, "--diffusion-steps"),
+    ({"num_timesteps": 500}, "--num-timesteps"),
 ])
 def test_resume_refuses_settings_that_define_the_model_or_data(tmp_path, flags, message):
     saved = new_run_config({"progress": False}).to_dict()
@@ -159,3 +162,62 @@ def test_resume_refuses_another_objective_and_old_runs_are_eps(tmp_path):
     assert resume_config(old, {"objective": "eps"}, ckpt).objective == "eps"  # a checkpoint from before flow matching
     with pytest.raises(ConfigError, match="cannot resume with --objective flow: the checkpoint was trained with eps"):
         resume_config(old, {"objective": "flow"}, ckpt)
+
+
+def test_every_setting_declares_what_a_resume_may_do():
+    kinds = {f.name: f.metadata.get("resume") for f in fields(TrainConfig)}
+    assert all(isinstance(kind, Resume) for kind in kinds.values()), kinds
+    # the settings that define the model, its data or its noise schedule are fixed
+    for name in ("model", "model_kwargs", "data", "image_size", "eval_fraction", "vae", "num_timesteps", "objective"):
+        assert kinds[name] is Resume.FIXED, name
+    assert kinds["max_steps"] is Resume.FREE and kinds["lr"] is Resume.WARN
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(TrainConfig) if f.name != "resume"])
+def test_a_resume_does_with_each_setting_what_it_declares(tmp_path, caplog, name):
+    saved = new_run_config({"progress": False}).to_dict()
+    other = _another_value(saved[name])
+    kind = next(f.metadata["resume"] for f in fields(TrainConfig) if f.name == name)
+    ckpt = tmp_path / "run" / "checkpoints" / "0000010.pt"
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        if kind is Resume.FIXED:
+            with pytest.raises(ConfigError, match=f"cannot resume with --{name.replace('_', '-')}"):
+                resume_config(saved, {name: other}, ckpt)
+            return
+        try:
+            resume_config(saved, {name: other}, ckpt)
+        except ConfigError:  # the changed value does not fit another setting: not what is tested here
+            pass
+    assert (f"'{name}'" in caplog.text) == (kind is Resume.WARN)
+
+
+def _another_value(value):
+    """A value of the same kind that differs from ``value`` (None -> a string)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, dict):
+        return {**value, "embed_dim": 16}
+    return "other" if value is None or isinstance(value, str) else value
+
+
+def test_an_old_run_config_resumes_under_the_new_names(tmp_path):
+    saved = new_run_config({"progress": False}).to_dict()
+    old = {("diffusion_steps" if k == "num_timesteps" else k): v for k, v in saved.items()}
+    ckpt = tmp_path / "run" / "checkpoints" / "0000010.pt"
+    assert resume_config(old, {"max_steps": 9}, ckpt).num_timesteps == saved["num_timesteps"]
+    with pytest.raises(ConfigError, match="cannot resume with --num-timesteps 10"):
+        resume_config(old, {"num_timesteps": 10}, ckpt)
+
+
+def test_a_renamed_flag_is_refused_with_its_new_name(capsys):
+    from xswin_fast.cli.user_errors import ArgumentParser
+
+    with pytest.raises(SystemExit) as exc:
+        parse_flags(["--diffusion-steps", "500"], parser_class=ArgumentParser)
+    assert exc.value.code == 2
+    assert "--diffusion-steps: this flag was renamed: type --num-timesteps 500" in capsys.readouterr().err
+    assert parse_flags(["--num-timesteps", "500"]) == {"num_timesteps": 500}
+    assert "--diffusion-steps" not in build_parser().format_help()

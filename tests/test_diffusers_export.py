@@ -24,7 +24,7 @@ def test_export_run_writes_a_model_folder_that_loads_like_the_run(digits_run, tm
     assert all(torch.equal(folder.model.state_dict()[k], v) for k, v in ema.items())
     assert folder.codec is None and folder.step == run.step
     assert folder.data == json.loads(json.dumps(run.data)) and folder.args == json.loads(json.dumps(run.args, default=str))
-    assert Diffusion.from_config(folder.diffusion).config() == run.diffusion.config()
+    assert Diffusion.from_config(folder.objective).config() == run.objective.config()
 
     x = torch.randn(2, 1, 8, 8)
     t, y = torch.tensor([10, 900]), torch.tensor([3, 7])

@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from helpers import FAMILIES, randomize_, tiny
-from xswin_fast.objectives.eps import Diffusion
-from xswin_fast.objectives.flow import FlowMatching, resolution_shift, shift_time
 from xswin_fast.models import create_model
-from xswin_fast.objectives import objective_from_config
+from xswin_fast.objectives import Diffusion, FlowMatching, objective_from_config, resolution_shift, shift_time
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -60,7 +58,7 @@ def test_flow_config_round_trip_and_eps_configs_stay_eps():
     back = objective_from_config(json.loads(json.dumps(fm.config())))
     assert isinstance(back, FlowMatching) and back.config() == fm.config()
     eps = objective_from_config(Diffusion(learn_sigma=False).config())  # a config from before flow matching
-    assert isinstance(eps, Diffusion) and eps.objective == "eps" and not eps.learn_sigma
+    assert isinstance(eps, Diffusion) and eps.name == "eps" and not eps.learn_sigma
     with pytest.raises(ValueError, match="objective"):
         objective_from_config({"objective": "score"})
 
@@ -100,7 +98,7 @@ def test_every_backbone_trains_with_both_objectives(cls, learn_sigma):
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
-        assert sum(bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2, (cls.__name__, objective.objective)
+        assert sum(bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2, (cls.__name__, objective.name)
 
 
 class GaussianVelocity(torch.nn.Module):

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xswin_fast"
 
 # module (a file or a sub-package of xswin_fast) -> the xswin_fast modules it must never import
 LIBRARY = ["data", "objectives", "checkpoints", "vae", "images", "compat",
-           "evaluation", "progress_lines", "dit_formats", "pipelines"]
+           "evaluation", "dit_formats", "pipelines"]
 FORBIDDEN = {
     **{name: ["runs", "cli"] for name in LIBRARY},
     "runs": ["cli"],

@@ -29,7 +29,7 @@ def test_sample_is_deterministic_for_a_seed(digits_run):
     run = load_run(str(digits_run), "cpu", backend="torch")
 
     def draw(seed):
-        return generate(run.model, run.diffusion, [0, 1, 2], run.latent_shape, codec=run.codec, sampler="ddpm", steps=3,
+        return generate(run.model, run.objective, [0, 1, 2], run.latent_shape, codec=run.codec, sampler="ddpm", steps=3,
                         cfg_scale=2.0, seed=seed)
 
     a, b, c = draw(5), draw(5), draw(6)
@@ -40,7 +40,7 @@ def test_sample_is_deterministic_for_a_seed(digits_run):
 def test_sample_progress_lines_show_k_of_n_elapsed_and_eta(digits_run, caplog):
     run = load_run(str(digits_run), "cpu", backend="torch")
     with caplog.at_level("INFO", logger="xswin_fast"):
-        generate(run.model, run.diffusion, list(range(5)), run.latent_shape, sampler="ddpm", steps=3, batch_size=2,
+        generate(run.model, run.objective, list(range(5)), run.latent_shape, sampler="ddpm", steps=3, batch_size=2,
                  progress="log")
     last = [r.getMessage() for r in caplog.records if "denoising steps" in r.getMessage()][-1]
     assert last.startswith("sampling 5 images (ddpm, 3 steps): 9/9 denoising steps (100%), elapsed ")

@@ -20,9 +20,9 @@ import torch
 
 import torch.nn as nn
 
-from xswin_fast.checkpoints import list_checkpoints, load_checkpoint
+from xswin_fast.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from xswin_fast.cli import train
-from xswin_fast.objectives.eps import Diffusion
+from xswin_fast.objectives import Diffusion, objective_from_config
 from xswin_fast.runs.config import TrainConfig
 from xswin_fast.runs.ema import create_ema, update_ema
 from xswin_fast.runs.trainer import Trainer, non_finite_parts
@@ -249,7 +249,7 @@ def test_train_torchrun_two_process_gloo(tmp_path, objective):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000003.pt"]
     ck = load_checkpoint(run / "checkpoints" / "0000003.pt")
-    assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and ck["objective"] == objective
+    assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and objective_from_config(ck["objective"]).name == objective
     assert not torch.equal(ck["rng"][0]["torch"], ck["rng"][1]["torch"])  # per-rank seeds
     assert [s for s, _ in read_losses(run)] == [1, 2, 3]
     assert "world size 2" in (run / "log.txt").read_text()
@@ -333,8 +333,8 @@ def test_train_flow_run_samples_and_resumes_exactly(tmp_path):
     assert train.main(tiny_args(full, *common, "--max-steps", "4")) == 0
     assert json.loads((full / "config.json").read_text())["objective"] == "flow"
     ck = load_checkpoint(full / "checkpoints" / "0000004.pt")
-    assert ck["objective"] == "flow" and ck["args"]["objective"] == "flow"
-    assert ck["diffusion"]["objective"] == "flow" and ck["diffusion"]["time_shift"] == 0.125  # sqrt(1*8*8 / 4096)
+    assert ck["format"] == "xswin_fast.train/2" and ck["args"]["objective"] == "flow" and "diffusion" not in ck
+    assert ck["objective"]["objective"] == "flow" and ck["objective"]["time_shift"] == 0.125  # sqrt(1*8*8 / 4096)
     assert (full / "samples.png").stat().st_size > 0  # the end-of-run grid, sampled with Euler
     assert [float(r["vb"]) for r in csv.DictReader(open(full / "losses.csv"))] == [0.0] * 4
 
@@ -361,3 +361,36 @@ def test_train_resume_refuses_another_objective(tmp_path):
     config = TrainConfig.from_dict({**ck["args"], "objective": "flow", "sample_sampler": None, "resume": None})
     with pytest.raises(ValueError, match="cannot resume with --objective flow: the checkpoint was trained with eps"):
         Trainer(config, tmp_path / "other", resume=ck)
+
+
+def _as_format_1(path):
+    """Rewrite the checkpoint at ``path`` as train.py wrote it before the objective had one name
+    (format xswin_fast.train/1): its config under "diffusion", its name under "objective", and
+    the run config's --num-timesteps as "diffusion_steps"."""
+    ck = load_checkpoint(path)
+    config = ck.pop("objective")
+    ck["diffusion"], ck["objective"] = config, config.get("objective", "eps")
+    ck["args"] = {("diffusion_steps" if k == "num_timesteps" else k): v for k, v in ck["args"].items()}
+    ck["format"] = "xswin_fast.train/1"
+    save_checkpoint(ck, path)
+
+
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_a_format_1_checkpoint_samples_and_resumes_exactly(tmp_path, objective):
+    from xswin_fast.runs.run_dir import load_run
+
+    common = ["--objective", objective, "--lr-schedule", "constant", "--ckpt-every", "2", "--num-timesteps", "500"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train.main(tiny_args(full, *common, "--max-steps", "4")) == 0
+    assert train.main(tiny_args(part, *common, "--max-steps", "2")) == 0
+    _as_format_1(part / "checkpoints" / "0000002.pt")
+    old = load_checkpoint(part / "checkpoints" / "0000002.pt")
+    assert old["format"] == "xswin_fast.train/1" and old["objective"] == objective and "num_timesteps" not in old["args"]
+
+    run = load_run(str(part), "cpu", backend="torch")
+    assert (run.objective.name, run.objective.num_timesteps) == (objective, 500)
+    assert train.main(["--resume", str(part), "--max-steps", "4"]) == 0
+    assert read_losses(full) == read_losses(part)  # bit-identical continuation
+    new = load_checkpoint(part / "checkpoints" / "0000004.pt")
+    assert new["format"] == "xswin_fast.train/2" and new["args"]["num_timesteps"] == 500
+    assert new["objective"] == load_checkpoint(full / "checkpoints" / "0000004.pt")["objective"]

@@ -27,7 +27,7 @@ from ..evaluation.digits_extractor import load_digits_cnn
 from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_weights_file, compute_metrics, inception_weights
 from ..evaluation.reference import export_reference, reference_labels
 from ..images import save_grid, save_pngs
-from ..runs.config import BACKENDS, ConfigError, parse_threads
+from ..runs.config import BACKEND_CHOICES, ConfigError, op_backend, parse_threads
 from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
 from ..objectives.sampling import DEFAULT_CFG_SCALE
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     gen.add_argument("--device", default=None, help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
-    gen.add_argument("--backend", default="auto", choices=BACKENDS, help="op backend of the model")
+    gen.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help="op backend of the model")
     gen.add_argument("--threads", type=parse_threads, default="auto",
                      help="CPU threads: N, 0 (torch's default) or auto (one when the load average shows other work)")
     met = p.add_argument_group("metrics")
@@ -88,7 +88,7 @@ class _Inputs:
 def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Inputs:
     """Generate images from ``--ckpt`` with the reference's label distribution, and save them.
     ``prepare_metrics(kind)`` runs after the run is loaded and before any sampling."""
-    run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
+    run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
     check_generation(args, run)
     ref_dir = Path(args.ref) if args.ref else export_reference(run.run_dir)
     ref = ImageListDataset.from_folder(ref_dir)
@@ -104,7 +104,7 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     out = Path(args.out) if args.out else run.run_dir / "eval" / tag
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     save_grid(images[:100], out / "grid.png")
-    info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.diffusion.objective,
+    info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.objective.name,
             "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "cfg_interval": args.cfg_interval,
             "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)

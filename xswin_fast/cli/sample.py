@@ -17,7 +17,7 @@ from typing import List, Optional
 from ..objectives.eps import PRECISIONS, autocast_dtype
 from ..objectives import ALL_SAMPLERS
 from ..images import save_grid, save_pngs
-from ..runs.config import BACKENDS, ConfigError, parse_threads
+from ..runs.config import BACKEND_CHOICES, ConfigError, op_backend, parse_threads
 from ..runs.run_dir import SamplingRun, load_run
 from ..objectives.sampling import DEFAULT_CFG_SCALE, generate
 from .process import apply_threads, log_to_stdout, progress_mode
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw model weights instead of the EMA")
     p.add_argument("--device", default=None, help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="auto = bf16 autocast on CUDA")
-    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES)
     p.add_argument("--threads", type=parse_threads, default="auto",
                    help="CPU threads: N, 0 (torch's default) or auto (one when the load average shows other work)")
     p.add_argument("--nrow", type=positive_int, default=None, help="images per grid row (default: number of classes if <= 32)")
@@ -91,7 +91,7 @@ def generation_tag(args: argparse.Namespace) -> str:
 def generate_images(args: argparse.Namespace, run: SamplingRun, labels: List[int]):
     """``generate`` with the generation flags (shared with evaluate.py): (N, C, H, W) uint8 images."""
     return generate(
-        run.model, run.diffusion, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
+        run.model, run.objective, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
         cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
         seed=args.seed, batch_size=args.batch_size,
         autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
@@ -101,18 +101,18 @@ def generate_images(args: argparse.Namespace, run: SamplingRun, labels: List[int
 def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
     """The generation flags that depend on the checkpoint, checked (and --sampler, --steps
     defaulted from the run's objective) before any sampling."""
-    objective = run.diffusion
+    objective = run.objective
     args.sampler = args.sampler or objective.default_sampler
     args.steps = args.steps or objective.default_steps
     if args.sampler not in objective.samplers:
-        raise ConfigError(f"--sampler {args.sampler} does not fit the run's {objective.objective} objective: use one of "
+        raise ConfigError(f"--sampler {args.sampler} does not fit the run's {objective.name} objective: use one of "
                           f"{', '.join(objective.samplers)}")
     if args.cfg_interval is not None:
         args.cfg_interval = lo, hi = tuple(args.cfg_interval)
         if not 0 <= lo <= hi <= 1:
             raise ConfigError(f"--cfg-interval must be LO HI with 0 <= LO <= HI <= 1, got {lo:g} {hi:g}")
-    if args.steps > run.diffusion.num_timesteps:
-        raise ConfigError(f"--steps must be at most the run's {run.diffusion.num_timesteps} diffusion steps, got {args.steps}")
+    if args.steps > run.objective.num_timesteps:
+        raise ConfigError(f"--steps must be at most the run's {run.objective.num_timesteps} training timesteps, got {args.steps}")
     if args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
         raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with class dropout; use --cfg-scale 1")
 
@@ -127,7 +127,7 @@ def _sample(args: argparse.Namespace) -> int:
     output_folder(args.out)
     apply_threads(args.threads)
     log_to_stdout()
-    run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=None if args.backend == "auto" else args.backend)
+    run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
     check_generation(args, run)
     classes = run.data["classes"]
     labels = parse_labels(args.labels, args.num_samples, classes)

@@ -15,7 +15,7 @@ from typing import List, Optional
 from ..checkpoints import CheckpointError, load_newest_checkpoint
 from ..runs.config import new_run_config, parse_flags, resume_config
 from ..runs.launch import train
-from ..runs.trainer import CHECKPOINT_FORMAT
+from ..runs.trainer import READABLE_FORMATS
 from .user_errors import ArgumentParser, exit_on_user_error
 
 
@@ -28,6 +28,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             path, ckpt = load_newest_checkpoint(flags["resume"])
         except CheckpointError as exc:
             raise CheckpointError(f"cannot resume: {exc}") from exc
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        if ckpt.get("format") not in READABLE_FORMATS:
             raise CheckpointError(f"cannot resume from {path}: not a train.py checkpoint (format {ckpt.get('format')!r})")
         return train(resume_config(ckpt["args"], flags, path), ckpt)

@@ -69,7 +69,7 @@ class Diffusion:
         clip_sample (bool): clip predicted x0 to [-1, 1] when sampling (pixel space). Default: False.
     """
 
-    objective = "eps"
+    name = "eps"
     samplers, default_sampler, default_steps = SAMPLERS, "ddpm", 250
 
     def __init__(
@@ -114,7 +114,7 @@ class Diffusion:
         }
 
     def config(self) -> dict:
-        """The training ``DDPMScheduler``'s config: what a checkpoint stores as "diffusion"."""
+        """The training ``DDPMScheduler``'s config: what a checkpoint stores as "objective"."""
         return dict(self.scheduler.config)
 
     @classmethod

@@ -62,7 +62,7 @@ class FlowMatching:
         logit_mean, logit_std (float): the logit-normal's m and s > 0. Default: 0, 1.
     """
 
-    objective = "flow"
+    name = "flow"
     samplers, default_sampler, default_steps = FLOW_SAMPLERS, "euler", 25
 
     def __init__(
@@ -85,8 +85,8 @@ class FlowMatching:
         self.learn_sigma = False  # the variance channels of a learned-sigma backbone are ignored
 
     def config(self) -> Dict[str, Any]:
-        """What a checkpoint stores as "diffusion" (its "objective" key tells it from an eps config)."""
-        return {"objective": self.objective, "num_train_timesteps": self.num_timesteps, "time_shift": self.time_shift,
+        """What a checkpoint stores as "objective" (its "objective" key tells it from an eps config)."""
+        return {"objective": self.name, "num_train_timesteps": self.num_timesteps, "time_shift": self.time_shift,
                 "t_sampling": self.t_sampling, "logit_mean": self.logit_mean, "logit_std": self.logit_std}
 
     @classmethod

@@ -3,14 +3,15 @@
 Used by the trainer's sample grids, ``sample.py`` and ``evaluate.py``, which share one
 classifier-free guidance default, :data:`DEFAULT_CFG_SCALE`.
 """
+import logging
 import math
-from typing import Optional, Sequence, Tuple
+import time
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..images import to_uint8
-from ..progress_lines import ProgressLines
 from ..vae import LatentCodec
 from .base import Objective
 from .guidance import Interval
@@ -20,11 +21,48 @@ from .guidance import Interval
 DEFAULT_CFG_SCALE = 1.5
 PROGRESS = ("none", "bar", "log")
 
+logger = logging.getLogger(__name__)
+
+
+def format_seconds(seconds: float) -> str:
+    """12 s, 3 min 05 s, 1 h 02 min."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class ProgressLines:
+    """Counts ``total`` units of work (int) and logs ``desc: k/N unit (p%), elapsed E, ETA T`` at
+    most every ``every_s`` seconds, and once when done. ``log``: where lines go (default: this
+    module's logger at INFO)."""
+
+    def __init__(self, total: int, desc: str, unit: str = "", every_s: float = 30.0,
+                 log: Optional[Callable[[str], None]] = None):
+        self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
+        self.log = log or logger.info
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.done >= self.total or now - self.last >= self.every_s:
+            self.last = now
+            elapsed = now - self.start
+            eta = elapsed / self.done * (self.total - self.done)
+            self.log(
+                f"{self.desc}: {self.done}/{self.total}{' ' + self.unit if self.unit else ''} "
+                f"({100 * self.done / self.total:.0f}%), elapsed {format_seconds(elapsed)}, ETA {format_seconds(eta)}"
+            )
+
 
 @torch.no_grad()
 def generate(
     model: nn.Module,
-    diffusion: Objective,
+    objective: Objective,
     labels: Sequence[int],
     shape: Tuple[int, int, int],
     *,
@@ -41,18 +79,18 @@ def generate(
     """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels`` (N ints).
 
     ``model`` (eval mode) samples ``shape`` = (C, H, W) of its input space on its own device;
-    ``diffusion`` is the run's objective (``Diffusion`` or ``FlowMatching``); ``sampler`` and
+    ``objective`` is the run's (``Diffusion`` or ``FlowMatching``); ``sampler`` and
     ``steps`` default to its own (ddpm 250 for eps, euler 25 for flow); ``cfg_interval`` (lo, hi)
     limits guidance to those noise levels (see ``xswin_fast.objectives.guidance``).
     ``codec`` decodes latents to pixels (None: pixel space). One generator seeded with ``seed``
     draws all noise, so a given seed and ``batch_size`` always give the same images.
     ``progress`` over all denoising steps: "none", "bar" (tqdm) or "log" (k/N, elapsed and ETA
-    lines through the ``xswin_fast.progress_lines`` logger, for a log file or a pipe).
+    lines through this module's logger, for a log file or a pipe).
     """
     if progress not in PROGRESS:
         raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
-    sampler = sampler or diffusion.default_sampler
-    steps = steps or diffusion.default_steps
+    sampler = sampler or objective.default_sampler
+    steps = steps or objective.default_steps
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     total = math.ceil(len(labels) / batch_size) * steps
@@ -69,7 +107,7 @@ def generate(
     out = []
     for i in range(0, len(labels), batch_size):
         y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
-        x = diffusion.sample(
+        x = objective.sample(
             model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, generator=gen,
             autocast_dtype=autocast_dtype, on_step=on_step,
         )

@@ -22,6 +22,7 @@ from diffusers import DDPMScheduler
 from ..checkpoints import CheckpointError, load_newest_checkpoint
 from ..models import create_model
 from ..models.base import DiffusionBackbone
+from ..objectives import saved_objective_config
 from ..vae import LatentCodec, load_vae
 from .xswin_pipeline import XSwinPipeline
 
@@ -33,17 +34,18 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     ``out_dir`` as an XSwinPipeline folder; the EMA weights unless ``use_ema`` is False.
     Returns ``out_dir`` as a Path."""
     path, ck = load_newest_checkpoint(run)
-    for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args", "step"):
+    for key in ("model_name", "model_kwargs", "ema", "model", "data", "args", "step"):
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
-    if ck["diffusion"].get("objective", "eps") != "eps":
-        raise ValueError(f"{path} is a {ck['diffusion']['objective']} run: only eps-prediction runs export as an "
+    objective = saved_objective_config(ck)
+    if objective.get("objective", "eps") != "eps":
+        raise ValueError(f"{path} is a {objective['objective']} run: only eps-prediction runs export as an "
                          "XSwinPipeline folder (sample.py and evaluate.py take the run folder itself)")
     model = create_model(ck["model_name"], **ck["model_kwargs"])
     model.load_state_dict(ck["ema" if use_ema else "model"])
     args = ck["args"]
     vae = load_vae(args["vae"], torch.device("cpu"), args.get("vae_subfolder")).vae if args.get("vae") else None
-    scheduler = DDPMScheduler.from_config(ck["diffusion"])
+    scheduler = DDPMScheduler.from_config(objective)
     pipe = XSwinPipeline(model.eval(), scheduler, vae=vae, id2label=dict(enumerate(ck["data"]["classes"])))
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
@@ -70,7 +72,7 @@ class ModelFolder:
     ``LatentCodec`` (None in pixel space), and the run's data description, arguments and step."""
 
     model: DiffusionBackbone
-    diffusion: Dict[str, Any]
+    objective: Dict[str, Any]
     codec: Optional[LatentCodec]
     data: Dict[str, Any]
     args: Dict[str, Any]

@@ -14,20 +14,37 @@ import math
 import os
 import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from ..checkpoints import plain_data
-from ..objectives.eps import PRECISIONS, SAMPLERS
-from ..objectives.flow import FLOW_SAMPLERS, T_SAMPLINGS
 from ..models import list_models
-from ..objectives import ALL_SAMPLERS, OBJECTIVES
-from ..objectives.sampling import DEFAULT_CFG_SCALE
+from ..objectives import (
+    ALL_SAMPLERS, DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
+)
+from ..ops import BACKENDS
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "triton")
-_SAME = object()  # a --data run keeps the digits default
+# --backend: "auto" (the ops' automatic choice, backend None) or one of the ops' BACKENDS
+BACKEND_CHOICES = ("auto",) + BACKENDS
+SAME_AS_DIGITS = object()  # a setting's data_default when a --data run keeps the digits default
+# settings renamed since a config.json or checkpoint was written: old name -> new name
+RENAMED = {"diffusion_steps": "num_timesteps"}
+
+
+def op_backend(choice: str) -> Optional[str]:
+    """A --backend choice as the ``backend`` of ``model.set_backend`` and the ops: "auto" -> None."""
+    return None if choice == "auto" else choice
+
+
+class Resume(Enum):
+    """What ``--resume`` does with a changed setting (each setting declares one)."""
+
+    FIXED = "fixed"  # refused: it defines the model, its data or its noise schedule
+    FREE = "may change"  # applied: the run still continues exactly (logging, checkpointing, speed)
+    WARN = "may change with a warning"  # applied, with a warning that the run no longer continues exactly
 
 
 class ConfigError(ValueError):
@@ -96,13 +113,13 @@ class Range:
         return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
 
 
-def setting(default, help: str, *, data=_SAME, choices: Optional[Iterable] = None, parse: Optional[Callable] = None,
-            metavar: Optional[str] = None, valid: Optional[Range] = None):
-    """A :class:`TrainConfig` field: ``default`` (digits job), ``data`` (a --data run's default, if
-    different), the flag's ``help``, ``choices``, ``parse`` (str -> value), ``metavar`` and the
-    ``valid`` range of a number."""
-    meta = dict(help=help, data=data, choices=tuple(choices) if choices else None, parse=parse, metavar=metavar,
-                valid=valid)
+def setting(default, help: str, *, resume: Resume, data_default=SAME_AS_DIGITS, choices: Optional[Iterable] = None,
+            parse: Optional[Callable] = None, metavar: Optional[str] = None, valid: Optional[Range] = None):
+    """A :class:`TrainConfig` field: ``default`` (digits job), the flag's ``help``, what a
+    ``resume`` does with a change (a :class:`Resume`), ``data_default`` (a --data run's default, if
+    different), ``choices``, ``parse`` (str -> value), ``metavar`` and the ``valid`` range of a number."""
+    meta = dict(help=help, resume=resume, data_default=data_default, choices=tuple(choices) if choices else None,
+                parse=parse, metavar=metavar, valid=valid)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -112,82 +129,132 @@ def setting(default, help: str, *, data=_SAME, choices: Optional[Iterable] = Non
 class TrainConfig:
     """Every setting of a train.py run (flag ``--image-size`` is field ``image_size``)."""
 
-    data: Optional[str] = setting(None, "ImageFolder root (one subfolder per class); default: sklearn's digits (built in)")
-    image_size: int = setting(8, "training resolution in pixels (resize + center crop)", data=256, valid=Range(1))
-    eval_fraction: float = setting(
-        0.2, "stratified held-out fraction for evaluate.py", data=0.0, valid=Range(0, 1, open_high=True)
+    data: Optional[str] = setting(
+        None, "ImageFolder root (one subfolder per class); default: sklearn's digits (built in)", resume=Resume.FIXED,
     )
-    hflip: bool = setting(False, "random horizontal flips", data=True)
-    num_workers: int = setting(0, "data-loader workers per process", data=4, valid=Range(0))
+    image_size: int = setting(
+        8, "training resolution in pixels (resize + center crop)", data_default=256, valid=Range(1),
+        resume=Resume.FIXED,
+    )
+    eval_fraction: float = setting(
+        0.2, "stratified held-out fraction for evaluate.py", data_default=0.0, valid=Range(0, 1, open_high=True),
+        resume=Resume.FIXED,
+    )
+    hflip: bool = setting(False, "random horizontal flips", data_default=True, resume=Resume.WARN)
+    num_workers: int = setting(0, "data-loader workers per process", data_default=4, valid=Range(0), resume=Resume.FREE)
     vae: Optional[str] = setting(
         None, '"none" (pixel space), a local AutoencoderKL dir, a hub id, or "ema"/"mse" (stabilityai/sd-vae-ft-*)',
-        data="ema", parse=_vae_spec,
+        data_default="ema", parse=_vae_spec, resume=Resume.FIXED,
     )
-    vae_subfolder: Optional[str] = setting(None, "subfolder of --vae holding the VAE (e.g. 'vae' in a pipeline repo)")
-    cache_latents: bool = setting(False, "encode the dataset once and train on cached posteriors")
+    vae_subfolder: Optional[str] = setting(
+        None, "subfolder of --vae holding the VAE (e.g. 'vae' in a pipeline repo)", resume=Resume.FIXED,
+    )
+    cache_latents: bool = setting(False, "encode the dataset once and train on cached posteriors", resume=Resume.WARN)
     latent_cache_dir: Optional[str] = setting(
-        None, "parent of the latent caches (one subfolder per data/VAE hash); default RESULTS_DIR/latent-cache"
+        None, "parent of the latent caches (one subfolder per data/VAE hash); default RESULTS_DIR/latent-cache",
+        resume=Resume.WARN,
     )
-    model: str = setting("XSwin-digits", "backbone preset", data="XSwin-S/2", choices=list_models(), metavar="NAME")
+    model: str = setting(
+        "XSwin-digits", "backbone preset", data_default="XSwin-S/2", choices=list_models(), metavar="NAME",
+        resume=Resume.FIXED,
+    )
     model_kwargs: Dict[str, Any] = setting(
         {}, 'JSON constructor overrides, e.g. \'{"embed_dim": 32, "depths": [1, 1]}\' (input size, channels and '
-        "classes come from the data)", parse=_json_object, metavar="JSON",
+        "classes come from the data)", parse=_json_object, metavar="JSON", resume=Resume.FIXED,
     )
-    backend: str = setting("auto", "op backend of the model", choices=BACKENDS)
-    grad_checkpointing: bool = setting(False, "recompute blocks in backward")
-    compile: bool = setting(False, "torch.compile the training model")
-    diffusion_steps: int = setting(1000, "training timesteps T (linear betas 1e-4..0.02)", valid=Range(1))
-    beta_schedule: str = setting("linear", "diffusers beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
+    backend: str = setting("auto", "op backend of the model", choices=BACKEND_CHOICES, resume=Resume.FREE)
+    grad_checkpointing: bool = setting(False, "recompute blocks in backward", resume=Resume.FREE)
+    compile: bool = setting(False, "torch.compile the training model", resume=Resume.FREE)
+    num_timesteps: int = setting(
+        1000, "training timesteps T of either objective (eps: the DDPM steps, linear betas 1e-4..0.02; flow: the "
+        "scale of the model's timesteps t * T)", valid=Range(1), resume=Resume.FIXED,
+    )
+    beta_schedule: str = setting(
+        "linear", "diffusers beta schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"),
+        resume=Resume.FIXED,
+    )
     objective: str = setting(
         "eps", "training objective: eps (DDPM noise prediction, DiT's hybrid loss) or flow (linear interpolant "
-        "x_t = (1 - t) x_0 + t eps, velocity target; see docs/training.md)", choices=OBJECTIVES,
+        "x_t = (1 - t) x_0 + t eps, velocity target; see docs/training.md)", choices=OBJECTIVES, resume=Resume.FIXED,
     )
-    t_sampling: str = setting("uniform", "flow: training times uniform or logit-normal (SD3)", choices=T_SAMPLINGS)
-    logit_mean: float = setting(0.0, "flow: mean m of the logit-normal t = sigmoid(m + s n)", valid=Range())
-    logit_std: float = setting(1.0, "flow: std s of the logit-normal", valid=Range(0, open_low=True))
+    t_sampling: str = setting(
+        "uniform", "flow: training times uniform or logit-normal (SD3)", choices=T_SAMPLINGS, resume=Resume.WARN,
+    )
+    logit_mean: float = setting(
+        0.0, "flow: mean m of the logit-normal t = sigmoid(m + s n)", valid=Range(), resume=Resume.WARN,
+    )
+    logit_std: float = setting(
+        1.0, "flow: std s of the logit-normal", valid=Range(0, open_low=True), resume=Resume.WARN,
+    )
     time_shift: Union[float, str] = setting(
         1.0, "flow: SD3 time shift s of training and sampling, t' = s t / (1 + (s - 1) t): a number > 0 (1 = none) "
-        "or auto (sqrt(C*H*W / 4096) of the latents)", parse=parse_time_shift,
+        "or auto (sqrt(C*H*W / 4096) of the latents)", parse=parse_time_shift, resume=Resume.WARN,
     )
-    global_batch_size: int = setting(64, "summed over all processes", data=256, valid=Range(1))
-    lr: float = setting(2e-3, "AdamW learning rate", data=1e-4, valid=Range(0, open_low=True))
-    weight_decay: float = setting(0.0, "AdamW weight decay (DiT: 0)", valid=Range(0))
-    lr_warmup_steps: int = setting(100, "linear warm-up steps", data=0, valid=Range(0))
+    global_batch_size: int = setting(
+        64, "summed over all processes", data_default=256, valid=Range(1), resume=Resume.WARN,
+    )
+    lr: float = setting(
+        2e-3, "AdamW learning rate", data_default=1e-4, valid=Range(0, open_low=True), resume=Resume.WARN,
+    )
+    weight_decay: float = setting(0.0, "AdamW weight decay (DiT: 0)", valid=Range(0), resume=Resume.WARN)
+    lr_warmup_steps: int = setting(100, "linear warm-up steps", data_default=0, valid=Range(0), resume=Resume.WARN)
     lr_schedule: str = setting(
-        "cosine", "after warm-up: constant (DiT) or cosine decay to 0 at --max-steps", data="constant",
-        choices=("constant", "cosine"),
+        "cosine", "after warm-up: constant (DiT) or cosine decay to 0 at --max-steps", data_default="constant",
+        choices=("constant", "cosine"), resume=Resume.WARN,
     )
-    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables", valid=Range(0))
-    epochs: int = setting(1000, "epoch limit", data=1400, valid=Range(1))
-    max_steps: Optional[int] = setting(1500, "stop after this many optimizer steps", data=None, valid=Range(1))
-    ema_decay: float = setting(0.9999, "EMA decay over parameters and buffers", valid=Range(0, 1))
-    ema_warmup: bool = setting(True, "use min(decay, (1+step)/(10+step))", data=False)
-    precision: str = setting("auto", "autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS)
-    tf32: bool = setting(True, "allow TF32 matmuls on Ampere+ GPUs")
-    global_seed: int = setting(0, "seed of rank r is global_seed * world_size + r", valid=Range(0))
+    max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables", valid=Range(0), resume=Resume.WARN)
+    epochs: int = setting(1000, "epoch limit", data_default=1400, valid=Range(1), resume=Resume.FREE)
+    max_steps: Optional[int] = setting(
+        1500, "stop after this many optimizer steps", data_default=None, valid=Range(1), resume=Resume.FREE,
+    )
+    ema_decay: float = setting(0.9999, "EMA decay over parameters and buffers", valid=Range(0, 1), resume=Resume.WARN)
+    ema_warmup: bool = setting(True, "use min(decay, (1+step)/(10+step))", data_default=False, resume=Resume.WARN)
+    precision: str = setting(
+        "auto", "autocast; auto = bf16 on CUDA, fp32 on CPU", choices=PRECISIONS, resume=Resume.WARN,
+    )
+    tf32: bool = setting(True, "allow TF32 matmuls on Ampere+ GPUs", resume=Resume.WARN)
+    global_seed: int = setting(0, "seed of rank r is global_seed * world_size + r", valid=Range(0), resume=Resume.FIXED)
     threads: Union[int, str] = setting(
         "auto", "CPU threads per process: N, 0 (torch's default) or auto (torch's default on an idle machine, 1 "
-        "when the load average shows other work)", data=0, parse=parse_threads,
+        "when the load average shows other work)", data_default=0, parse=parse_threads, resume=Resume.WARN,
     )
-    device: str = setting("auto", "auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1, ...")
-    results_dir: str = setting("results", "parent of numbered run directories")
-    run_dir: Optional[str] = setting(None, "explicit run directory (default RESULTS_DIR/NNN-MODEL; on resume, the checkpoint's)")
-    log_every: int = setting(100, "log (and flush losses.csv) every N steps", valid=Range(1))
-    ckpt_every: int = setting(500, "checkpoint every N steps (and always at the end)", data=50_000, valid=Range(1))
-    keep_last: int = setting(0, "keep only the newest N step checkpoints (0 = all)", valid=Range(0))
-    sample_every: int = setting(500, "EMA sample grid every N steps (0 = only at the end)", data=10_000, valid=Range(0))
-    sample_num: int = setting(100, "images per sample grid", data=16, valid=Range(1))
-    sample_steps: int = setting(50, "sampler steps for grids (at most --diffusion-steps)", data=250, valid=Range(1))
+    device: str = setting(
+        "auto", "auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1, ...", resume=Resume.WARN,
+    )
+    results_dir: str = setting("results", "parent of numbered run directories", resume=Resume.FREE)
+    run_dir: Optional[str] = setting(
+        None, "explicit run directory (default RESULTS_DIR/NNN-MODEL; on resume, the checkpoint's)",
+        resume=Resume.FREE,
+    )
+    log_every: int = setting(100, "log (and flush losses.csv) every N steps", valid=Range(1), resume=Resume.FREE)
+    ckpt_every: int = setting(
+        500, "checkpoint every N steps (and always at the end)", data_default=50_000, valid=Range(1),
+        resume=Resume.FREE,
+    )
+    keep_last: int = setting(0, "keep only the newest N step checkpoints (0 = all)", valid=Range(0), resume=Resume.FREE)
+    sample_every: int = setting(
+        500, "EMA sample grid every N steps (0 = only at the end)", data_default=10_000, valid=Range(0),
+        resume=Resume.FREE,
+    )
+    sample_num: int = setting(100, "images per sample grid", data_default=16, valid=Range(1), resume=Resume.FREE)
+    sample_steps: int = setting(
+        50, "sampler steps for grids (at most --num-timesteps)", data_default=250, valid=Range(1),
+        resume=Resume.FREE,
+    )
     sample_sampler: Optional[str] = setting(
         None, "sampler of the grids: ddpm (respaced) or ddim for eps, euler or heun for flow; default ddpm / euler",
-        choices=ALL_SAMPLERS,
+        choices=ALL_SAMPLERS, resume=Resume.FREE,
     )
     sample_cfg: float = setting(
         DEFAULT_CFG_SCALE, "classifier-free guidance scale of grids (1 = off; the same default as sample.py and "
-        "evaluate.py)", valid=Range(),
+        "evaluate.py)", valid=Range(), resume=Resume.FREE,
     )
-    progress: Optional[bool] = setting(None, "tqdm progress bar on rank 0; default: when stderr is a terminal")
-    resume: Optional[str] = setting(None, "checkpoint file, checkpoints dir or run dir: continue that run exactly")
+    progress: Optional[bool] = setting(
+        None, "tqdm progress bar on rank 0; default: when stderr is a terminal", resume=Resume.FREE,
+    )
+    resume: Optional[str] = setting(
+        None, "checkpoint file, checkpoints dir or run dir: continue that run exactly", resume=Resume.FREE,
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -201,8 +268,8 @@ class TrainConfig:
         if self.sample_sampler is not None and self.sample_sampler not in allowed:
             raise ConfigError(f"--sample-sampler {self.sample_sampler} does not fit --objective {self.objective}: "
                               f"use one of {', '.join(allowed)}")
-        if self.sample_steps > self.diffusion_steps:
-            raise ConfigError(f"--sample-steps must be at most --diffusion-steps {self.diffusion_steps}, got {self.sample_steps}")
+        if self.sample_steps > self.num_timesteps:
+            raise ConfigError(f"--sample-steps must be at most --num-timesteps {self.num_timesteps}, got {self.sample_steps}")
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON data (what config.json and a checkpoint's "args" hold)."""
@@ -210,7 +277,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        """The inverse of :meth:`to_dict`; missing keys take the field defaults."""
+        """The inverse of :meth:`to_dict`; missing keys take the field defaults, and a key of
+        :data:`RENAMED` (a config written before the rename) is read under its new name."""
+        values = with_current_names(values)
         unknown = sorted(set(values) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown train.py settings {unknown}")
@@ -224,6 +293,11 @@ class TrainConfig:
     def save(self, path: Union[str, os.PathLike], **extra: Any) -> None:
         """Write ``config.json``; ``extra`` replaces fields (the trainer stores the resolved model_kwargs)."""
         Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2))
+
+
+def with_current_names(values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` (settings by name) with each :data:`RENAMED` key under its new name."""
+    return {RENAMED.get(k, k): v for k, v in values.items()}
 
 
 def _flag(name: str) -> str:
@@ -248,8 +322,8 @@ def _help(f) -> str:
     if meta["metavar"] and meta["choices"]:
         text += f". One of: {', '.join(meta['choices'])}"
     default = f.default_factory() if f.default is MISSING else f.default
-    if meta["data"] is not _SAME and meta["data"] != default:
-        text += f"; default {_show(default)} (digits) / {_show(meta['data'])} (--data)"
+    if meta["data_default"] is not SAME_AS_DIGITS and meta["data_default"] != default:
+        text += f"; default {_show(default)} (digits) / {_show(meta['data_default'])} (--data)"
     elif default is not None:
         text += f"; default {_show(default)}"
     return text.replace("%", "%%")
@@ -262,7 +336,8 @@ def _scalar_type(f) -> type:
 
 
 def build_parser(description: Optional[str] = None, parser_class=argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """train.py's argument parser, one flag per :class:`TrainConfig` field.
+    """train.py's argument parser, one flag per :class:`TrainConfig` field (and a hidden one per
+    :data:`RENAMED` setting, which refuses its value).
 
     Nothing has an argparse default: the parsed namespace holds exactly the flags that were
     typed, which is what both a new run (:func:`new_run_config`) and a resume
@@ -284,7 +359,18 @@ def build_parser(description: Optional[str] = None, parser_class=argparse.Argume
             if meta["metavar"]:
                 kw["metavar"] = meta["metavar"]
         p.add_argument(_flag(f.name), **kw)
+    for old, new in RENAMED.items():  # refused with the new name, not a silent alias
+        p.add_argument(_flag(old), type=_renamed(new), help=argparse.SUPPRESS)
     return p
+
+
+def _renamed(new: str) -> Callable[[str], Any]:
+    """An argparse type that refuses a renamed flag's value, naming the flag to type instead."""
+
+    def refuse(value: str):
+        raise argparse.ArgumentTypeError(f"this flag was renamed: type {_flag(new)} {value}")
+
+    return refuse
 
 
 def parse_flags(argv, description: Optional[str] = None, parser_class=argparse.ArgumentParser) -> Dict[str, Any]:
@@ -298,7 +384,8 @@ def defaults_for(data: Optional[str]) -> Dict[str, Any]:
     out = {}
     for f in fields(TrainConfig):
         default = f.default_factory() if f.default is MISSING else f.default
-        out[f.name] = f.metadata["data"] if data and f.metadata["data"] is not _SAME else default
+        data_default = f.metadata["data_default"]
+        out[f.name] = data_default if data and data_default is not SAME_AS_DIGITS else default
     return out
 
 
@@ -326,39 +413,26 @@ def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     return config
 
 
-# settings a resumed run may change without breaking the exact continuation
-RESUME_SAFE = {
-    "resume", "max_steps", "epochs", "log_every", "ckpt_every", "keep_last", "sample_every", "sample_num",
-    "sample_steps", "sample_sampler", "sample_cfg", "progress", "num_workers", "run_dir", "results_dir",
-    "compile", "backend", "grad_checkpointing",
-}
-# settings that define the model, its data or its noise schedule: a resume cannot change them
-# (the weights would not fit, or the held-out split would leak into training)
-RESUME_FIXED = (
-    "model", "model_kwargs", "data", "image_size", "eval_fraction", "vae", "vae_subfolder", "diffusion_steps",
-    "beta_schedule", "global_seed", "objective",
-)
-
-
 def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path) -> TrainConfig:
     """The config of a run resumed from ``checkpoint``: its saved settings (the checkpoint's
     "args"), overridden by the ``flags`` typed next to ``--resume``.
 
     Every typed setting is applied (the trainer puts --lr and --weight-decay into the loaded
-    optimizer). One of :data:`RESUME_FIXED` that differs from the saved value is refused with
-    :class:`ConfigError`; any other change outside :data:`RESUME_SAFE` logs a warning. The run
-    stays in the checkpoint's directory unless ``--run-dir`` is typed.
+    optimizer) but as its setting's :class:`Resume` class says: a change of a ``Resume.FIXED``
+    setting is refused with :class:`ConfigError`, one of a ``Resume.WARN`` setting logs a
+    warning. The run stays in the checkpoint's directory unless ``--run-dir`` is typed.
     """
     overrides = _absolute_paths({k: v for k, v in flags.items() if k != "resume"})
     # a setting newer than the checkpoint was trained at its field default (e.g. objective "eps")
-    saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **saved}
-    for name in RESUME_FIXED:
+    saved = {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **with_current_names(saved)}
+    on_resume = {f.name: f.metadata["resume"] for f in fields(TrainConfig)}
+    for name in (k for k, kind in on_resume.items() if kind is Resume.FIXED):
         if name in overrides and overrides[name] != saved.get(name):
             raise ConfigError(
                 f"cannot resume with {_flag(name)} {_show(overrides[name])}: the checkpoint was trained with "
                 f"{_show(saved.get(name))}, and {_flag(name)} defines the model or its data (start a new run instead)"
             )
-    changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and k not in RESUME_SAFE}
+    changed = {k: (saved.get(k), v) for k, v in overrides.items() if saved.get(k) != v and on_resume[k] is Resume.WARN}
     if changed:
         shown = ", ".join(f"{_flag(k)} {_show(old)} -> {_show(new)}" for k, (old, new) in sorted(changed.items()))
         logger.warning("resuming with changed %s (%s): applied, so the run will not continue exactly as it would have",

@@ -15,7 +15,7 @@ import torch
 
 from ..checkpoints import CheckpointError, list_checkpoints, load_newest_checkpoint
 from ..models import create_model
-from ..objectives import Objective, objective_from_config
+from ..objectives import Objective, objective_from_config, saved_objective_config
 from ..pipelines.export import is_model_folder, read_model_folder
 from ..vae import LatentCodec, load_vae
 from .config import ConfigError, TrainConfig
@@ -102,14 +102,14 @@ def open_run_dir(config: TrainConfig, dist: DistInfo) -> Iterator[Path]:
 
 @dataclass
 class SamplingRun:
-    """A trained model ready to sample: backbone (eval mode), objective (``diffusion``: the eps
-    ``Diffusion`` or ``FlowMatching``, from the checkpoint's saved config), optional VAE.
+    """A trained model ready to sample: backbone (eval mode), objective (the eps ``Diffusion`` or
+    ``FlowMatching``, from the checkpoint's saved config), optional VAE.
 
     ``data``: the checkpoint's data description (classes, sizes, channels); ``args``: its run config.
     """
 
     model: torch.nn.Module
-    diffusion: Objective
+    objective: Objective
     codec: Optional[LatentCodec]
     data: Dict[str, Any]
     args: Dict[str, Any]
@@ -136,10 +136,10 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
     dev = resolve_device(device)
     if is_model_folder(ckpt):  # written by export_run: one set of weights (use_ema has no effect)
         f = read_model_folder(ckpt, dev, backend)
-        return SamplingRun(f.model, objective_from_config(f.diffusion), f.codec, f.data, f.args, f.step,
+        return SamplingRun(f.model, objective_from_config(f.objective), f.codec, f.data, f.args, f.step,
                            Path(ckpt) / "model_index.json", f.device)
     path, ck = load_newest_checkpoint(ckpt)
-    for key in ("model_name", "model_kwargs", "ema", "model", "diffusion", "data", "args"):
+    for key in ("model_name", "model_kwargs", "ema", "model", "data", "args"):
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
     model = create_model(ck["model_name"], **ck["model_kwargs"])
@@ -151,4 +151,4 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
         codec = load_vae(args["vae"], dev, args.get("vae_subfolder")) if args.get("vae") else None
     except RuntimeError as exc:  # load_vae's message says where a VAE can come from
         raise ConfigError(f"the run's VAE cannot be loaded: {exc}") from exc
-    return SamplingRun(model, objective_from_config(ck["diffusion"]), codec, ck["data"], args, int(ck["step"]), Path(path), dev)
+    return SamplingRun(model, objective_from_config(saved_objective_config(ck)), codec, ck["data"], args, int(ck["step"]), Path(path), dev)

@@ -23,10 +23,10 @@ from ..objectives.eps import Diffusion, autocast_dtype
 from ..objectives.flow import FlowMatching, resolution_shift
 from ..images import save_grid
 from ..models import create_model
-from ..objectives import Objective
+from ..objectives import Objective, saved_objective_config
 from ..pipelines.export import export_run
 from ..objectives.sampling import generate
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, op_backend
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
 from .ema import create_ema, ema_decay, update_ema
 from .losses import LossLog, NonFiniteLoss, plot_loss_curve
@@ -36,7 +36,10 @@ from .training_data import build_training_data
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "xswin_fast.train/1"
+# /2: the objective's config under "objective"; /1 (still read) held it under "diffusion" and
+# only the objective's name under "objective"
+CHECKPOINT_FORMAT = "xswin_fast.train/2"
+READABLE_FORMATS = ("xswin_fast.train/1", CHECKPOINT_FORMAT)
 
 
 @dataclass
@@ -125,12 +128,12 @@ class Trainer:
             raise ConfigError(f"--model {config.model} cannot be built with {self.model_kwargs}: {exc}") from exc
         if config.sample_cfg != 1 and getattr(getattr(self.model, "y_embedder", None), "dropout_prob", 0) <= 0:
             raise ConfigError(f"--sample-cfg {config.sample_cfg:g} needs a model trained with class dropout; use --sample-cfg 1")
-        self.model.set_backend(None if config.backend == "auto" else config.backend)
+        self.model.set_backend(op_backend(config.backend))
         if config.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self.model.to(dist.device)
         self.ema = create_ema(self.model)
-        self.diffusion = self._objective()
+        self.objective = self._build_objective()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         warmup, schedule = config.lr_warmup_steps, config.lr_schedule
@@ -145,23 +148,23 @@ class Trainer:
         self.last_saved_step = self.position.step if resume is not None else -1
         self._seed_random_streams(resume)  # last: everything above may have drawn random numbers
 
-    def _objective(self) -> Objective:
+    def _build_objective(self) -> Objective:
         """The run's objective: eps-prediction DDPM, or flow matching (which ignores the variance
         channels of a learned-sigma backbone, see ``xswin_fast.objectives.flow``)."""
         config, info = self.config, self.data.info
         if config.objective == "flow":
             shape = (info.latent_channels, info.latent_size, info.latent_size)
             shift = resolution_shift(shape) if config.time_shift == "auto" else config.time_shift
-            return FlowMatching(num_train_timesteps=config.diffusion_steps, time_shift=shift, t_sampling=config.t_sampling,
+            return FlowMatching(num_train_timesteps=config.num_timesteps, time_shift=shift, t_sampling=config.t_sampling,
                                 logit_mean=config.logit_mean, logit_std=config.logit_std)
         return Diffusion(
-            num_train_timesteps=config.diffusion_steps, beta_schedule=config.beta_schedule,
+            num_train_timesteps=config.num_timesteps, beta_schedule=config.beta_schedule,
             learn_sigma=self.model.out_channels == 2 * self.model.in_channels, clip_sample=self.data.codec is None,
         )
 
     def _load(self, ckpt: Dict[str, Any]) -> Position:
         """Restore the weights, EMA, optimizer and schedule of ``ckpt``; return its position."""
-        saved = ckpt.get("objective", "eps")  # checkpoints from before flow matching are eps runs
+        saved = saved_objective_config(ckpt).get("objective", "eps")  # an eps config has no "objective" key
         if saved != self.config.objective:
             raise ConfigError(f"cannot resume with --objective {self.config.objective}: the checkpoint was trained with {saved}")
         self.model.load_state_dict(ckpt["model"])
@@ -207,12 +210,12 @@ class Trainer:
         else:
             x, y = (b.to(dev, non_blocking=True) for b in batch)
             x0 = codec.encode(x) if codec is not None else x
-        t = self.diffusion.sample_timesteps(x0.shape[0], dev)
+        t = self.objective.sample_timesteps(x0.shape[0], dev)
         noise = torch.randn_like(x0)
-        x_t = self.diffusion.add_noise(x0, noise, t)
+        x_t = self.objective.add_noise(x0, noise, t)
         with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
             out = self.train_model(x_t, t, y)
-        terms = self.diffusion.training_losses(out, x0, x_t, t, noise)
+        terms = self.objective.training_losses(out, x0, x_t, t, noise)
         loss = terms["loss"].mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -257,7 +260,7 @@ class Trainer:
             grid = self.sample_grid(self.run_dir / "samples.png", progress="bar" if self.config.progress else "log")
             plot = plot_loss_curve(self.losses.path, self.run_dir / "loss.png")
             logger.info(f"wrote {grid} and {plot}")
-            if self.diffusion.objective == "eps":  # XSwinPipeline samples eps models only
+            if self.objective.name == "eps":  # XSwinPipeline samples eps models only
                 logger.info(f"exported the EMA model as {export_run(self.run_dir, self.run_dir / 'model')} (XSwinPipeline folder)")
         barrier()
         return 0
@@ -369,8 +372,7 @@ class Trainer:
                 "model_name": self.config.model,
                 "model_kwargs": plain_data(self.model_kwargs),
                 "data": asdict(self.data.info),
-                "objective": self.config.objective,
-                "diffusion": plain_data(self.diffusion.config()),
+                "objective": plain_data(self.objective.config()),
             }
             save_checkpoint(ckpt, path)
             prune_checkpoints(self.run_dir / "checkpoints", self.config.keep_last)
@@ -388,7 +390,7 @@ class Trainer:
         info, dev = self.data.info, self.dist.device
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, info.latent_channels, info.latent_size, info.latent_size, generator=g).to(dev)
-        t = torch.tensor([0, self.diffusion.num_timesteps - 1], device=dev)
+        t = torch.tensor([0, self.objective.num_timesteps - 1], device=dev)
         y = torch.tensor([0, info.num_classes - 1], device=dev)
         training = self.model.training
         self.model.eval()
@@ -408,7 +410,7 @@ class Trainer:
         config, info = self.config, self.data.info
         n, nc = config.sample_num, info.num_classes
         images = generate(
-            self.ema, self.diffusion, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
+            self.ema, self.objective, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
             codec=self.data.codec, sampler=config.sample_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
             seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype, progress=progress,
         )
