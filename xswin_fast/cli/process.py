@@ -6,9 +6,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..runs.launch import resolve_threads
-
-PACKAGE_LOGGER = "xswin_fast"
+from ..runs.launch import PACKAGE_LOGGER, resolve_threads
 
 
 def apply_threads(threads: Union[int, str]) -> int:

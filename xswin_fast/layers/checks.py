@@ -2,9 +2,10 @@
 type) or ValueError (wrong value) naming the argument and what was expected, at construction.
 Nothing is truncated or coerced: a window of 2.5 or "2" is an error, not a window of 2.
 """
-import math
 from numbers import Integral, Real
 from typing import Tuple
+
+from ..ops.checks import positive_float  # noqa: F401 - the one definition, re-exported
 
 
 def integer(name: str, value, minimum: int = 1) -> int:
@@ -27,15 +28,6 @@ def int_pair(name: str, value, minimum: int = 1) -> Tuple[int, int]:
     if min(value) < minimum:
         raise ValueError(f"{name} must be >= {minimum} on each axis, got {tuple(value)}")
     return int(value[0]), int(value[1])
-
-
-def positive_float(name: str, value) -> float:
-    """A finite real number > 0 (an eps, a ratio)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a float, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
-    return float(value)
 
 
 def probability(name: str, value, below_one: bool = False) -> float:

@@ -32,11 +32,13 @@ def pair(name: str, value: Sequence[int]) -> tuple:
 
 
 def positive_float(name: str, value) -> float:
-    """A finite number > 0 (an int is accepted; a bool or a string is not). ValueError otherwise,
-    also for a wrong type, so that every bad value of one argument raises one exception type."""
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ValueError(f"{name} must be a positive float (finite, > 0), got {value!r}")
+    """A finite real number > 0 (an eps, a ratio; an int is accepted): TypeError for another type
+    (a bool, a string, a tensor), ValueError for a number that is not finite and > 0. The one check
+    of ops, layers and models."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
     return float(value)
 
 
