@@ -1,7 +1,9 @@
-"""The typed configuration of a train.py run: every setting, its default, its help and its flag.
+"""The typed configuration of a train.py run: every setting, its default, its help, its flag and
+what a resume may do with it.
 
 :class:`TrainConfig` is the one place where a setting is declared. Each field's metadata holds
-its help text and, where the two differ, the default of a ``--data`` run (DiT's recipe: AdamW
+its help text, its :class:`Resume` class (whether ``--resume`` refuses a change, applies it, or
+applies it with a warning) and, where the two differ, the default of a ``--data`` run (DiT's recipe: AdamW
 1e-4, batch 256, EMA 0.9999, the SD VAE) next to the field default, which is the built-in digits
 job's (it must finish in minutes on a CPU). :func:`build_parser` generates train.py's flags from
 the fields; ``config.json`` and a checkpoint's "args" are :meth:`TrainConfig.to_dict`, read back
