@@ -247,7 +247,8 @@ class ASCEND(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
-        cond = F.silu(self.t_embedder(t, x.dtype) + self.label_embedding(x, y))  # (B, 4 ch)
+        y_emb = self.label_embedding(x, y)
+        cond = F.silu(self.t_embedder(t, x.dtype) + y_emb)  # (B, 4 ch)
 
         h = self.input_conv(x)
         skips = [h]

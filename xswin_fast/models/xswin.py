@@ -237,7 +237,8 @@ class XSwin(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
-        c = self.t_embedder(t, x.dtype) + self.label_embedding(x, y)  # (B, C)
+        y_emb = self.label_embedding(x, y)
+        c = self.t_embedder(t, x.dtype) + y_emb  # (B, C)
         cond = F.silu(c)  # (B, C): every modulator projects its own (shift, scale) from it
 
         if self.conv_blocks:
