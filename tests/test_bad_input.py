@@ -46,7 +46,7 @@ LAYER_SETTINGS = {
     "mlp-approximate": (ValueError, r"approximate must be", lambda: Mlp(32, 64, approximate="fast")),
     "mlp-hidden-zero": (ValueError, r"hidden_dim must be >= 1", lambda: Mlp(32, 0)),
     "modulator-dim-zero": (ValueError, r"dim must be >= 1", lambda: Modulator(16, 0)),
-    "modulator-cond-float": (TypeError, r"cond_dim must be an int", lambda: Modulator(16.0, 8)),
+    "modulator-cond-float": (TypeError, r"c_dim must be an int", lambda: Modulator(16.0, 8)),
     "modulator-channels-last-str": (TypeError, r"channels_last must be a bool", lambda: Modulator(16, 8, channels_last="no")),
     "patching-patch-float": (TypeError, r"patch_size must be an int", lambda: Patching(4, 32, 2.0, 16)),
     "patching-eps-zero": (ValueError, r"eps must be a finite float > 0", lambda: Patching(4, 32, 2, 16, eps=0.0)),

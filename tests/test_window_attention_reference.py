@@ -536,17 +536,17 @@ def test_torch_compile_takes_the_exact_path_fullgraph():
     # under torch.compile the reference cannot branch on the finiteness of its inputs: it always
     # takes the exact path, which must trace into one graph and give the eager (SDPA) results
     torch.manual_seed(0)
-    block = SwinBlock(32, 2, (2, 2), (1, 1), cond_dim=16)
+    block = SwinBlock(32, 2, (2, 2), (1, 1), c_dim=16)
     for m in block.modules():
         if hasattr(m, "backend"):
             m.backend = "torch"
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    x, cond = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
+    x, silu_c = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
 
     def step(fn):
-        out = fn(x, cond)
+        out = fn(x, silu_c)
         return out, torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
 
     want = step(block)

@@ -19,29 +19,29 @@ from . import checks
 class Modulator(nn.Module):
     """x * (1 + scale(c)) + shift(c), with (shift, scale) = Linear(SiLU(c)) zero-initialised (identity).
 
-    The model computes ``cond = SiLU(c)`` once per forward and hands it to every modulator, so
-    each one is a single Linear (cond_dim -> 2*dim). ``channels_last=False`` modulates a
+    The model computes ``silu_c = SiLU(c)`` once per forward and hands it to every modulator, so
+    each one is a single Linear (c_dim -> 2*dim). ``channels_last=False`` modulates a
     (B, C, H, W) conv feature map; otherwise x is (B, ..., C).
     """
 
     backend = None
 
-    def __init__(self, cond_dim: int, dim: int, channels_last: bool = True):
+    def __init__(self, c_dim: int, dim: int, channels_last: bool = True):
         super().__init__()
-        cond_dim, dim = checks.integer("cond_dim", cond_dim), checks.integer("dim", dim)
+        c_dim, dim = checks.integer("c_dim", c_dim), checks.integer("dim", dim)
         self.channels_last = checks.flag("channels_last", channels_last)
-        self.linear = nn.Linear(cond_dim, 2 * dim)
+        self.linear = nn.Linear(c_dim, 2 * dim)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def shift_scale(self, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(shift, scale), each (B, dim), from cond (B, cond_dim)."""
-        shift, scale = self.linear(cond).chunk(2, dim=1)
+    def shift_scale(self, silu_c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale), each (B, dim), from silu_c (B, c_dim)."""
+        shift, scale = self.linear(silu_c).chunk(2, dim=1)
         return shift, scale
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, ..., dim), or (B, dim, H, W) with ``channels_last=False``; cond (B, cond_dim)."""
-        shift, scale = self.shift_scale(cond)
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+        """x (B, ..., dim), or (B, dim, H, W) with ``channels_last=False``; silu_c (B, c_dim)."""
+        shift, scale = self.shift_scale(silu_c)
         if self.channels_last:
             return ops.modulate(x, shift, scale, backend=self.backend)
         y = ops.modulate(x.permute(0, 2, 3, 1), shift, scale, backend=self.backend)

@@ -123,27 +123,27 @@ class WindowCrossAttention(nn.Module):
 
     backend = None
 
-    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], cond_dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, eps: float = 1e-5):
         super().__init__()
         _check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.window_size = checks.int_pair("window_size", window_size)
         eps = checks.positive_float("eps", eps)
-        self.mod_x = Modulator(cond_dim, dim)
-        self.mod_r = Modulator(cond_dim, dim)
+        self.mod_x = Modulator(c_dim, dim)
+        self.mod_r = Modulator(c_dim, dim)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         if skip.shape != x.shape:
             raise ValueError(f"skip must match the decoder map {tuple(x.shape)}, got {tuple(skip.shape)}")
         window, _ = effective_window(H, W, self.window_size, (0, 0))
         d = C // self.num_heads
-        q = self.q(self.mod_x(x, cond)).view(B, H, W, self.num_heads, d)
-        kv = self.kv(self.mod_r(skip, cond)).view(B, H, W, 2, self.num_heads, d)
+        q = self.q(self.mod_x(x, silu_c)).view(B, H, W, self.num_heads, d)
+        kv = self.kv(self.mod_r(skip, silu_c)).view(B, H, W, 2, self.num_heads, d)
         o = ops.window_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], window, backend=self.backend)
         return self.norm(self.proj(o))
 
