@@ -9,7 +9,9 @@ knows nothing of models.
 """
 import os
 
-# read at @triton.jit decoration time, so it must be set before any kernel module is imported
+# The one reading of TRITON_INTERPRET in the package: Triton reads it when @triton.jit decorates,
+# so it must be set before any kernel module is imported; xswin_fast.ops' dispatcher takes this
+# value, so that setting the variable later sends no CPU tensor to GPU-built kernels.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 from . import adaln, device, window_attention  # noqa: E402  (after INTERPRET: they read it at import)

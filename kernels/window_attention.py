@@ -1080,12 +1080,10 @@ def window_attention(
     Differentiable in q, k, v, bias and logit_scale: the custom op
     ``torch.ops.xswin_fast.window_attention`` (opaque to ``torch.compile``). With ``out`` its result
     is copied into that view (autograd and ``torch.compile`` see an ordinary ``copy_``) and ``out``
-    is returned. Raises TypeError (dtype) or ValueError (other limits) with ``unsupported_reason``.
+    is returned. The inputs must be valid and within ``unsupported_reason``'s limits (the
+    dispatcher of ``xswin_fast.ops`` checks both before calling).
     """
     window, shift = [int(w) for w in window_size], [int(s) for s in shift_size]
-    why = unsupported_reason(q, k, v, window, shift, bias, logit_scale, scale)
-    if why is not None:
-        raise (TypeError if q.dtype not in SUPPORTED_DTYPES else ValueError)(why)
     if logit_scale is not None:
         scale = 1.0
     elif scale is None:

@@ -93,16 +93,16 @@ def test_swin_pair_is_a_regular_then_a_shifted_window_layer(monkeypatch):
 def test_resampling_blocks_start_as_pooling_and_nearest_upsampling():
     """BigGAN's residual resampling: the identity path is resampled too, and the residual branch
     starts at zero (its last conv is zero-initialised), so a fresh block is the plain resampling."""
-    cond = torch.randn(2, 16)
+    silu_c = torch.randn(2, 16)
     x = torch.randn(2, 32, 7, 5)
     down, up = DownBlock(32, 16), UpBlock(32, 16)
-    torch.testing.assert_close(down(x, cond), F.avg_pool2d(x, 2, ceil_mode=True))
-    assert down(x, cond).shape == (2, 32, 4, 3)
-    torch.testing.assert_close(up(x, cond, (13, 9)), F.interpolate(x, size=(13, 9), mode="nearest"))
+    torch.testing.assert_close(down(x, silu_c), F.avg_pool2d(x, 2, ceil_mode=True))
+    assert down(x, silu_c).shape == (2, 32, 4, 3)
+    torch.testing.assert_close(up(x, silu_c, (13, 9)), F.interpolate(x, size=(13, 9), mode="nearest"))
     with torch.no_grad():
         for p in down.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    assert not torch.allclose(down(x, cond), F.avg_pool2d(x, 2, ceil_mode=True))
+    assert not torch.allclose(down(x, silu_c), F.avg_pool2d(x, 2, ceil_mode=True))
 
 
 def test_dense_skips_feed_every_encoder_output_to_the_decoder():

@@ -11,8 +11,15 @@ from xswin_fast.ops import dispatch, reference
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-TRITON_OK, WHY_NOT = dispatch._triton_importable()
+WHY_NOT = dispatch._TRITON_UNAVAILABLE
+TRITON_OK = WHY_NOT is None
 needs_triton = pytest.mark.skipif(not TRITON_OK, reason=f"triton unavailable: {WHY_NOT}")
+
+
+def interpreter(monkeypatch, active: bool) -> None:
+    """The dispatcher as if the kernels had been imported with TRITON_INTERPRET=1 (or not), the way
+    compile_check's ``triton_on_cpu`` switches it."""
+    monkeypatch.setattr(dispatch, "interpreter_active", lambda: active)
 
 
 def _window_attention_case():
@@ -93,7 +100,7 @@ def test_forced_triton_outside_the_kernel_limits_names_the_limit(op, monkeypatch
     fake = _FakeKernel(op)
     monkeypatch.setattr(kernel_module(op), op, fake)
     monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: "a limit, on sm_90 for float32")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreter(monkeypatch, True)
     args, kwargs, _ = case(op)
     with pytest.raises(ValueError, match=rf"backend='triton' cannot run {op}: a limit, on sm_90 for float32"):
         call(op, args, kwargs, "triton")
@@ -106,7 +113,7 @@ def test_automatic_backend_outside_the_kernel_limits_is_the_reference(op, monkey
     fake = _FakeKernel(op)
     monkeypatch.setattr(kernel_module(op), op, fake)
     monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: "a limit")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreter(monkeypatch, True)
     args, kwargs, expected = case(op)
     assert torch.equal(call(op, args, kwargs, None), expected)
     assert fake.calls == []
@@ -115,7 +122,7 @@ def test_automatic_backend_outside_the_kernel_limits_is_the_reference(op, monkey
 @needs_triton
 def test_real_limits_fall_back_or_raise(monkeypatch):
     """The kernels' own limits: a head dim over 128, rows wider than 8192 channels."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreter(monkeypatch, True)
     q = torch.randn(1, 2, 2, 1, 160)
     want = reference.window_attention(q, q, q, (2, 2))
     assert torch.equal(ops.window_attention(q, q, q, (2, 2)), want)
@@ -131,7 +138,7 @@ def test_real_limits_fall_back_or_raise(monkeypatch):
 @pytest.mark.parametrize("op", OPS)
 def test_forced_triton_without_interpreter_names_the_reason(op, monkeypatch):
     monkeypatch.setattr(kernel_module(op), op, _FakeKernel(op))
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    interpreter(monkeypatch, False)
     args, kwargs, _ = case(op)
     with pytest.raises(RuntimeError, match=r"not on a CUDA device.*TRITON_INTERPRET=1"):
         call(op, args, kwargs, "triton")
@@ -142,7 +149,7 @@ def test_forced_triton_without_interpreter_names_the_reason(op, monkeypatch):
 def test_automatic_backend_on_cpu_without_interpreter_is_the_reference(op, monkeypatch):
     fake = _FakeKernel(op)
     monkeypatch.setattr(kernel_module(op), op, fake)
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    interpreter(monkeypatch, False)
     args, kwargs, expected = case(op)
     assert torch.equal(call(op, args, kwargs, None), expected)
     assert fake.calls == []
@@ -178,7 +185,7 @@ class _FakeKernel:
 def test_automatic_backend_picks_kernel_under_interpreter(op, monkeypatch):
     fake = _FakeKernel(op)
     monkeypatch.setattr(kernel_module(op), op, fake)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreter(monkeypatch, True)
     args, kwargs, expected = case(op)
 
     out = call(op, args, kwargs, None)
@@ -199,7 +206,7 @@ def test_automatic_backend_picks_kernel_under_interpreter(op, monkeypatch):
 def test_window_attention_kernel_receives_out_and_normalised_sizes(monkeypatch):
     fake = _FakeKernel("window_attention")
     monkeypatch.setattr(kernel_module("window_attention"), "window_attention", fake)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreter(monkeypatch, True)
     q, k, v = (torch.randn(1, 4, 4, 2, 8) for _ in range(3))
     buf = torch.full((1, 4, 4, 32), float("nan"))
     logit_scale = torch.zeros(2)
@@ -216,17 +223,45 @@ def test_window_attention_kernel_receives_out_and_normalised_sizes(monkeypatch):
 def test_validation_runs_before_dispatch(monkeypatch):
     fake = _FakeKernel("window_attention")
     monkeypatch.setattr(kernel_module("window_attention"), "window_attention", fake)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    interpreter(monkeypatch, True)
     q = torch.randn(1, 4, 4, 2, 8)
     with pytest.raises(ValueError, match="shift_size"):
         ops.window_attention(q, q, q, (2, 2), (2, 0))
     assert fake.calls == []
 
 
-def test_interpreter_flag_is_read_at_call_time(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert dispatch.interpreter_active()
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert not dispatch.interpreter_active()
-    monkeypatch.delenv("TRITON_INTERPRET")
-    assert not dispatch.interpreter_active()
+@needs_triton
+def test_interpreter_flag_is_the_kernels_one_reading(monkeypatch):
+    """TRITON_INTERPRET is read once, when the kernels are decorated: setting it later changes the
+    dispatcher's decision no more than the kernels (CPU tensors never reach GPU-built kernels)."""
+    from xswin_fast import kernels
+
+    assert dispatch.interpreter_active() is kernels.INTERPRET
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if kernels.INTERPRET else "1")
+    assert dispatch.interpreter_active() is kernels.INTERPRET
+    q = torch.randn(1, 2, 2, 1, 8)
+    if kernels.INTERPRET:
+        torch.testing.assert_close(ops.window_attention(q, q, q, (2, 2), backend="triton"),
+                                   reference.window_attention(q, q, q, (2, 2)))
+    else:
+        with pytest.raises(RuntimeError, match="Triton's interpreter is not active"):
+            ops.window_attention(q, q, q, (2, 2), backend="triton")
+
+
+@needs_triton
+@pytest.mark.parametrize("op", ["modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm",
+                                "residual_layernorm"])
+def test_adaln_float64_is_computed_in_float64(op, monkeypatch):
+    """The fused adaLN kernels compute in float32: float64 goes to the reference (float64) on
+    automatic dispatch, and backend="triton" refuses it."""
+    fake = _FakeKernel(op)
+    monkeypatch.setattr(kernel_module(op), op, fake)
+    interpreter(monkeypatch, True)
+    args, kwargs, _ = case(op)
+    args = tuple(a.double() if isinstance(a, torch.Tensor) else a for a in args)
+    out = call(op, args, kwargs, None)
+    assert out.dtype == torch.float64 and fake.calls == []
+    torch.testing.assert_close(out, call(op, args, kwargs, "torch"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=rf"backend='triton' cannot run {op}: .*compute in float32.* is float64"):
+        call(op, args, kwargs, "triton")
+    assert fake.calls == []

@@ -143,3 +143,43 @@ def test_bench_sets_the_thread_count_once_from_bench_threads():
     assert "CPU threads: 1 (--bench-threads 1)" in run.stdout
     bad = _bench_header("--bench-threads", "-2")
     assert bad.returncode != 0 and "--bench-threads" in bad.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["modulate_layernorm", "residual_layernorm"])
+@pytest.mark.parametrize("dtypes", [("weight", torch.float16, None), ("bias", torch.float32, torch.bfloat16)],
+                         ids=["fp16-weight-on-fp32", "bf16-bias-beside-fp32-weight"])
+def test_affine_of_another_dtype_is_refused(op, dtypes, backend):
+    """A float16 weight on a float32 tensor (torch: 'mixed dtype (CPU)'), or weight and bias of
+    two dtypes: a TypeError naming the argument."""
+    name, weight_dtype, bias_dtype = dtypes
+    x, y, shift, scale = torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 8), torch.randn(2, 8)
+    weight = torch.randn(8, dtype=weight_dtype)
+    bias = None if bias_dtype is None else torch.randn(8, dtype=bias_dtype)
+    if op == "modulate_layernorm":
+        call = lambda w, b: ops.modulate_layernorm(x, shift, scale, weight=w, bias=b, backend=backend)  # noqa: E731
+    else:
+        call = lambda w, b: ops.residual_layernorm(x, y, weight=w, bias=b, backend=backend)  # noqa: E731
+    with pytest.raises(TypeError, match=rf"{name} must have the dtype of the tensor it normalises \(torch.float32\)"):
+        call(weight, bias)
+    call(weight.float(), None if bias is None else bias.float())  # the good neighbour
+
+
+def test_half_input_with_float32_affine_runs():
+    """LayerNorm's mixed precision: a bfloat16 tensor with float32 weight and bias."""
+    x, y = torch.randn(2, 5, 8, dtype=torch.bfloat16), torch.randn(2, 5, 8, dtype=torch.bfloat16)
+    weight, bias = torch.randn(8), torch.randn(8)
+    out = ops.residual_layernorm(x, y, weight, bias, backend="torch")
+    assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_window_larger_than_the_map_is_refused(backend):
+    """(1024, 1024) windows on a 5 x 7 map would pad it to 2^20 tokens (a 2^40-entry mask): refused
+    before any allocation, naming window_size and the map; the window clamped to the map runs."""
+    q, k, v = qkv(B=1, H=5, W=7)
+    for window in ((1024, 1024), (6, 7), (5, 8)):
+        with pytest.raises(ValueError, match=r"window_size \(\d+, \d+\) must fit the map \(H, W\) = \(5, 7\)"):
+            ops.window_attention(q, k, v, window, backend=backend)
+    torch.testing.assert_close(ops.window_attention(q, k, v, (5, 7), backend=backend),
+                               ops.reference.window_attention(q, k, v, (5, 7)), rtol=2e-5, atol=2e-5)

@@ -536,17 +536,17 @@ def test_torch_compile_takes_the_exact_path_fullgraph():
     # under torch.compile the reference cannot branch on the finiteness of its inputs: it always
     # takes the exact path, which must trace into one graph and give the eager (SDPA) results
     torch.manual_seed(0)
-    block = SwinBlock(32, 2, (2, 2), (1, 1), cond_dim=16)
+    block = SwinBlock(32, 2, (2, 2), (1, 1), c_dim=16)
     for m in block.modules():
         if hasattr(m, "backend"):
             m.backend = "torch"
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    x, cond = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
+    x, silu_c = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
 
     def step(fn):
-        out = fn(x, cond)
+        out = fn(x, silu_c)
         return out, torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
 
     want = step(block)
@@ -601,3 +601,42 @@ def test_finite_promise_skips_the_check():
     exact = reference.window_attention(q, k, v, (4, 4), (2, 2), finite=False)
     assert exact.isnan().any() and not exact.isnan().all()
     assert reference.window_attention(q, k, v, (4, 4), (2, 2), finite=True).isnan().all()
+
+
+class _OpLog(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("compiling", [False, True], ids=["eager", "compiling"])
+def test_off_the_cpu_the_values_are_not_looked_at(compiling, monkeypatch):
+    """As the global Attention: off the CPU the SDPA path without a look at the values (a look is a
+    host sync per call on a GPU), also under torch.compile (no slow exact path). Meta tensors
+    stand in for an accelerator's."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    monkeypatch.setattr(ops.reference, "_exact_attention", lambda *a: pytest.fail("took the exact path"))
+    q, k, v = (torch.randn(1, 4, 4, 2, 8, device="meta") for _ in range(3))
+    bias = torch.randn(2, 4, 4, device="meta")
+    ops.reference.window_attention(q, k, v, (2, 2), (1, 1), bias, finite=True)  # fills the mask cache
+    with _OpLog() as log:
+        out = ops.reference.window_attention(q, k, v, (2, 2), (1, 1), bias)
+    with _OpLog() as promised:
+        ops.reference.window_attention(q, k, v, (2, 2), (1, 1), bias, finite=True)
+    assert out.shape == (1, 4, 4, 16)
+    assert log.ops == promised.ops  # not one op more than when the caller promises finite values
+
+
+def test_on_the_cpu_under_compile_the_exact_path_is_taken(monkeypatch):
+    """On the CPU a compiled graph cannot branch on values: the exact path, as the global Attention."""
+    taken = []
+    exact = ops.reference._exact_attention
+    monkeypatch.setattr(ops.reference, "_exact_attention", lambda *a: taken.append(1) or exact(*a))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    q, k, v = (torch.randn(1, 4, 4, 2, 8) for _ in range(3))
+    ops.reference.window_attention(q, k, v, (2, 2), (1, 1))
+    assert taken == [1]

@@ -102,14 +102,14 @@ def test_modulators_start_as_identity_and_receive_gradients():
 def test_cross_attention_windows_are_aligned_with_the_swin_grid():
     """A change in one 2x2 window of the skip only changes the outputs of that window (no offset)."""
     torch.manual_seed(0)
-    layer = WindowCrossAttention(dim=8, num_heads=2, window_size=(2, 2), cond_dim=4).eval()
+    layer = WindowCrossAttention(dim=8, num_heads=2, window_size=(2, 2), c_dim=4).eval()
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.5)
-    x, skip, cond = torch.randn(1, 4, 4, 8), torch.randn(1, 4, 4, 8), torch.randn(1, 4)
-    base = layer(x, skip, cond)
+    x, skip, silu_c = torch.randn(1, 4, 4, 8), torch.randn(1, 4, 4, 8), torch.randn(1, 4)
+    base = layer(x, skip, silu_c)
     skip2 = skip.clone()
     skip2[:, 2, 3] += 5.0  # window (1, 1)
-    changed = (layer(x, skip2, cond) - base).abs().amax(-1) > 1e-6
+    changed = (layer(x, skip2, silu_c) - base).abs().amax(-1) > 1e-6
     expected = torch.zeros(1, 4, 4, dtype=torch.bool)
     expected[:, 2:4, 2:4] = True
     assert torch.equal(changed, expected)
@@ -119,12 +119,12 @@ def test_cross_attention_masks_padded_keys():
     """On a 3x3 map with 2x2 windows the bottom-right window holds one real token: it attends only
     to itself, so its output is independent of every other token."""
     torch.manual_seed(0)
-    layer = WindowCrossAttention(dim=8, num_heads=2, window_size=(2, 2), cond_dim=4).eval()
-    x, skip, cond = torch.randn(1, 3, 3, 8), torch.randn(1, 3, 3, 8), torch.randn(1, 4)
-    base = layer(x, skip, cond)
+    layer = WindowCrossAttention(dim=8, num_heads=2, window_size=(2, 2), c_dim=4).eval()
+    x, skip, silu_c = torch.randn(1, 3, 3, 8), torch.randn(1, 3, 3, 8), torch.randn(1, 4)
+    base = layer(x, skip, silu_c)
     skip2 = skip.clone()
     skip2[:, :2, :2] += 3.0
-    torch.testing.assert_close(layer(x, skip2, cond)[:, 2, 2], base[:, 2, 2])
+    torch.testing.assert_close(layer(x, skip2, silu_c)[:, 2, 2], base[:, 2, 2])
 
 
 def test_effective_window_clamps_and_drops_shift():
@@ -134,12 +134,12 @@ def test_effective_window_clamps_and_drops_shift():
 
 
 def test_merging_and_expanding_shapes():
-    cond = torch.zeros(2, 4)
+    silu_c = torch.zeros(2, 4)
     merge, expand = PatchMerging(6, 4), PatchExpanding(12, 4)
     x = torch.randn(2, 5, 7, 6)
-    m = merge(x, cond)
+    m = merge(x, silu_c)
     assert m.shape == (2, 3, 4, 12)
-    assert expand(m, cond, target=(5, 7)).shape == (2, 5, 7, 6)
+    assert expand(m, silu_c, target=(5, 7)).shape == (2, 5, 7, 6)
 
 
 def test_every_preset_builds():

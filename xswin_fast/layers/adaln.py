@@ -1,26 +1,13 @@
-"""``Modulator``: the adaLN shift/scale that XSwin puts in front of every parameterised layer.
+"""adaLN layers: ``Modulator``, the shift/scale that XSwin puts in front of every parameterised
+layer, and the LayerNorms fused with the op around them (``ModulatedLayerNorm``, ``ResidualLayerNorm``).
 
-The conditioning contract of every layer and block is a plain tensor: ``cond`` (B, cond_dim),
-the model's conditioning embedding, and each layer projects its own adaLN vectors from it (as
-k-diffusion's HDiT and the official DiT do).
-
-Batching every adaLN projection of a model into one GEMM per forward (a ``ModulationBank`` of
-precomputed vectors passed down in place of ``cond``, slots stamped on the layers) was measured
-on the CPU path and removed. ``python benchmarks/adaln_batching.py 15`` at commit 99b4720 (the
-script went with the batching): one thread, a 2-core AMD EPYC shared with other jobs, batched
-and per-layer variants interleaved in one process, 15 repeats. Median over repeats of
-time(per layer) / time(batched), forward | forward+backward:
-
-    XSwin-digits (8x8, 1 channel)  batch 1: 1.09 | 1.07   batch 16: 1.05 | 1.02   batch 64: 1.01 | 1.02
-    XSwin-S/2 (32x32 latents)      batch 1: 0.99 | 1.00   batch 8:  1.01 | 0.99
-    DiT-S/2 (32x32 latents)        batch 1: 0.97 | 1.00   batch 8:  0.99 | 0.98
-
-Repeat-to-repeat spread 0.8-1.4 (0.5-1.8 at worst). Batching saved a few percent only where
-launches dominate (the toy model at batch 1-16) and nothing at the digits training batch (64)
-or at real model sizes, while it cost a per-forward copy of every projection weight and a
-conditioning object that every layer had to recognise.
+The conditioning contract of every layer and block is a plain tensor: ``silu_c`` (B, c_dim), the
+SiLU of the model's conditioning embedding ``c``, and each layer projects its own adaLN vectors
+from it (as k-diffusion's HDiT and the official DiT do). A layer reads its parameters only in its
+own forward (so that diffusers' layerwise-casting and offloading hooks, which act per module, see
+every use).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -32,30 +19,50 @@ from . import checks
 class Modulator(nn.Module):
     """x * (1 + scale(c)) + shift(c), with (shift, scale) = Linear(SiLU(c)) zero-initialised (identity).
 
-    The model computes ``cond = SiLU(c)`` once per forward and hands it to every modulator, so
-    each one is a single Linear (cond_dim -> 2*dim). ``channels_last=False`` modulates a
+    The model computes ``silu_c = SiLU(c)`` once per forward and hands it to every modulator, so
+    each one is a single Linear (c_dim -> 2*dim). ``channels_last=False`` modulates a
     (B, C, H, W) conv feature map; otherwise x is (B, ..., C).
     """
 
     backend = None
 
-    def __init__(self, cond_dim: int, dim: int, channels_last: bool = True):
+    def __init__(self, c_dim: int, dim: int, channels_last: bool = True):
         super().__init__()
-        cond_dim, dim = checks.integer("cond_dim", cond_dim), checks.integer("dim", dim)
+        c_dim, dim = checks.integer("c_dim", c_dim), checks.integer("dim", dim)
         self.channels_last = checks.flag("channels_last", channels_last)
-        self.linear = nn.Linear(cond_dim, 2 * dim)
+        self.linear = nn.Linear(c_dim, 2 * dim)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
-    def shift_scale(self, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(shift, scale), each (B, dim), from cond (B, cond_dim)."""
-        shift, scale = self.linear(cond).chunk(2, dim=1)
+    def shift_scale(self, silu_c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale), each (B, dim), from silu_c (B, c_dim)."""
+        shift, scale = self.linear(silu_c).chunk(2, dim=1)
         return shift, scale
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, ..., dim), or (B, dim, H, W) with ``channels_last=False``; cond (B, cond_dim)."""
-        shift, scale = self.shift_scale(cond)
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+        """x (B, ..., dim), or (B, dim, H, W) with ``channels_last=False``; silu_c (B, c_dim)."""
+        shift, scale = self.shift_scale(silu_c)
         if self.channels_last:
             return ops.modulate(x, shift, scale, backend=self.backend)
         y = ops.modulate(x.permute(0, 2, 3, 1), shift, scale, backend=self.backend)
         return y.permute(0, 3, 1, 2)
+
+
+class ModulatedLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over C after a modulation: LN(x * (1 + scale) + shift) with the norm's
+    affine, fused in ``ops.modulate_layernorm``. x (B, ..., C); shift, scale (B, C)."""
+
+    backend = None
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return ops.modulate_layernorm(x, shift, scale, self.weight, self.bias, self.eps, backend=self.backend)
+
+
+class ResidualLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` of a residual branch: x + keep * LN(y) with the norm's affine, fused in
+    ``ops.residual_layernorm``. x, y (B, ..., C); keep (B,) or None (stochastic depth)."""
+
+    backend = None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return ops.residual_layernorm(x, y, self.weight, self.bias, keep, self.eps, backend=self.backend)

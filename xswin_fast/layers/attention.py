@@ -57,6 +57,19 @@ def _build_cpb_inputs(window: Tuple[int, int], reference_window: Tuple[int, int]
     return table, index.reshape(-1)
 
 
+class QKVLinear(nn.Linear):
+    """SwinV2's fused q, k, v projection: (B, ..., C) -> (B, ..., 3C), ``x W^T + [b_q, 0, b_v]``.
+
+    SwinV2 has no key bias; the middle third of ``bias`` is kept (torchvision's layout, so that
+    checkpoints load) but never used, as torchvision zeroes it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        C = self.out_features // 3
+        bias = torch.cat([self.bias[:C], torch.zeros_like(self.bias[:C]), self.bias[2 * C:]])
+        return F.linear(x, self.weight, bias)
+
+
 class WindowAttention(nn.Module):
     """SwinV2 shifted-window self-attention: (B, H, W, C) -> (B, H, W, C).
 
@@ -74,15 +87,15 @@ class WindowAttention(nn.Module):
         self.shift_size = checks.int_pair("shift_size", shift_size, minimum=0)
         if any(s >= w for s, w in zip(self.shift_size, self.window_size)):
             raise ValueError(f"shift_size must be < window_size on each axis, got {self.shift_size} for {self.window_size}")
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = QKVLinear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.full((num_heads,), math.log(10.0)))
         self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads, bias=False))
 
-    def position_bias(self, window: Tuple[int, int]) -> torch.Tensor:
-        """(heads, N, N) continuous relative-position bias for an (effective) window."""
-        w = self.cpb_mlp[0].weight
-        table, index = _cpb_inputs(tuple(window), self.window_size, w.device, w.dtype)
+    def position_bias(self, window: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """(heads, N, N) continuous relative-position bias for an (effective) window, computed on
+        the device and in the dtype of the activations ``like``."""
+        table, index = _cpb_inputs(tuple(window), self.window_size, like.device, like.dtype)
         bias = self.cpb_mlp(table)  # (T, heads)
         N = window[0] * window[1]
         bias = bias[index].view(N, N, self.num_heads).permute(2, 0, 1)
@@ -91,12 +104,10 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         window, shift = effective_window(H, W, self.window_size, self.shift_size)
-        # SwinV2 has no key bias (torchvision zeroes that third of the qkv bias)
-        qkv_bias = torch.cat([self.qkv.bias[:C], torch.zeros_like(self.qkv.bias[:C]), self.qkv.bias[2 * C:]])
-        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(B, H, W, 3, self.num_heads, C // self.num_heads)
+        qkv = self.qkv(x).view(B, H, W, 3, self.num_heads, C // self.num_heads)
         o = ops.window_attention(
             qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :], window, shift,
-            bias=self.position_bias(window), logit_scale=self.logit_scale, backend=self.backend,
+            bias=self.position_bias(window, x), logit_scale=self.logit_scale, backend=self.backend,
         )
         return self.proj(o)
 
@@ -112,27 +123,27 @@ class WindowCrossAttention(nn.Module):
 
     backend = None
 
-    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], cond_dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, eps: float = 1e-5):
         super().__init__()
         _check_heads(dim, num_heads)
         self.num_heads = num_heads
         self.window_size = checks.int_pair("window_size", window_size)
         eps = checks.positive_float("eps", eps)
-        self.mod_x = Modulator(cond_dim, dim)
-        self.mod_r = Modulator(cond_dim, dim)
+        self.mod_x = Modulator(c_dim, dim)
+        self.mod_r = Modulator(c_dim, dim)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
         if skip.shape != x.shape:
             raise ValueError(f"skip must match the decoder map {tuple(x.shape)}, got {tuple(skip.shape)}")
         window, _ = effective_window(H, W, self.window_size, (0, 0))
         d = C // self.num_heads
-        q = self.q(self.mod_x(x, cond)).view(B, H, W, self.num_heads, d)
-        kv = self.kv(self.mod_r(skip, cond)).view(B, H, W, 2, self.num_heads, d)
+        q = self.q(self.mod_x(x, silu_c)).view(B, H, W, self.num_heads, d)
+        kv = self.kv(self.mod_r(skip, silu_c)).view(B, H, W, 2, self.num_heads, d)
         o = ops.window_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], window, backend=self.backend)
         return self.norm(self.proj(o))
 

@@ -4,9 +4,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .. import ops
 from . import checks
-from .adaln import Modulator
+from .adaln import ModulatedLayerNorm, Modulator, ResidualLayerNorm
 from .attention import Attention, WindowAttention
 from .mlp import Mlp, mlp_hidden_dim
 
@@ -28,36 +27,32 @@ class SwinBlock(nn.Module):
     The adaLN shift/scale acts on the block input and there is no gate (the X-Swin design).
     """
 
-    backend = None
-
     def __init__(
         self,
         dim: int,
         num_heads: int,
         window_size: Tuple[int, int],
         shift_size: Tuple[int, int],
-        cond_dim: int,
+        c_dim: int,
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
         eps: float = 1e-5,
     ):
         super().__init__()
         self.drop_path = checks.probability("drop_path", drop_path, below_one=True)
-        self.eps = checks.positive_float("eps", eps)
-        self.mod1 = Modulator(cond_dim, dim)
+        eps = checks.positive_float("eps", eps)
+        self.mod1 = Modulator(c_dim, dim)
         self.attn = WindowAttention(dim, num_heads, window_size, shift_size)
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.mod2 = Modulator(cond_dim, dim)
+        self.norm1 = ResidualLayerNorm(dim, eps=eps)
+        self.mod2 = Modulator(c_dim, dim)
         self.mlp = Mlp(dim, mlp_hidden_dim(dim, mlp_ratio))
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = ResidualLayerNorm(dim, eps=eps)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        a = self.attn(self.mod1(x, cond))
-        keep = drop_path_keep(x, self.drop_path, self.training)
-        x = ops.residual_layernorm(x, a, self.norm1.weight, self.norm1.bias, keep, self.eps, backend=self.backend)
-        m = self.mlp(self.mod2(x, cond))
-        keep = drop_path_keep(x, self.drop_path, self.training)
-        return ops.residual_layernorm(x, m, self.norm2.weight, self.norm2.bias, keep, self.eps, backend=self.backend)
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+        a = self.attn(self.mod1(x, silu_c))
+        x = self.norm1(x, a, drop_path_keep(x, self.drop_path, self.training))
+        m = self.mlp(self.mod2(x, silu_c))
+        return self.norm2(x, m, drop_path_keep(x, self.drop_path, self.training))
 
 
 class ViTBlock(nn.Module):
@@ -70,26 +65,20 @@ class ViTBlock(nn.Module):
     norms were once named ``ln_1``/``ln_2``; checkpoints with those keys still load.
     """
 
-    backend = None
-
-    def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0, eps: float = 1e-5):
+    def __init__(self, dim: int, num_heads: int, c_dim: int, mlp_ratio: float = 4.0, eps: float = 1e-5):
         super().__init__()
-        self.eps = checks.positive_float("eps", eps)
-        self.mod1 = Modulator(cond_dim, dim)
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        eps = checks.positive_float("eps", eps)
+        self.mod1 = Modulator(c_dim, dim)
+        self.norm1 = ModulatedLayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads)
-        self.mod2 = Modulator(cond_dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mod2 = Modulator(c_dim, dim)
+        self.norm2 = ModulatedLayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, mlp_hidden_dim(dim, mlp_ratio))
         self.register_load_state_dict_pre_hook(_rename_legacy_norms)
 
-    def _mod_ln(self, mod: Modulator, ln: nn.LayerNorm, x, cond):
-        shift, scale = mod.shift_scale(cond)
-        return ops.modulate_layernorm(x, shift, scale, ln.weight, ln.bias, self.eps, backend=self.backend)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self._mod_ln(self.mod1, self.norm1, x, cond))
-        return x + self.mlp(self._mod_ln(self.mod2, self.norm2, x, cond))
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x, *self.mod1.shift_scale(silu_c)))
+        return x + self.mlp(self.norm2(x, *self.mod2.shift_scale(silu_c)))
 
 
 def _rename_legacy_norms(module, state_dict, prefix, *args) -> None:

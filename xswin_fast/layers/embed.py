@@ -42,9 +42,12 @@ class TimestepEmbedder(nn.Module):
             emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
         return emb
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """t (B,) -> (B, hidden); the sinusoidal features enter the MLP in ``dtype``, the model's
+        compute dtype (that of its input x), never read from a weight: under diffusers'
+        layerwise casting a weight holds its storage dtype outside its own forward."""
         t_freq = self.timestep_embedding(t, self.frequency_embedding_size, freq_shift=self.freq_shift)
-        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
+        return self.mlp(t_freq.to(dtype))
 
 
 class LabelEmbedder(nn.Module):

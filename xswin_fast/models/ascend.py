@@ -43,7 +43,7 @@ def _int_sequence(name: str, value, allow_empty: bool = False) -> Tuple[int, ...
 
 
 class ResBlock(nn.Module):
-    """ADM's residual block with scale-shift norm: (B, C_in, H, W), cond (B, cond_dim) -> (B, C_out, H, W).
+    """ADM's residual block with scale-shift norm: (B, C_in, H, W), silu_c (B, c_dim) -> (B, C_out, H, W).
 
         h = conv3x3(SiLU(GN(x)))
         h = conv3x3(dropout(SiLU(GN(h) * (1 + scale) + shift)))      (last conv zero-initialised)
@@ -52,14 +52,14 @@ class ResBlock(nn.Module):
     The adaLN (shift, scale) comes from the block's ``Modulator`` (ADM's ``emb_layers``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, c_dim: int, dropout: float = 0.0):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if checks.integer(name, value) % GROUPS:
                 raise ValueError(f"{name} must be a multiple of {GROUPS} (GroupNorm groups), got {value}")
         self.in_norm = nn.GroupNorm(GROUPS, in_channels)
         self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.mod = Modulator(cond_dim, out_channels, channels_last=False)
+        self.mod = Modulator(c_dim, out_channels, channels_last=False)
         self.out_norm = nn.GroupNorm(GROUPS, out_channels)
         self.dropout = nn.Dropout(checks.probability("dropout", dropout))
         self.out_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -67,15 +67,15 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.out_conv.bias)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def branch(self, x: torch.Tensor, cond: torch.Tensor, resample: Optional[Callable] = None) -> torch.Tensor:
+    def branch(self, x: torch.Tensor, silu_c: torch.Tensor, resample: Optional[Callable] = None) -> torch.Tensor:
         """The residual branch, resampling (if given) after the first activation (BigGAN's order)."""
         h = F.silu(self.in_norm(x))
         h = self.in_conv(h if resample is None else resample(h))
-        h = F.silu(self.mod(self.out_norm(h), cond))
+        h = F.silu(self.mod(self.out_norm(h), silu_c))
         return self.out_conv(self.dropout(h))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.branch(x, cond)
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.branch(x, silu_c)
 
 
 class DownBlock(ResBlock):
@@ -85,43 +85,43 @@ class DownBlock(ResBlock):
     A forward of its own (as ``UpBlock``), so that ``torch.compile`` caches each kind of block apart.
     """
 
-    def __init__(self, channels: int, cond_dim: int, dropout: float = 0.0):
-        super().__init__(channels, channels, cond_dim, dropout)
+    def __init__(self, channels: int, c_dim: int, dropout: float = 0.0):
+        super().__init__(channels, channels, c_dim, dropout)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
         def down(h):
             return F.avg_pool2d(h, 2, ceil_mode=True)
 
-        return down(x) + self.branch(x, cond, down)
+        return down(x) + self.branch(x, silu_c, down)
 
 
 class UpBlock(ResBlock):
     """BigGAN-style residual upsampling: (B, C, H, W) -> (B, C, *size), nearest-neighbour on both
     paths; ``size`` is the map size of the encoder level above (2H, or 2H - 1 after an odd side)."""
 
-    def __init__(self, channels: int, cond_dim: int, dropout: float = 0.0):
-        super().__init__(channels, channels, cond_dim, dropout)
+    def __init__(self, channels: int, c_dim: int, dropout: float = 0.0):
+        super().__init__(channels, channels, c_dim, dropout)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         def up(h):
             return F.interpolate(h, size=size, mode="nearest")
 
-        return up(x) + self.branch(x, cond, up)
+        return up(x) + self.branch(x, silu_c, up)
 
 
 class SwinPair(nn.Module):
     """The paper's "SwinBlock": a regular then a shifted window layer (two modulated SwinV2
-    ``SwinBlock`` layers, shift half the window): (B, C, H, W), cond (B, cond_dim) -> (B, C, H, W)."""
+    ``SwinBlock`` layers, shift half the window): (B, C, H, W), silu_c (B, c_dim) -> (B, C, H, W)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], cond_dim: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, mlp_ratio: float = 4.0):
         super().__init__()
         half = (window_size[0] // 2, window_size[1] // 2)
-        self.regular = SwinBlock(dim, num_heads, window_size, (0, 0), cond_dim, mlp_ratio)
-        self.shifted = SwinBlock(dim, num_heads, window_size, half, cond_dim, mlp_ratio)
+        self.regular = SwinBlock(dim, num_heads, window_size, (0, 0), c_dim, mlp_ratio)
+        self.shifted = SwinBlock(dim, num_heads, window_size, half, c_dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
         h = x.permute(0, 2, 3, 1)  # channels-last tokens for the window layers
-        h = self.shifted(self.regular(h, cond), cond)
+        h = self.shifted(self.regular(h, silu_c), silu_c)
         return h.permute(0, 3, 1, 2)
 
 
@@ -207,15 +207,15 @@ class ASCEND(DiffusionBackbone):
         self.learn_sigma = learn_sigma
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_classes = num_classes
-        cond_dim = 4 * channels  # ADM's time-embedding width
-        self.t_embedder = TimestepEmbedder(cond_dim)
-        self.y_embedder = LabelEmbedder(num_classes, cond_dim, class_dropout_prob)
+        c_dim = 4 * channels  # ADM's time-embedding width
+        self.t_embedder = TimestepEmbedder(c_dim)
+        self.y_embedder = LabelEmbedder(num_classes, c_dim, class_dropout_prob)
 
         def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, cond_dim, dropout)
+            return ResBlock(c_in, c_out, c_dim, dropout)
 
         def swin(width: int) -> SwinPair:
-            return SwinPair(width, width // head_channels, window, cond_dim, mlp_ratio)
+            return SwinPair(width, width // head_channels, window, c_dim, mlp_ratio)
 
         widths = [channels * m for m in channel_mult]
         swin_levels = [f in attention_downsample for f in factors]
@@ -225,7 +225,7 @@ class ASCEND(DiffusionBackbone):
         for lvl, w in enumerate(widths):
             units = [EncoderUnit(res(width if i == 0 else w, w), swin(w) if swin_levels[lvl] else None)
                      for i in range(depth)]
-            down = DownBlock(w, cond_dim, dropout) if lvl < len(widths) - 1 else None
+            down = DownBlock(w, c_dim, dropout) if lvl < len(widths) - 1 else None
             self.encoder.append(Level(units, down))
             skip_widths += [w] * (depth + (down is not None))
             width = w
@@ -236,7 +236,7 @@ class ASCEND(DiffusionBackbone):
         for lvl in reversed(range(len(widths))):
             w = widths[lvl]
             blocks = [res((width if i == 0 else w) + skip_widths.pop(), w) for i in range(depth + 1)]
-            self.decoder.append(Level(blocks, UpBlock(w, cond_dim, dropout) if lvl else None))
+            self.decoder.append(Level(blocks, UpBlock(w, c_dim, dropout) if lvl else None))
             width = w
 
         self.out_norm = nn.GroupNorm(GROUPS, width)
@@ -247,29 +247,30 @@ class ASCEND(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
-        cond = F.silu(self.t_embedder(t) + self.y_embedder(y, self.training))  # (B, 4 ch)
+        y_emb = self.label_embedding(x, y)
+        silu_c = F.silu(self.t_embedder(t, x.dtype) + y_emb)  # (B, 4 ch)
 
         h = self.input_conv(x)
         skips = [h]
         for level in self.encoder:
             for unit in level.blocks:
-                h = self.run_block(unit.res, h, cond)
+                h = self.run_block(unit.res, h, silu_c)
                 if unit.swin is not None:
-                    h = self.run_block(unit.swin, h, cond)
+                    h = self.run_block(unit.swin, h, silu_c)
                 skips.append(h)
             if level.resample is not None:
-                h = self.run_block(level.resample, h, cond)
+                h = self.run_block(level.resample, h, silu_c)
                 skips.append(h)
 
         for block in self.middle:
-            h = self.run_block(block, h, cond)
+            h = self.run_block(block, h, silu_c)
 
         for level in self.decoder:
             for block in level.blocks:
-                h = self.run_block(block, torch.cat([h, skips.pop()], dim=1), cond)
+                h = self.run_block(block, torch.cat([h, skips.pop()], dim=1), silu_c)
             if level.resample is not None:
                 # back to the size of the skips of the level above (odd sizes were rounded up)
-                h = self.run_block(level.resample, h, cond, tuple(skips[-1].shape[-2:]))
+                h = self.run_block(level.resample, h, silu_c, tuple(skips[-1].shape[-2:]))
 
         return self.out_conv(F.silu(self.out_norm(h)))
 

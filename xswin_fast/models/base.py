@@ -95,8 +95,8 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         """Raise TypeError/ValueError naming the argument unless x is a (B >= 1, in_channels, H, W)
-        floating tensor of the model's dtype (any dtype under ``torch.autocast``) on the model's
-        device, t (B,) real timesteps >= 0 and y (B,) int64/int32 labels, both on x's device.
+        floating tensor, t (B,) real timesteps >= 0 and y (B,) int64/int32 labels, both on x's
+        device. x's dtype and device are checked against the model's by ``label_embedding``.
 
         Values (finite t >= 0, labels in range) are checked on the CPU only: reading them back
         from an accelerator would synchronise every forward.
@@ -107,14 +107,6 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
             raise ValueError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.numel() == 0:
             raise ValueError(f"x must hold at least one sample and a non-empty map, got shape {tuple(x.shape)}")
-        weight = self.t_embedder.mlp[0].weight
-        if x.device != weight.device:
-            raise ValueError(f"x must be on the model's device {weight.device}, got {x.device}")
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
-                f"x must have the model's dtype {weight.dtype}, got {x.dtype}: cast x, or the model with "
-                f"model.to(dtype), or run under torch.autocast"
-            )
         B = x.shape[0]
         if not isinstance(t, torch.Tensor) or t.shape != (B,):
             raise ValueError(f"t must be a tensor of shape (B,) = ({B},), got {getattr(t, 'shape', t)}")
@@ -130,6 +122,24 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
                 raise ValueError(f"t must hold finite timesteps >= 0, got values in [{t.min().item()}, {t.max().item()}]")
         check_labels(y, self.num_classes, self.y_embedder.dropout_prob > 0)
         self.check_size(x.shape[-2], x.shape[-1])
+
+    def label_embedding(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y_embedder(y)`` (B, hidden) after ``check_inputs``, with x checked against it: x must
+        be on its device and of its dtype (any dtype under ``torch.autocast``).
+
+        The embedding comes out in the dtype and on the device the model computes in, also under
+        diffusers' layerwise-casting and offloading hooks (they act when the embedder runs), so
+        no parameter is read outside its own module.
+        """
+        emb = self.y_embedder(y, self.training)
+        if x.device != emb.device:
+            raise ValueError(f"x must be on the model's device {emb.device}, got {x.device}")
+        if x.dtype != emb.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x must have the model's dtype {emb.dtype}, got {x.dtype}: cast x, or the model with "
+                f"model.to(dtype), or run under torch.autocast"
+            )
+        return emb
 
     def check_size(self, H: int, W: int) -> None:
         """Raise ValueError if the model cannot run on an (H, W) latent."""

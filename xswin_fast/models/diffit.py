@@ -169,7 +169,8 @@ class DiffiT(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
-        time_token = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, time_dim)
+        y_emb = self.label_embedding(x, y)
+        time_token = self.t_embedder(t, x.dtype) + y_emb  # (B, time_dim)
         h = self.tokenizer(x)
         skips = []
         for i, stage in enumerate(self.encoder):
@@ -270,9 +271,10 @@ class LatentDiffiT(DiffusionBackbone):
         B, _, H, W = x.shape
         p = self.patch_size
         h, w = H // p, W // p
+        y_emb = self.label_embedding(x, y)
+        time_token = self.t_embedder(t, x.dtype) + y_emb  # (B, D)
         tokens = self.x_embedder(x) + sincos_2d(self.hidden_size, h, w, device=x.device, dtype=x.dtype)
         tokens = tokens.view(B, h, w, self.hidden_size)
-        time_token = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
         for block in self.blocks:
             tokens = self.run_block(block, tokens, time_token)
         out = self.linear(self.norm_final(tokens))  # (B, h, w, p*p*C_out)

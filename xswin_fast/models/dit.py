@@ -236,8 +236,9 @@ class DiT(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
         self.check_inputs(x, t, y)
+        y_emb = self.label_embedding(x, y)
+        c = self.t_embedder(t, x.dtype) + y_emb  # (B, D)
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D), L = H * W / p**2
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
         x = self._run_blocks(x, c)
         x = self.final_layer(x, c)  # (B, L, p*p*C_out)
         return self.unpatchify(x)

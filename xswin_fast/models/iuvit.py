@@ -158,8 +158,9 @@ class IUViT(UViT):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
         self.check_inputs(x, t, y)
+        y_emb = self.label_embedding(x, y)
+        tokens = [self.t_embedder(t, x.dtype)[:, None], y_emb[:, None]]
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D)
-        tokens = [self.t_embedder(t)[:, None], self.y_embedder(y, self.training)[:, None]]
         h = torch.cat([*tokens, x], dim=1)  # (B, 2 + L, D)
         h = self._run_blocks(h, None)
         return self.final_layer(h[:, len(tokens):], self.grid_size)

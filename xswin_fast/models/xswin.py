@@ -54,13 +54,13 @@ class PointwiseProjection(nn.Module):
     The channel reduction (2C -> C) of a decoder stage, after its first, double-width block.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, cond_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, c_dim: int):
         super().__init__()
-        self.mod = Modulator(cond_dim, in_dim)
+        self.mod = Modulator(c_dim, in_dim)
         self.linear = nn.Linear(in_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.mod(x, cond))
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.mod(x, silu_c))
 
 
 class DecoderStage(nn.Module):
@@ -163,14 +163,14 @@ class XSwin(DiffusionBackbone):
         self.final_downsample = final_downsample
         self.cross_attention_skips = cross_attention_skips
         self.conv_blocks = conv_blocks
-        cond_dim = embed_dim
+        c_dim = embed_dim
 
-        self.t_embedder = TimestepEmbedder(cond_dim)
-        self.y_embedder = LabelEmbedder(num_classes, cond_dim, class_dropout_prob)
+        self.t_embedder = TimestepEmbedder(c_dim)
+        self.y_embedder = LabelEmbedder(num_classes, c_dim, class_dropout_prob)
 
         if conv_blocks:
-            self.conv_in = ConvTriplet(in_channels, embed_dim, cond_dim)
-        self.patching = Patching(embed_dim if conv_blocks else in_channels, embed_dim, patch_size, cond_dim, norm_eps)
+            self.conv_in = ConvTriplet(in_channels, embed_dim, c_dim)
+        self.patching = Patching(embed_dim if conv_blocks else in_channels, embed_dim, patch_size, c_dim, norm_eps)
 
         # drop-path rates rise linearly over encoder then decoder blocks (the original's schedule)
         n_blocks = 2 * sum(depths)
@@ -181,34 +181,34 @@ class XSwin(DiffusionBackbone):
         for s, depth in enumerate(depths):
             dim = embed_dim * 2**s
             blocks = [
-                SwinBlock(dim, num_heads[s], window, shift(i), cond_dim, mlp_ratio, next(rates), norm_eps)
+                SwinBlock(dim, num_heads[s], window, shift(i), c_dim, mlp_ratio, next(rates), norm_eps)
                 for i in range(depth)
             ]
-            down = PatchMerging(dim, cond_dim, norm_eps) if s < len(depths) - 1 or final_downsample else None
+            down = PatchMerging(dim, c_dim, norm_eps) if s < len(depths) - 1 or final_downsample else None
             self.encoder.append(EncoderStage(blocks, down))
 
         self.bottleneck = nn.ModuleList(
-            [ViTBlock(mid_dim, bottleneck_heads, cond_dim, mlp_ratio, norm_eps) for _ in range(bottleneck_depth)]
+            [ViTBlock(mid_dim, bottleneck_heads, c_dim, mlp_ratio, norm_eps) for _ in range(bottleneck_depth)]
         )
 
         self.decoder = nn.ModuleList()
         for s in reversed(range(len(depths))):
             dim = embed_dim * 2**s
-            up = PatchExpanding(2 * dim, cond_dim, norm_eps) if s < len(depths) - 1 or final_downsample else None
-            skip = WindowCrossAttention(dim, num_heads[s], window, cond_dim, norm_eps) if cross_attention_skips else None
+            up = PatchExpanding(2 * dim, c_dim, norm_eps) if s < len(depths) - 1 or final_downsample else None
+            skip = WindowCrossAttention(dim, num_heads[s], window, c_dim, norm_eps) if cross_attention_skips else None
             blocks = [
                 SwinBlock(
                     dim * (2 if i == 0 else 1), num_heads[s] * (2 if i == 0 else 1), window, shift(i),
-                    cond_dim, mlp_ratio, next(rates), norm_eps,
+                    c_dim, mlp_ratio, next(rates), norm_eps,
                 )
                 for i in range(depths[s])
             ]
-            self.decoder.append(DecoderStage(up, skip, blocks, PointwiseProjection(2 * dim, dim, cond_dim)))
+            self.decoder.append(DecoderStage(up, skip, blocks, PointwiseProjection(2 * dim, dim, c_dim)))
 
-        self.unpatching = UnPatching(embed_dim, patch_size, cond_dim)
+        self.unpatching = UnPatching(embed_dim, patch_size, c_dim)
         if conv_blocks:
-            self.conv_out = ConvTriplet(2 * embed_dim, embed_dim, cond_dim)
-        self.head = OutputHead(embed_dim, self.out_channels, cond_dim)
+            self.conv_out = ConvTriplet(2 * embed_dim, embed_dim, c_dim)
+        self.head = OutputHead(embed_dim, self.out_channels, c_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -237,46 +237,47 @@ class XSwin(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, C)
-        cond = F.silu(c)  # (B, C): every modulator projects its own (shift, scale) from it
+        y_emb = self.label_embedding(x, y)
+        c = self.t_embedder(t, x.dtype) + y_emb  # (B, C)
+        silu_c = F.silu(c)  # (B, C): every modulator projects its own (shift, scale) from it
 
         if self.conv_blocks:
-            x = self.conv_in(x, cond)  # (B, C, H, W)
+            x = self.conv_in(x, silu_c)  # (B, C, H, W)
         conv_features = x
-        h = self.patching(x, cond)  # (B, H/p, W/p, C)
+        h = self.patching(x, silu_c)  # (B, H/p, W/p, C)
 
         skips = []
         for stage in self.encoder:
             for block in stage.blocks:
-                h = self.run_block(block, h, cond)
+                h = self.run_block(block, h, silu_c)
             skips.append(h)
             if stage.downsample is not None:
-                h = stage.downsample(h, cond)
+                h = stage.downsample(h, silu_c)
 
         B, Hb, Wb, Cb = h.shape
         h = h.reshape(B, Hb * Wb, Cb) + sincos_2d(Cb, Hb, Wb, device=h.device, dtype=h.dtype)
         for block in self.bottleneck:
-            h = self.run_block(block, h, cond)
+            h = self.run_block(block, h, silu_c)
         h = h.view(B, Hb, Wb, Cb)
 
         for stage in self.decoder:
             skip = skips.pop()
             if stage.upsample is not None:
-                h = stage.upsample(h, cond, target=skip.shape[1:3])
+                h = stage.upsample(h, silu_c, target=skip.shape[1:3])
             if stage.skip_attn is not None:
-                skip = stage.skip_attn(h, skip, cond)
+                skip = stage.skip_attn(h, skip, silu_c)
             # the skip branch ends in proj + LayerNorm (as the original), so the attention kernel's
             # out= cannot write this half in place (docs/window_attention.md)
             h = torch.cat([h, skip], dim=-1)  # (B, H_s, W_s, 2 C_s)
-            h = self.run_block(stage.blocks[0], h, cond)
-            h = stage.reduce(h, cond)
+            h = self.run_block(stage.blocks[0], h, silu_c)
+            h = stage.reduce(h, silu_c)
             for block in stage.blocks[1:]:
-                h = self.run_block(block, h, cond)
+                h = self.run_block(block, h, silu_c)
 
-        h = self.unpatching(h, cond)  # (B, C, H, W)
+        h = self.unpatching(h, silu_c)  # (B, C, H, W)
         if self.conv_blocks:
-            h = self.conv_out(torch.cat([h, conv_features], dim=1), cond)
-        return self.head(h, cond)
+            h = self.conv_out(torch.cat([h, conv_features], dim=1), silu_c)
+        return self.head(h, silu_c)
 
 
 class USwin(XSwin):

@@ -2,6 +2,10 @@
 
 x, y: (B, ..., C) with any number of token dims; shift, scale, gate: (B, C), broadcast over the
 tokens of each sample. Gradients flow to every tensor argument.
+
+float64 inputs are computed in float64 on the reference: the fused kernels accumulate in float32,
+so automatic dispatch does not send float64 to them and ``backend="triton"`` refuses it
+(ValueError) rather than computing in float32 silently.
 """
 from typing import Optional
 
@@ -19,12 +23,22 @@ def _tokens(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must have shape (B, ..., C), got {tuple(x.shape)}")
 
 
-def _affine(x, weight, bias) -> None:
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None:
-            checks.floating(name, t)
-            if tuple(t.shape) != (x.shape[-1],):
-                raise ValueError(f"{name} must have shape (C,) = ({x.shape[-1]},), got {tuple(t.shape)}")
+def _affine(x, weight, bias, normalized: torch.dtype) -> None:
+    """weight, bias: None or (C,), of the dtype of the tensor they scale (``normalized``), or both
+    float32 for a float16/bfloat16 one (LayerNorm's mixed precision); TypeError otherwise."""
+    allowed = (normalized, torch.float32) if normalized in (torch.float16, torch.bfloat16) else (normalized,)
+    given = {name: t for name, t in (("weight", weight), ("bias", bias)) if t is not None}
+    for name, t in given.items():
+        checks.floating(name, t)
+        if tuple(t.shape) != (x.shape[-1],):
+            raise ValueError(f"{name} must have shape (C,) = ({x.shape[-1]},), got {tuple(t.shape)}")
+        if t.dtype not in allowed:
+            raise TypeError(
+                f"{name} must have the dtype of the tensor it normalises ({normalized}), or float32 for a "
+                f"float16/bfloat16 one, got {t.dtype}"
+            )
+    if len(given) == 2 and weight.dtype != bias.dtype:
+        raise TypeError(f"bias must have weight's dtype {weight.dtype}, got {bias.dtype}")
 
 
 def _kernel():
@@ -34,9 +48,21 @@ def _kernel():
     return kernel
 
 
+def _float64_reason(tensors: dict) -> Optional[str]:
+    """The fused kernels compute in float32: float64 inputs take the reference, which computes in
+    float64 (automatic dispatch), and ``backend="triton"`` refuses them."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype == torch.float64:
+            return f"the fused adaLN kernels compute in float32, and {name} is float64 (the reference computes in float64)"
+    return None
+
+
 def _on_triton(op: str, backend: Optional[str], tensors: dict) -> bool:
     checks.same_device(**tensors)
-    return use_triton(op, backend, tensors.values(), lambda: _kernel().unsupported_reason(*tensors.values()))
+    return use_triton(
+        op, backend, tensors.values(),
+        lambda: _float64_reason(tensors) or _kernel().unsupported_reason(*tensors.values()),
+    )
 
 
 def modulate(x, shift, scale, backend: Optional[str] = None) -> torch.Tensor:
@@ -79,7 +105,7 @@ def modulate_layernorm(
     _tokens("x", x)
     checks.per_sample("shift", shift, x)
     checks.per_sample("scale", scale, x)
-    _affine(x, weight, bias)
+    _affine(x, weight, bias, torch.promote_types(torch.promote_types(x.dtype, shift.dtype), scale.dtype))
     eps = checks.positive_float("eps", eps)
     if _on_triton("modulate_layernorm", backend, dict(x=x, shift=shift, scale=scale, weight=weight, bias=bias)):
         return _kernel().modulate_layernorm(x, shift, scale, weight, bias, eps)
@@ -97,7 +123,7 @@ def residual_layernorm(
     _tokens("y", y)
     if y.shape != x.shape:
         raise ValueError(f"y must have x's shape {tuple(x.shape)}, got {tuple(y.shape)}")
-    _affine(x, weight, bias)
+    _affine(x, weight, bias, y.dtype)
     if keep is not None:
         checks.floating("keep", keep)
         if tuple(keep.shape) != (x.shape[0],):

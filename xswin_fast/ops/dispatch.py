@@ -7,7 +7,6 @@ error, never a silent fallback: RuntimeError when the environment cannot run Tri
 CPU tensors without the interpreter), ValueError naming the kernel's limit when the inputs are
 outside it (its ``unsupported_reason``).
 """
-import os
 from typing import Callable, Iterable, Optional, Tuple
 
 import torch
@@ -20,32 +19,31 @@ def check_backend(backend: Optional[str]) -> None:
         raise ValueError(f"backend must be None, 'torch' or 'triton', got {backend!r}")
 
 
+def _load_kernels() -> Tuple[Optional[str], bool]:
+    """(why Triton cannot run in this process, or None; whether Triton's interpreter is on)."""
+    try:
+        from .. import kernels
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        return f"triton cannot be imported ({exc})", False
+    return None, kernels.INTERPRET
+
+
+# Settled once, at import: the kernels read TRITON_INTERPRET when they are decorated, so the
+# dispatcher takes their reading (setting the variable later changes neither), and a value filled
+# lazily would change module state inside a compiled region (torch.compile would recompile).
+_TRITON_UNAVAILABLE, _INTERPRET = _load_kernels()
+
+
 def interpreter_active() -> bool:
-    """Whether CPU tensors may go to the Triton launchers (Triton's interpreter runs them)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-_TRITON_STATUS: Optional[Tuple[bool, str]] = None
-
-
-def _triton_importable() -> Tuple[bool, str]:
-    # a module-level flag rather than lru_cache, which Dynamo warns about in every compiled graph
-    global _TRITON_STATUS
-    if _TRITON_STATUS is None:
-        try:
-            import triton  # noqa: F401
-
-            _TRITON_STATUS = (True, "")
-        except Exception as exc:  # pragma: no cover - depends on the environment
-            _TRITON_STATUS = (False, f"triton cannot be imported ({exc})")
-    return _TRITON_STATUS
+    """Whether CPU tensors may go to the Triton launchers: Triton's interpreter was active when the
+    kernels were imported (``xswin_fast.kernels.INTERPRET``, the one reading of TRITON_INTERPRET)."""
+    return _INTERPRET
 
 
 def _environment_reason(tensors: Iterable[Optional[torch.Tensor]]) -> Optional[str]:
     """Why Triton cannot run on these tensors' device in this process, or None."""
-    ok, why = _triton_importable()
-    if not ok:
-        return why
+    if _TRITON_UNAVAILABLE is not None:
+        return _TRITON_UNAVAILABLE
     present = [t for t in tensors if t is not None]
     if all(t.is_cuda for t in present) or (interpreter_active() and not any(t.is_cuda for t in present)):
         return None

@@ -30,8 +30,15 @@ def cached_constant(key: tuple, build: Callable[[], T]) -> T:
       cached tensor must not inherit a meta/cuda default-device context (FLOP counting builds
       models under ``torch.device("meta")``).
 
+    * under ``torch.compile`` the cache is neither read nor filled: ``build`` is traced into the
+      graph (its tensors depend on no input and become graph constants), since a cache filled
+      inside a compiled region changes state that the graph is guarded on and forces a recompile
+      on the next call.
+
     Cached tensors are shared: never modify one in place.
     """
+    if torch.compiler.is_compiling():
+        return build()
     if key not in _CONSTANTS:
         _CONSTANTS[key] = build()
     return _CONSTANTS[key]
@@ -153,10 +160,12 @@ def window_attention(
     or NaN (SDPA cannot: NaN + (-inf) is NaN, 0 x Inf is NaN, and its CPU kernel turns a NaN
     query row into zeros).
 
-    ``finite`` (bool or None): None looks at the values (``_all_finite``: a read back to the host,
-    and under ``torch.compile`` always the exact path); True is the caller's promise that every
-    input is finite and takes the SDPA path without looking (what a fair ``torch.compile``
-    baseline compiles; an Inf or NaN then spreads as it does in SDPA); False takes the exact path.
+    ``finite`` (bool or None): None decides as the global ``Attention`` does (``_sdpa_is_exact``):
+    off the CPU the SDPA path without looking at the values (a look would synchronise with the
+    host on every call; an Inf or NaN then spreads as it does in SDPA), on the CPU the values are
+    looked at, and under ``torch.compile`` on the CPU the exact path. True is the caller's promise
+    that every input is finite and takes the SDPA path without looking (what a fair
+    ``torch.compile`` baseline compiles); False takes the exact path.
     """
     if finite is not None and not isinstance(finite, bool):
         raise TypeError(f"finite must be None, True or False, got {finite!r}")
@@ -181,29 +190,27 @@ def window_attention(
     kw = _to_windows(k, window_size, shift_size)
     vw = _to_windows(v, window_size, shift_size)
     geometry = (H, W, window_size, shift_size)
-    if finite if finite is not None else _all_finite(q, k, v, bias):
+    if finite if finite is not None else _sdpa_is_exact(q, k, v, bias):
         o = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=_score_mask(geometry, bias, nh, q), scale=scale)
     else:
         o = _exact_attention(qw, kw, vw, geometry, bias, nh, scale)
     return _from_windows(o, H, W, nh, window_size, shift_size)
 
 
-def _all_finite(*tensors: Optional[torch.Tensor]) -> bool:
-    """False if any element is Inf or NaN: one float32 sum per tensor (Inf and NaN propagate
-    through it; a finite sum that overflows only costs the exact path) and one read back to the
-    host, a device sync off the CPU.
+def _sdpa_is_exact(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether to take the SDPA path when the caller promised nothing (``finite=None``).
 
-    Under ``torch.compile`` this returns False without looking (a branch on a tensor's value
-    would break the graph), so a compiled model always takes the exact path. Meta tensors hold no
-    values: True, so that FLOP counting sees the common path (the sums still run on them, so the
-    traffic model counts the check's reads).
+    Off the CPU: True without looking, as the global ``Attention`` decides (a look reads a value
+    back, a host sync on every call). On the CPU: False under ``torch.compile`` (a branch on a
+    tensor's value would break the graph), else whether every element is finite: one float32 sum
+    per tensor (Inf and NaN propagate through it; a finite sum that overflows only costs the
+    exact path).
     """
+    if tensors[0].device.type != "cpu":
+        return True
     if torch.compiler.is_compiling():
         return False
-    finite = torch.isfinite(sum(t.sum(dtype=torch.float32) for t in tensors if t is not None))
-    if finite.device.type == "meta":
-        return True  # no values (FLOP counting): the common path
-    return bool(finite)
+    return bool(torch.isfinite(sum(t.sum(dtype=torch.float32) for t in tensors if t is not None)))
 
 
 def _score_mask(geometry, bias: Optional[torch.Tensor], nh: int, like: torch.Tensor) -> Optional[torch.Tensor]:

@@ -35,7 +35,8 @@ def window_attention(
         q, k, v (Tensor): (B, H, W, heads, d), float32/float16/bfloat16, any strides (e.g. views
             into one fused qkv projection). For cross-attention q comes from one map and k, v
             from another of the same size.
-        window_size ((int, int)): (wh, ww), each >= 1.
+        window_size ((int, int)): (wh, ww), each >= 1 and at most the map's (H, W) (ValueError
+            otherwise: clamp it to the map).
         shift_size ((int, int)): cyclic shift (sh, sw), 0 <= s < window. Default: (0, 0).
         bias (Tensor, Optional): (heads, wh*ww, wh*ww) additive relative-position bias.
         logit_scale (Tensor, Optional): (heads,). Selects cosine attention (SwinV2): q and k
@@ -72,6 +73,13 @@ def window_attention(
         raise ValueError(f"window_size must be >= 1, got {(wh, ww)}")
     if not (0 <= sh < wh and 0 <= sw < ww):
         raise ValueError(f"shift_size must satisfy 0 <= shift < window, got shift {(sh, sw)} for window {(wh, ww)}")
+    if wh > H or ww > W:
+        # the map is padded to window multiples and the mask is (padded tokens)^2: a window of
+        # 1024 x 1024 on a 5 x 7 map would need 2^40 mask entries for what a 5 x 7 window computes
+        raise ValueError(
+            f"window_size {(wh, ww)} must fit the map (H, W) = {(H, W)}: clamp it to the map (a larger "
+            f"window only adds padding; Swin, and xswin_fast's layers, clamp it and drop the shift)"
+        )
     N = wh * ww
     if bias is not None:
         checks.floating("bias", bias)
