@@ -143,6 +143,6 @@ def test_loading_info_is_still_given_when_asked(folder):
 
 
 def test_ascend_names_its_own_argument_for_a_width_groupnorm_cannot_split():
-    with pytest.raises(ValueError, match=r"channels \* channel_mult must give level widths that are multiples of 32") as info:
+    with pytest.raises(ValueError, match=r"level width channels \* channel_mult must be a multiple of 32") as info:
         ASCEND(**dict(ASCEND_TINY, channels=48))
     assert "in_channels" not in str(info.value)

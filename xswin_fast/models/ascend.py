@@ -202,8 +202,8 @@ class ASCEND(DiffusionBackbone):
         checks.flag("learn_sigma", learn_sigma)
         for w in sorted({channels * m for m in channel_mult}):
             if w % GROUPS:
-                raise ValueError(f"channels * channel_mult must give level widths that are multiples of {GROUPS} "
-                                 f"(GroupNorm groups), got {w} from channels={channels}, channel_mult={channel_mult}")
+                raise ValueError(f"each level width channels * channel_mult must be a multiple of {GROUPS} (GroupNorm "
+                                 f"groups), got {w} from channels={channels}, channel_mult={channel_mult}")
             checks.divisible("a level width (channels * channel_mult)", w, "head_channels", head_channels)
 
         self.input_size = input_size
