@@ -41,7 +41,11 @@ setup(
         # torch-fidelity needs torchvision; 0.28.0 is the release that keeps torch 2.13.0 (an unpinned
         # one pulls a newer torch and its CUDA wheels). On a CPU-only torch the PyPI torchvision is a
         # CUDA build: xswin_fast.compat applies the import shim where needed.
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "torch-fidelity>=0.4.0", "torchvision==0.28.0"],
+        # accelerate: diffusers' device_map loading (tests/test_diffusers_conventions.py)
+        "test": [
+            "pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "torch-fidelity>=0.4.0", "torchvision==0.28.0",
+            "accelerate>=1.0",
+        ],
         "eval": ["torch-fidelity>=0.4.0", "torchvision==0.28.0"],
         # `pytest benchmarks/ --benchmark-only` and benchmarks/report.py (plots)
         "benchmark": ["pytest>=8", "pytest-benchmark>=4", "matplotlib>=3.5"],

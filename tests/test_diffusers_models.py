@@ -32,7 +32,9 @@ def assert_same_weights(a, b):
 def test_save_pretrained_round_trip_is_bit_exact(cls, tmp_path):
     model = randomize_(tiny(cls, class_dropout_prob=0.2)).eval()
     model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json", "diffusion_pytorch_model.safetensors", "weights_sha256.json",
+    ]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["_class_name"] == cls.__name__ and config["class_dropout_prob"] == 0.2
 

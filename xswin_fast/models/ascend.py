@@ -170,6 +170,7 @@ class ASCEND(DiffusionBackbone):
     """
 
     _repeated_blocks = ["ResBlock", "DownBlock", "UpBlock", "SwinPair"]
+    _no_split_modules = ["ResBlock", "DownBlock", "UpBlock", "SwinPair", "TimestepEmbedder", "LabelEmbedder"]
 
     def __init__(
         self,
@@ -200,6 +201,9 @@ class ASCEND(DiffusionBackbone):
         window = checks.int_pair("window_size", window_size)
         checks.flag("learn_sigma", learn_sigma)
         for w in sorted({channels * m for m in channel_mult}):
+            if w % GROUPS:
+                raise ValueError(f"each level width channels * channel_mult must be a multiple of {GROUPS} (GroupNorm "
+                                 f"groups), got {w} from channels={channels}, channel_mult={channel_mult}")
             checks.divisible("a level width (channels * channel_mult)", w, "head_channels", head_channels)
 
         self.input_size = input_size
@@ -244,7 +248,7 @@ class ASCEND(DiffusionBackbone):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
         y_emb = self.label_embedding(x, y)
@@ -272,7 +276,7 @@ class ASCEND(DiffusionBackbone):
                 # back to the size of the skips of the level above (odd sizes were rounded up)
                 h = self.run_block(level.resample, h, silu_c, tuple(skips[-1].shape[-2:]))
 
-        return self.out_conv(F.silu(self.out_norm(h)))
+        return self._output(self.out_conv(F.silu(self.out_norm(h))), return_dict)
 
 
 def _table6(size: int, channels: int, channel_mult: Tuple[int, ...], depth: int,

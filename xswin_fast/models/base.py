@@ -11,12 +11,14 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import checks
 from ..layers.embed import check_labels
 from ..ops.dispatch import check_backend
+from .verified_weights import VerifiedWeights
 
 
 def _checkpoint_block(block: nn.Module, *args):
@@ -35,13 +37,14 @@ def _register_outermost(init):
     return __init__
 
 
-class DiffusionBackbone(ModelMixin, ConfigMixin):
+class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
     """Base class of every backbone: XSwin, USwin, DiT, UViT, DiffiT, LatentDiffiT, ASCEND and IUViT.
 
     Subclasses set ``in_channels``, ``out_channels``, ``learn_sigma``, ``num_classes`` and
     ``y_embedder`` and implement ``forward(x, t, y)`` with x (B, in_channels, H, W) latents,
     t (B,) timesteps and y (B,) integer labels (``num_classes`` is the null class); the output
     is (B, out_channels, H, W) with ``out_channels = 2 * in_channels`` under learned sigma.
+    ``forward`` also takes diffusers' ``return_dict`` and returns through ``_output``.
 
     Every subclass is a diffusers model without further code: its ``__init__`` is wrapped in
     ``register_to_config`` when the class is defined (so its constructor arguments are its
@@ -50,7 +53,9 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
     component's library in a pipeline's model_index.json. Its ``__init__`` therefore names every
     argument (no ``**kwargs``, or a ``__signature__`` that names them, as USwin's). A subclass
     lists the class names of its repeated blocks in ``_repeated_blocks`` for
-    ``compile_repeated_blocks()``.
+    ``compile_repeated_blocks()``, and in ``_no_split_modules`` the classes accelerate's
+    ``device_map`` must keep whole on one device.
+    Folders are verified on load and hashed on save (``verified_weights``).
     """
 
     families: Dict[str, type] = {}
@@ -140,6 +145,16 @@ class DiffusionBackbone(ModelMixin, ConfigMixin):
                 f"model.to(dtype), or run under torch.autocast"
             )
         return emb
+
+    @staticmethod
+    def _output(sample: torch.Tensor, return_dict: Optional[bool]):
+        """What ``forward`` returns for ``return_dict``: None (the default) the tensor itself, as
+        DiT's ``model(x, t, y)`` interface and every sampler here expect; True diffusers'
+        ``Transformer2DModelOutput(sample=...)``; False the 1-tuple ``(sample,)`` that diffusers
+        models return for it (so ``model(..., return_dict=False)[0]`` is the whole batch)."""
+        if return_dict is None:
+            return sample
+        return Transformer2DModelOutput(sample=sample) if checks.flag("return_dict", return_dict) else (sample,)
 
     def check_size(self, H: int, W: int) -> None:
         """Raise ValueError if the model cannot run on an (H, W) latent."""

@@ -19,7 +19,7 @@ embedding through an MLP with SiLU (swish), plus the class embedding. The readin
 paper leaves open are in docs/backbones.md ("DiffiT").
 """
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -100,6 +100,7 @@ class DiffiT(DiffusionBackbone):
     """
 
     _repeated_blocks = ["DiffiTResBlock"]
+    _no_split_modules = ["DiffiTResBlock", "Upsample", "TimestepEmbedder", "LabelEmbedder"]
 
     def __init__(
         self,
@@ -166,7 +167,7 @@ class DiffiT(DiffusionBackbone):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
         y_emb = self.label_embedding(x, y)
@@ -185,7 +186,7 @@ class DiffiT(DiffusionBackbone):
             h = torch.cat([self.upsamplers[i](h, skip.shape[-2:]), skip], dim=1)
             for block in self.decoder[i]:
                 h = self.run_block(block, h, time_token)
-        return self.head(F.silu(self.head_norm(h)))
+        return self._output(self.head(F.silu(self.head_norm(h))), return_dict)
 
 
 class LatentDiffiT(DiffusionBackbone):
@@ -199,6 +200,7 @@ class LatentDiffiT(DiffusionBackbone):
     """
 
     _repeated_blocks = ["DiffiTBlock"]
+    _no_split_modules = ["DiffiTBlock", "PatchEmbed", "TimestepEmbedder", "LabelEmbedder"]
 
     def __init__(
         self,
@@ -265,7 +267,7 @@ class LatentDiffiT(DiffusionBackbone):
                 f"(the relative position bias spans the input_size grid); build the model with a larger input_size"
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
         """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
         self.check_inputs(x, t, y)
         B, _, H, W = x.shape
@@ -279,7 +281,7 @@ class LatentDiffiT(DiffusionBackbone):
             tokens = self.run_block(block, tokens, time_token)
         out = self.linear(self.norm_final(tokens))  # (B, h, w, p*p*C_out)
         out = out.view(B, h, w, p, p, self.out_channels)
-        return torch.einsum("nhwpqc->nchpwq", out).reshape(B, self.out_channels, H, W)
+        return self._output(torch.einsum("nhwpqc->nchpwq", out).reshape(B, self.out_channels, H, W), return_dict)
 
 
 # Appendix I: CIFAR-10 3 stages x 2 blocks, window 4; FFHQ-64 4 stages of 1, 2, 2, 2 blocks,

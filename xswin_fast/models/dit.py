@@ -122,6 +122,7 @@ class DiT(DiffusionBackbone):
     """
 
     _repeated_blocks = ["DiTBlock"]
+    _no_split_modules = ["DiTBlock", "PatchEmbed", "FinalLayer", "TimestepEmbedder", "LabelEmbedder"]
 
     def __init__(
         self,
@@ -233,7 +234,7 @@ class DiT(DiffusionBackbone):
             x = self.run_block(block, x, c)
         return x
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
         """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
         self.check_inputs(x, t, y)
         y_emb = self.label_embedding(x, y)
@@ -241,7 +242,7 @@ class DiT(DiffusionBackbone):
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D), L = H * W / p**2
         x = self._run_blocks(x, c)
         x = self.final_layer(x, c)  # (B, L, p*p*C_out)
-        return self.unpatchify(x)
+        return self._output(self.unpatchify(x), return_dict)
 
 
 class UViT(DiT):
@@ -254,6 +255,7 @@ class UViT(DiT):
     """
 
     _repeated_blocks = ["UViTBlock"]
+    _no_split_modules = ["UViTBlock", "PatchEmbed", "FinalLayer", "TimestepEmbedder", "LabelEmbedder"]
 
     @staticmethod
     def skip_pairing(depth: int) -> Tuple[int, int]:

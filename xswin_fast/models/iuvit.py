@@ -109,6 +109,7 @@ class IUViT(UViT):
     """
 
     _repeated_blocks = ["IUViTBlock"]
+    _no_split_modules = ["IUViTBlock", "PatchEmbed", "RearrangeFirstHead", "TimestepEmbedder", "LabelEmbedder"]
 
     def __init__(
         self,
@@ -155,7 +156,7 @@ class IUViT(UViT):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
         """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
         self.check_inputs(x, t, y)
         y_emb = self.label_embedding(x, y)
@@ -163,7 +164,7 @@ class IUViT(UViT):
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D)
         h = torch.cat([*tokens, x], dim=1)  # (B, 2 + L, D)
         h = self._run_blocks(h, None)
-        return self.final_layer(h[:, len(tokens):], self.grid_size)
+        return self._output(self.final_layer(h[:, len(tokens):], self.grid_size), return_dict)
 
 
 # Table 5's CIFAR-10 and CelebA 64x64 columns (both 45M): 13 blocks, width 512, 8 heads, patch 2

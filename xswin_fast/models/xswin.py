@@ -101,6 +101,12 @@ class XSwin(DiffusionBackbone):
     """
 
     _repeated_blocks = ["SwinBlock", "ViTBlock"]
+    # what accelerate's device_map keeps on one device: the blocks and every module whose forward
+    # combines its children's outputs
+    _no_split_modules = [
+        "SwinBlock", "ViTBlock", "ConvTriplet", "Patching", "PatchMerging", "PatchExpanding", "PointwiseProjection",
+        "WindowCrossAttention", "UnPatching", "OutputHead", "TimestepEmbedder", "LabelEmbedder",
+    ]
 
     def __init__(
         self,
@@ -234,7 +240,7 @@ class XSwin(DiffusionBackbone):
         if H % p or W % p:
             raise ValueError(f"latent size {(H, W)} must be divisible by patch_size {p}")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
         """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
         self.check_inputs(x, t, y)
         y_emb = self.label_embedding(x, y)
@@ -277,7 +283,7 @@ class XSwin(DiffusionBackbone):
         h = self.unpatching(h, silu_c)  # (B, C, H, W)
         if self.conv_blocks:
             h = self.conv_out(torch.cat([h, conv_features], dim=1), silu_c)
-        return self.head(h, silu_c)
+        return self._output(self.head(h, silu_c), return_dict)
 
 
 class USwin(XSwin):

@@ -16,9 +16,10 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from ..models.base import DiffusionBackbone
 from ..models.pretrained import backbone_class as backbone_class_of
+from ..models.verified_weights import VerifiedWeights
 
 
-class DiTPipelineTransformer(ModelMixin, ConfigMixin):
+class DiTPipelineTransformer(VerifiedWeights, ModelMixin, ConfigMixin):
     """Wraps a backbone for ``DiTPipeline(transformer=..., vae=..., scheduler=...)``.
 
     Args:
@@ -28,10 +29,20 @@ class DiTPipelineTransformer(ModelMixin, ConfigMixin):
             from the backbone (``input_size``, ``in_channels``, ``out_channels``) and checked
             against it when given.
 
-    Build one from a model with ``DiTPipelineTransformer.from_backbone(model)``.
+    Build one from a model with ``DiTPipelineTransformer.from_backbone(model)``. Its folders are
+    hashed and verified as a backbone's (``xswin_fast.models.verified_weights``).
     """
 
-    _supports_gradient_checkpointing = False
+    # diffusers' enable_gradient_checkpointing() sets the flag of every submodule that has one: the
+    # backbone's, which its run_block reads
+    _supports_gradient_checkpointing = True
+    # device_map collects the backbone's own _no_split_modules from it as a child model
+    _no_split_modules = []
+
+    @property
+    def _repeated_blocks(self):
+        """The backbone's repeated block classes, for ``compile_repeated_blocks()``."""
+        return self.backbone._repeated_blocks
 
     @register_to_config
     def __init__(

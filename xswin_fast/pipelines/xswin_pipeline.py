@@ -1,12 +1,16 @@
 """``XSwinPipeline``: class-conditional generation with any backbone, a diffusers scheduler and
 an optional VAE, saved and loaded as one diffusers pipeline folder."""
 import inspect
-from typing import List, Optional, Sequence, Union
+import math
+from numbers import Real
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..layers import checks
 from ..models.base import DiffusionBackbone
 
 
@@ -26,6 +30,7 @@ class XSwinPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: DiffusionBackbone, scheduler, vae=None, id2label: Optional[dict] = None):
         super().__init__()
@@ -47,21 +52,70 @@ class XSwinPipeline(DiffusionPipeline):
             raise ValueError(f"unknown labels {unknown}; known: {sorted(self.labels)}")
         return [self.labels[name] for name in labels]
 
-    def _labels(self, class_labels) -> torch.Tensor:
-        y = torch.as_tensor(class_labels, device=self._execution_device).reshape(-1)
+    def _labels(self, class_labels, num_images_per_prompt: int) -> torch.Tensor:
+        """(B * num_images_per_prompt,) int64 labels, each label repeated in place."""
+        if class_labels is None or isinstance(class_labels, (str, bytes)):
+            raise TypeError(f"class_labels must be an int, a sequence of ints or an int tensor, got {class_labels!r} "
+                            "(pipe.get_label_ids turns names into ids)")
         n = self.transformer.num_classes
-        if y.numel() == 0 or y.is_floating_point() or y.dtype == torch.bool or y.min() < 0 or y.max() >= n:
+        try:
+            y = torch.as_tensor(class_labels, device=self._execution_device).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"class_labels must be an int, a sequence of ints or an int tensor, got {class_labels!r}") from None
+        if y.numel() == 0 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.min() < 0 or y.max() >= n:
             raise ValueError(f"class_labels must be one or more integer class ids in [0, {n}), got {class_labels!r}")
-        return y.long()
+        return y.long().repeat_interleave(num_images_per_prompt)
 
     def _latent_size(self, height: Optional[int], width: Optional[int]):
         f = self.vae_scale_factor
         default = self.transformer.config.input_size * f
-        height, width = height or default, width or default
+        height = default if height is None else checks.integer("height", height)
+        width = default if width is None else checks.integer("width", width)
         if height % f or width % f:
             raise ValueError(f"height and width must be multiples of the VAE's factor {f}, got {height}x{width}")
         self.transformer.check_size(height // f, width // f)
         return height // f, width // f
+
+    def _check_steps(self, num_inference_steps) -> int:
+        most = self.scheduler.config.num_train_timesteps
+        steps = checks.integer("num_inference_steps", num_inference_steps)
+        if steps > most:
+            raise ValueError(f"num_inference_steps must be at most the scheduler's num_train_timesteps {most}, got {steps}")
+        return steps
+
+    @staticmethod
+    def _check_guidance(guidance_scale) -> float:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, Real):
+            raise TypeError(f"guidance_scale must be a float, got {guidance_scale!r}")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 1):
+            raise ValueError(f"guidance_scale must be a finite float >= 1 (1 samples without guidance), got {guidance_scale!r}")
+        return float(guidance_scale)
+
+    def _check_callback(self, callback, tensor_inputs: List[str]) -> List[str]:
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            tensor_inputs = callback.tensor_inputs
+        elif callback is not None and not callable(callback):
+            raise TypeError(f"callback_on_step_end must be callable (pipe, step, timestep, callback_kwargs), got {callback!r}")
+        unknown = [name for name in tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}")
+        return list(tensor_inputs)
+
+    def _initial_latents(self, latents, shape, generator) -> torch.Tensor:
+        """The initial noise: drawn from ``generator``, or the caller's ``latents`` (checked),
+        scaled by the scheduler's ``init_noise_sigma``."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"generator must be one torch.Generator or a list of {shape[0]} (one per image), "
+                             f"got a list of {len(generator)}")
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError(f"latents must be a floating-point tensor, got {getattr(latents, 'dtype', type(latents).__name__)}")
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (images, channels, height, width in latents), "
+                             f"got {tuple(latents.shape)}")
+        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
     def _step_kwargs(self, generator) -> dict:
         # DDPM and Euler draw noise in step(); DDIM (eta 0) and DPM-Solver++ take no generator
@@ -74,62 +128,82 @@ class XSwinPipeline(DiffusionPipeline):
             return out[:, :channels]
         return out
 
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the running (or last) call; a step-end callback may change it."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the running (or last) call."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in a step-end callback to skip the remaining steps."""
+        return self._interrupt
+
     @torch.no_grad()
     def __call__(
         self,
         class_labels: Union[int, Sequence[int], torch.Tensor],
         num_inference_steps: int = 50,
         guidance_scale: float = 4.0,
+        num_images_per_prompt: int = 1,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         guided_channels: Optional[int] = None,
+        callback_on_step_end: Optional[Union[Callable[..., Dict[str, Any]], PipelineCallback, MultiPipelineCallbacks]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ):
-        """Generate one image per label.
+        """Generate ``num_images_per_prompt`` images per label.
 
         Args:
-            class_labels: class ids in [0, num_classes) (see ``get_label_ids`` for names).
-            num_inference_steps (int): scheduler steps.
-            guidance_scale (float): classifier-free guidance; > 1 runs the conditional and null
-                class in one batch (the model needs class dropout, i.e. a null class).
-            generator (torch.Generator or a list of them, Optional): the initial noise and the
-                scheduler's noise.
+            class_labels: class ids in [0, num_classes) (see ``get_label_ids`` for names): an int,
+                a sequence of ints or an integer tensor.
+            num_inference_steps (int): scheduler steps, in [1, scheduler's num_train_timesteps].
+            guidance_scale (float): classifier-free guidance, finite and >= 1; > 1 runs the
+                conditional and null class in one batch (the model needs class dropout, i.e. a
+                null class); 1 samples without guidance.
+            num_images_per_prompt (int): images per label, in the labels' order (0, 0, 1, 1, ...).
+            generator (torch.Generator or a list of one per image, Optional): the initial noise and
+                the scheduler's noise.
+            latents (torch.Tensor, Optional): the initial noise, (B * num_images_per_prompt,
+                in_channels, h, w) in model space (h, w: height, width over the VAE factor),
+                before the scheduler's ``init_noise_sigma`` scaling; default: drawn from ``generator``.
             height, width (int, Optional): image size in pixels, multiples of the VAE factor;
                 default: the model's ``input_size`` times that factor. Rectangular sizes work
                 for families that run at any size (XSwin, USwin); DiT and UViT need their own.
             output_type (str): "pil", "np" (B, H, W, C) in [0, 1], "pt" (B, C, H, W) in [0, 1],
                 or "latent" (the model-space samples).
+            return_dict (bool): an ``ImagePipelineOutput`` or a 1-tuple.
             guided_channels (int, Optional): eps channels CFG guides; default all (pass 3 for
                 DiT's original quirk).
+            callback_on_step_end (Optional): called after every step as ``callback(pipe, i, t,
+                callback_kwargs)`` with the tensors named in ``callback_on_step_end_tensor_inputs``
+                (only "latents"); it returns that dict, and the latents it returns continue.
 
         Returns:
             ``ImagePipelineOutput(images=...)``, or ``(images,)`` when ``return_dict`` is False.
         """
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        model, device = self.transformer, self._execution_device
-        y = self._labels(class_labels)
+        model = self.transformer
+        y = self._labels(class_labels, checks.integer("num_images_per_prompt", num_images_per_prompt))
         h, w = self._latent_size(height, width)
-        channels = model.config.in_channels
-        guided = guidance_scale > 1
+        steps = self._check_steps(num_inference_steps)
+        self._guidance_scale, self._interrupt = self._check_guidance(guidance_scale), False
+        tensor_inputs = self._check_callback(callback_on_step_end, list(callback_on_step_end_tensor_inputs))
+        guided = self._guidance_scale > 1
         if guided and model.y_embedder.dropout_prob <= 0:
             raise ValueError("guidance_scale > 1 needs a null class: this model was built with class_dropout_prob=0")
 
-        latents = randn_tensor((len(y), channels, h, w), generator=generator, device=device, dtype=model.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
-        if guided:
-            y = torch.cat([y, torch.full_like(y, model.num_classes)])
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x = self.scheduler.scale_model_input(latents, t)
-            x = torch.cat([x, x]) if guided else x
-            tt = t.to(device).expand(len(x))
-            out = model.forward_with_cfg(x, tt, y, guidance_scale, guided_channels) if guided else model(x, tt, y)
-            out = self._eps_for_scheduler(out[: len(latents)], channels)
-            latents = self.scheduler.step(out, t, latents, **self._step_kwargs(generator)).prev_sample
-
+        latents = self._initial_latents(latents, (len(y), model.config.in_channels, h, w), generator)
+        latents = self._denoise(latents, y, steps, guided, guided_channels, generator, callback_on_step_end, tensor_inputs)
         images = self._decode(latents) if output_type != "latent" else latents
         if output_type in ("np", "pil"):
             images = images.permute(0, 2, 3, 1).float().cpu().numpy()
@@ -137,6 +211,28 @@ class XSwinPipeline(DiffusionPipeline):
                 images = self.numpy_to_pil(images)
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _denoise(self, latents, y, steps, guided, guided_channels, generator, callback, tensor_inputs) -> torch.Tensor:
+        """The scheduler's loop from the initial ``latents`` to the model-space samples."""
+        model, device, channels = self.transformer, self._execution_device, latents.shape[1]
+        if guided:
+            y = torch.cat([y, torch.full_like(y, model.num_classes)])
+        self.scheduler.set_timesteps(steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self.interrupt:
+                continue
+            x = self.scheduler.scale_model_input(latents, t)
+            x = torch.cat([x, x]) if guided else x
+            tt = t.to(device).expand(len(x))
+            out = model.forward_with_cfg(x, tt, y, self._guidance_scale, guided_channels) if guided else model(x, tt, y)
+            out = self._eps_for_scheduler(out[: len(latents)], channels)
+            latents = self.scheduler.step(out, t, latents, **self._step_kwargs(generator)).prev_sample
+            if callback is not None:
+                state = {"latents": latents}
+                outputs = callback(self, i, t, {name: state[name] for name in tensor_inputs})
+                latents = outputs.pop("latents", latents)
+        return latents
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-space samples -> (B, C, H, W) images in [0, 1]."""
