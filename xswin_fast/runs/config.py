@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Union
 from ..checkpoints import plain_data
 from ..models import list_models
 from ..objectives import (
-    ALL_SAMPLERS, DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
+    DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
 )
 from ..ops import BACKENDS
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # --backend: "auto" (the ops' automatic choice, backend None) or one of the ops' BACKENDS
 BACKEND_CHOICES = ("auto",) + BACKENDS
+# the samplers of train-time grids: the fixed-step ones of --sample-steps (sample.py has SiT's sde and dopri5 too)
+GRID_SAMPLERS = SAMPLERS + FLOW_SAMPLERS[:2]
 SAME_AS_DIGITS = object()  # a setting's data_default when a --data run keeps the digits default
 # settings renamed since a config.json or checkpoint was written: old name -> new name
 RENAMED = {"diffusion_steps": "num_timesteps"}
@@ -246,7 +248,7 @@ class TrainConfig:
     )
     sample_sampler: Optional[str] = setting(
         None, "sampler of the grids: ddpm (respaced) or ddim for eps, euler or heun for flow; default ddpm / euler",
-        choices=ALL_SAMPLERS, resume=Resume.FREE,
+        choices=GRID_SAMPLERS, resume=Resume.FREE,
     )
     sample_cfg: float = setting(
         DEFAULT_CFG_SCALE, "classifier-free guidance scale of grids (1 = off; the same default as sample.py and "
