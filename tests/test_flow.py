@@ -186,3 +186,28 @@ def test_flow_heun_progress_counts_solver_steps():
     with pytest.raises(ValueError, match="sampler"):
         FlowMatching().make_sampler("ddpm", 5)
     assert math.isclose(float(FlowMatching().make_sampler("euler", 5).timesteps[0]), 1000.0)
+
+
+def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path):
+    """sample.py --sampler sde with --guided-channels and a σ interval on a trained flow run (the
+    folder name records each setting); --steps refused for the adaptive dopri5."""
+    from xswin_fast.cli import sample, train
+
+    run = tmp_path / "run"
+    assert train.main(["--run-dir", str(run), "--objective", "flow", "--model-kwargs", tiny_kwargs(), "--backend", "torch",
+                       "--threads", "1", "--global-batch-size", "16", "--sample-every", "0", "--sample-num", "2",
+                       "--sample-steps", "2", "--no-progress", "--max-steps", "1"]) == 0
+    common = ["--ckpt", str(run), "--num-samples", "2", "--cfg-scale", "1.5", "--guided-channels", "1", "--no-progress"]
+    assert sample.main([*common, "--sampler", "sde", "--steps", "4", "--cfg-interval-sigma", "0.28", "5.42"]) == 0
+    with pytest.raises(SystemExit, match="--steps does not apply to --sampler dopri5"):  # dopri5 itself: test_flow_solvers.py
+        sample.main([*common, "--sampler", "dopri5", "--steps", "10"])
+    names = sorted(p.name for p in run.glob("samples-*"))
+    assert names == ["samples-0000001-sde4-cfg1.5-gc1-ints0.28-5.42-seed0"], names
+    for name in names:
+        assert len(list((run / name / "images").glob("*.png"))) == 2
+
+
+def tiny_kwargs():
+    from helpers import TINY_DIGITS
+
+    return TINY_DIGITS
