@@ -15,7 +15,7 @@ import importlib.util
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -110,7 +110,8 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     save_grid(images[:100], out / "grid.png")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.objective.name,
             "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale,
-            "cfg_interval": args.cfg_interval and asdict(args.cfg_interval), "guided_channels": args.guided_channels,
+            "cfg_interval": args.cfg_interval and [args.cfg_interval.lo, args.cfg_interval.hi],
+            "cfg_interval_unit": args.cfg_interval and args.cfg_interval.unit, "guided_channels": args.guided_channels,
             "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
 
