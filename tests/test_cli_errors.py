@@ -70,6 +70,11 @@ TRAIN_CASES = {
     "logit std 0": (["--logit-std", "0"], ["--logit-std"]),
     "flow sampler for eps": (["--sample-sampler", "euler"], ["--sample-sampler euler", "--objective eps"]),
     "eps sampler for flow": (["--objective", "flow", "--sample-sampler", "ddim"], ["--sample-sampler ddim"]),
+    "beta schedule on flow": (["--objective", "flow", "--beta-schedule", "squaredcos_cap_v2"], ["--beta-schedule", "eps"]),
+    "time shift on eps": (["--time-shift", "3"], ["--time-shift", "flow"]),
+    "t sampling on eps": (["--t-sampling", "logit-normal"], ["--t-sampling", "flow"]),
+    "logit std on eps": (["--objective", "eps", "--logit-std", "2"], ["--logit-std", "flow"]),
+    "time shift auto in pixel space": (["--objective", "flow", "--time-shift", "auto"], ["--time-shift auto"]),
 }
 
 
@@ -163,6 +168,11 @@ SAMPLE_CASES = {
     "cfg interval reversed": (["--cfg-interval", "0.8", "0.2"], ["--cfg-interval"]),
     "cfg interval beyond 1": (["--cfg-interval", "0", "2"], ["--cfg-interval"]),
     "cfg interval nan": (["--cfg-interval", "nan", "1"], ["--cfg-interval"]),
+    "cfg interval in t and sigma": (["--cfg-interval", "0", "1", "--cfg-interval-sigma", "0", "1"], ["--cfg-interval-sigma"]),
+    "sigma interval reversed": (["--cfg-interval-sigma", "5", "0.3"], ["--cfg-interval-sigma"]),
+    "guided channels beyond the model": (["--guided-channels", "2"], ["--guided-channels", "1 input channels"]),
+    "guided channels without guidance": (["--guided-channels", "1", "--cfg-scale", "1"], ["--guided-channels"]),
+    "guided channels 0": (["--guided-channels", "0"], ["--guided-channels"]),
 }
 
 
@@ -229,3 +239,135 @@ def test_cli_script_prints_one_line_without_traceback(tmp_path, script, argv, na
     res = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=tmp_path, env=env(), capture_output=True,
                          text=True, timeout=300)
     assert_one_line_error(res.returncode, res.stderr, name)
+
+
+@pytest.fixture
+def fresh_cli_logging():
+    """No log handler of an earlier CLI call in this process: it writes to that test's captured,
+    since closed, stdout."""
+    import logging
+
+    log = logging.getLogger("xswin_fast")
+    old = [h for h in log.handlers if getattr(h, "_xswin_cli", False)]
+    for h in old:
+        log.removeHandler(h)
+    yield
+    for h in [h for h in log.handlers if getattr(h, "_xswin_cli", False)]:
+        log.removeHandler(h)
+
+
+@pytest.mark.usefixtures("fresh_cli_logging")
+@pytest.mark.parametrize("key,value", [("in_channels", 3), ("num_classes", 5), ("input_size", 16)])
+def test_train_model_kwargs_that_contradict_the_data_are_refused_before_training(key, value, tmp_path, capsys):
+    import json
+
+    kwargs = json.dumps({**json.loads(TINY_DIGITS), key: value})
+    argv = tiny(tmp_path / "run")
+    argv[argv.index(TINY_DIGITS)] = kwargs
+    assert_one_line_error(*run_cli(train.main, argv, capsys), "--model-kwargs", f"{key}={value}", "contradicts the data")
+    assert not (tmp_path / "run" / "losses.csv").exists()
+
+
+@pytest.mark.usefixtures("fresh_cli_logging")
+def test_train_full_disk_while_writing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    from xswin_fast import checkpoints
+
+    run = tmp_path / "run"
+    assert train.main(tiny(run, "--ckpt-every", "1")) == 0
+
+    class FullDisk:
+        """A file opened for writing on a full disk: its first write fails with ENOSPC."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            self.f.flush()
+
+        def fileno(self):
+            return self.f.fileno()
+
+    monkeypatch.setattr(checkpoints, "open", lambda path, mode="r", *a, **k: FullDisk(builtins.open(path, mode, *a, **k)),
+                        raising=False)
+    status, err = run_cli(train.main, ["--resume", str(run), "--max-steps", "2"], capsys)
+    assert_one_line_error(status, err, "No space left on device", "0000002.pt")
+    monkeypatch.undo()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["0000001.pt"]  # nothing lost, no temporary file
+    checkpoints.load_checkpoint(run / "checkpoints" / "0000001.pt")
+
+
+def _rewritten(run, change):
+    """``run``'s checkpoint changed by ``change(ckpt)`` and saved with plain torch.save (no checksum)."""
+    from xswin_fast.checkpoints import list_checkpoints, load_checkpoint
+
+    path = list_checkpoints(run / "checkpoints")[-1]
+    ckpt = load_checkpoint(path)
+    change(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def _wrong_shape(key):
+    def change(ckpt):
+        name = next(iter(ckpt[key]))
+        ckpt[key][name] = torch.zeros(3)
+    return change
+
+
+BAD_CHECKPOINTS = {
+    "no model": (lambda c: c.pop("model"), ["'model'"]),
+    "no rng": (lambda c: c.pop("rng"), ["'rng'"]),
+    "step ten": (lambda c: c.update(step="ten"), ["'step'", "int"]),
+    "wrongly shaped weight": (_wrong_shape("model"), ["'model'", "do not fit"]),
+}
+
+
+@pytest.mark.usefixtures("fresh_cli_logging")
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_resume_from_a_checkpoint_without_checksum_that_is_incomplete_is_one_line(case, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(tiny(run)) == 0
+    change, names = BAD_CHECKPOINTS[case]
+    path = _rewritten(run, change)
+    status, err = run_cli(train.main, ["--resume", str(run), "--max-steps", "2"], capsys)
+    assert_one_line_error(status, err, path.name, *names)
+
+
+@pytest.mark.usefixtures("fresh_cli_logging")
+@pytest.mark.parametrize("change,names", [(_wrong_shape("ema"), ["'ema'", "do not fit"]),
+                                          (lambda c: c.update(step="ten"), ["'step'"])])
+def test_sample_from_a_bad_checkpoint_is_one_line(change, names, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(tiny(run)) == 0
+    path = _rewritten(run, change)
+    argv = ["--ckpt", str(run), "--num-samples", "2", "--steps", "2", "--out", str(tmp_path / "s")]
+    assert_one_line_error(*run_cli(sample.main, argv, capsys), path.name, *names)
+
+
+@pytest.mark.usefixtures("fresh_cli_logging")
+def test_sample_backend_triton_on_a_cpu_is_one_line(digits_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # a user's CPU: no interpreter
+    argv = ["--ckpt", str(digits_run), "--num-samples", "2", "--steps", "2", "--backend", "triton", "--device", "cpu",
+            "--out", str(tmp_path / "s")]
+    assert_one_line_error(*run_cli(sample.main, argv, capsys), "--backend triton", "CUDA")
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.usefixtures("fresh_cli_logging")
+def test_evaluate_a_run_without_held_out_images_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train.main(tiny(run, "--eval-fraction", "0")) == 0
+    argv = ["--ckpt", str(run), "--steps", "2", "--num-samples", "4", "--out", str(tmp_path / "e")]
+    assert_one_line_error(*run_cli(evaluate.main, argv, capsys), "--eval-fraction 0", "--ref")
+    assert not (tmp_path / "e").exists()

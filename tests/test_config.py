@@ -141,8 +141,10 @@ def test_docs_list_every_flag():
 
 
 def test_flow_settings_and_the_sampler_of_each_objective():
-    flow = new_run_config({"objective": "flow", "time_shift": "auto", "t_sampling": "logit-normal", "progress": False})
-    assert (flow.objective, flow.time_shift, flow.sample_sampler) == ("flow", "auto", None)
+    flow = new_run_config({"objective": "flow", "time_shift": 2.0, "t_sampling": "logit-normal", "progress": False})
+    assert (flow.objective, flow.time_shift, flow.sample_sampler) == ("flow", 2.0, None)
+    with pytest.raises(ConfigError, match="--time-shift auto"):  # SD3's rule is for latents: refused in pixel space
+        new_run_config({"objective": "flow", "time_shift": "auto", "progress": False})
     assert parse_flags(["--time-shift", "3"]) == {"time_shift": 3.0}
     for bad in (["--time-shift", "0"], ["--time-shift", "nan"], ["--objective", "v"], ["--t-sampling", "beta"]):
         with pytest.raises(SystemExit):

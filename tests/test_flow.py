@@ -39,7 +39,7 @@ def test_flow_ignores_the_variance_channels_of_a_learned_sigma_output():
 
 def test_flow_time_sampling_and_shift():
     assert torch.allclose(shift_time(torch.tensor([0.0, 0.5, 1.0]), 3.0), torch.tensor([0.0, 0.75, 1.0]))
-    assert resolution_shift((4, 32, 32)) == 1.0 and resolution_shift((4, 64, 64)) == 2.0
+    assert resolution_shift(256, 256) == 1.0 and resolution_shift(512, 512) == 2.0
     torch.manual_seed(0)
     uniform = FlowMatching(time_shift=3.0).sample_timesteps(20000, "cpu") / 1000
     assert 0 <= uniform.min() and uniform.max() <= 1
@@ -168,8 +168,8 @@ def test_guidance_interval_bounds_are_honoured(objective, sampler):
     objective.sample(spy, torch.zeros(2, dtype=torch.long), (1, 4, 4), sampler=sampler, steps=20, cfg_scale=2.0,
                      cfg_interval=(lo, hi))
     assert spy.guided and spy.plain
-    assert all(lo <= level <= hi for level in spy.guided), spy.guided
-    assert not any(lo <= level <= hi for level in spy.plain), spy.plain
+    assert all(lo < level <= hi for level in spy.guided), spy.guided  # half-open (lo, hi], as the paper
+    assert not any(lo < level <= hi for level in spy.plain), spy.plain
     everywhere = Spy()
     objective.sample(everywhere, torch.zeros(2, dtype=torch.long), (1, 4, 4), sampler=sampler, steps=20, cfg_scale=2.0)
     assert not everywhere.plain and len(everywhere.guided) == len(spy.guided) + len(spy.plain)
@@ -186,3 +186,28 @@ def test_flow_heun_progress_counts_solver_steps():
     with pytest.raises(ValueError, match="sampler"):
         FlowMatching().make_sampler("ddpm", 5)
     assert math.isclose(float(FlowMatching().make_sampler("euler", 5).timesteps[0]), 1000.0)
+
+
+def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path):
+    """sample.py --sampler sde with --guided-channels and a σ interval on a trained flow run (the
+    folder name records each setting); --steps refused for the adaptive dopri5."""
+    from xswin_fast.cli import sample, train
+
+    run = tmp_path / "run"
+    assert train.main(["--run-dir", str(run), "--objective", "flow", "--model-kwargs", tiny_kwargs(), "--backend", "torch",
+                       "--threads", "1", "--global-batch-size", "16", "--sample-every", "0", "--sample-num", "2",
+                       "--sample-steps", "2", "--no-progress", "--max-steps", "1"]) == 0
+    common = ["--ckpt", str(run), "--num-samples", "2", "--cfg-scale", "1.5", "--guided-channels", "1", "--no-progress"]
+    assert sample.main([*common, "--sampler", "sde", "--steps", "4", "--cfg-interval-sigma", "0.28", "5.42"]) == 0
+    with pytest.raises(SystemExit, match="--steps does not apply to --sampler dopri5"):  # dopri5 itself: test_flow_solvers.py
+        sample.main([*common, "--sampler", "dopri5", "--steps", "10"])
+    names = sorted(p.name for p in run.glob("samples-*"))
+    assert names == ["samples-0000001-sde4-cfg1.5-gc1-ints0.28-5.42-seed0"], names
+    for name in names:
+        assert len(list((run / name / "images").glob("*.png"))) == 2
+
+
+def tiny_kwargs():
+    from helpers import TINY_DIGITS
+
+    return TINY_DIGITS

@@ -6,6 +6,7 @@ PyTorch reference backend (the kernels have their own tests).
 """
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -167,8 +168,8 @@ def test_train_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     original = Diffusion.training_losses
 
     def poisoned(self, *args, **kwargs):
-        calls["n"] += 1
         terms = original(self, *args, **kwargs)
+        calls["n"] += terms["loss"].shape[0] == 16  # training batches, not the checkpoint's probe batch of 4
         if calls["n"] >= 5:
             terms["loss"] = terms["loss"] * float("nan")
         return terms
@@ -196,7 +197,9 @@ def test_train_divergence_keeps_the_last_finite_checkpoint(tmp_path, caplog):
     ck = load_checkpoint(run / "checkpoints" / "0000002.pt")
     for key in ("model", "ema"):
         assert all(torch.isfinite(v).all() for v in ck[key].values() if v.is_floating_point()), key
-    assert "non-finite weights" in caplog.text and "0000002.pt" in caplog.text and "after step 3" in caplog.text
+    # the weights after step 3 may still be finite (5e37 * a small gradient), the probe's loss is not
+    assert "0000002.pt" in caplog.text and "after step 3" in caplog.text
+    assert "non-finite weights" in caplog.text or "diverged" in caplog.text
 
 
 def test_train_non_finite_parts_names_parameters_ema_and_optimizer_state():
@@ -327,14 +330,14 @@ def test_train_ema_tracks_parameters_and_buffers():
 def test_train_flow_run_samples_and_resumes_exactly(tmp_path):
     from xswin_fast.cli import sample
 
-    common = ["--objective", "flow", "--t-sampling", "logit-normal", "--time-shift", "auto", "--lr-schedule", "constant",
+    common = ["--objective", "flow", "--t-sampling", "logit-normal", "--time-shift", "0.125", "--lr-schedule", "constant",
               "--ckpt-every", "2", "--ema-decay", "0.9"]
     full, part = tmp_path / "full", tmp_path / "part"
     assert train.main(tiny_args(full, *common, "--max-steps", "4")) == 0
     assert json.loads((full / "config.json").read_text())["objective"] == "flow"
     ck = load_checkpoint(full / "checkpoints" / "0000004.pt")
     assert ck["format"] == "xswin_fast.train/2" and ck["args"]["objective"] == "flow" and "diffusion" not in ck
-    assert ck["objective"]["objective"] == "flow" and ck["objective"]["time_shift"] == 0.125  # sqrt(1*8*8 / 4096)
+    assert ck["objective"]["objective"] == "flow" and ck["objective"]["time_shift"] == 0.125
     assert (full / "samples.png").stat().st_size > 0  # the end-of-run grid, sampled with Euler
     assert [float(r["vb"]) for r in csv.DictReader(open(full / "losses.csv"))] == [0.0] * 4
 
@@ -394,3 +397,76 @@ def test_a_format_1_checkpoint_samples_and_resumes_exactly(tmp_path, objective):
     new = load_checkpoint(part / "checkpoints" / "0000004.pt")
     assert new["format"] == "xswin_fast.train/2" and new["args"]["num_timesteps"] == 500
     assert new["objective"] == load_checkpoint(full / "checkpoints" / "0000004.pt")["objective"]
+
+
+def test_train_nan_loss_stops_at_the_step_that_produced_it(tmp_path, monkeypatch, caplog):
+    # logs are flushed every 100 steps: the NaN of step 5 must still stop the run at step 5
+    calls = {"n": 0}
+    original = Diffusion.training_losses
+
+    def poisoned(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        if terms["loss"].shape[0] == 16:  # a training batch, not the checkpoint's probe batch of 4
+            calls["n"] += 1
+            if calls["n"] == 5:
+                terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(Diffusion, "training_losses", poisoned)
+    run = tmp_path / "run"
+    with caplog.at_level("ERROR", logger="xswin_fast"):
+        rc = train.main(tiny_args(run, "--max-steps", "10", "--ckpt-every", "2", "--log-every", "100"))
+    assert rc == 2 and calls["n"] == 5
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["0000002.pt", "0000004.pt"]
+    assert [s for s, _ in read_losses(run)] == [1, 2, 3, 4]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    assert "loss is nan at step 5" in errors[0] and "0000004.pt" in errors[0]
+
+
+def _loss_on_digits(checkpoint):
+    """The eps training loss of ``checkpoint``'s weights on 64 digits at fixed noise and timesteps."""
+    from xswin_fast.data import DigitsDataset
+    from xswin_fast.runs.run_dir import load_run
+
+    state, data = load_run(str(checkpoint), "cpu", use_ema=False, backend="torch"), DigitsDataset()
+    x0, y = torch.stack([data[i][0] for i in range(64)]), torch.tensor([data[i][1] for i in range(64)])
+    g = torch.Generator().manual_seed(0)
+    noise, t = torch.randn(x0.shape, generator=g), torch.randint(0, 1000, (64,), generator=g)
+    x_t = state.objective.add_noise(x0, noise, t)
+    with torch.no_grad():
+        return state.objective.training_losses(state.model(x_t, t, y), x0, x_t, t, noise)["loss"].mean().item()
+
+
+@pytest.mark.parametrize("start", ["fresh", "resumed"])
+def test_train_a_diverged_run_keeps_only_resumable_checkpoints(tmp_path, caplog, start):
+    # resumable: a kept checkpoint's loss on the training data is that of a model that learns (about
+    # 1), not of a diverged one (1e32 after one step at lr 3, though every weight is finite)
+    run, diverge = tmp_path / "run", ["--lr", "3", "--max-grad-norm", "0", "--ckpt-every", "1"]
+    if start == "resumed":
+        assert train.main(tiny_args(run, "--max-steps", "2", "--ckpt-every", "1", "--lr-schedule", "constant")) == 0
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="xswin_fast"):
+        argv = ["--resume", str(run), "--max-steps", "8", *diverge] if start == "resumed" else tiny_args(run, "--max-steps", "8", *diverge)
+        assert train.main(argv) == 2
+    error = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    kept = list_checkpoints(run / "checkpoints")
+    for path in kept:
+        loss = _loss_on_digits(path)
+        assert math.isfinite(loss) and loss < 100, (path.name, loss)
+    assert (kept[-1].name if kept else "none (no checkpoint was written yet)") in error
+    assert "diverged" in error or "non-finite" in error
+
+
+def test_train_step_refuses_a_batch_that_is_neither_images_nor_cached_latents(tmp_path):
+    from xswin_fast.runs.training_data import CachedLatents, LatentBatch
+
+    config = TrainConfig(model_kwargs=json.loads(TINY_DIGITS), backend="torch", global_batch_size=16, threads=1, progress=False)
+    trainer = Trainer(config, tmp_path)
+    x, y = next(iter(trainer.data.loader))
+    with pytest.raises(TypeError, match="LatentBatch"):
+        trainer.train_step((x, y, y))  # a third element no longer means cached latents
+    cache = type("Cache", (), {"kind": "latents", "targets": [0, 1], "__len__": lambda self: 2,
+                               "__getitem__": lambda self, i: (torch.zeros(4, 2, 2), torch.ones(4, 2, 2), i)})()
+    batch = torch.utils.data.default_collate([CachedLatents(cache)[i] for i in range(2)])
+    assert isinstance(batch, LatentBatch) and batch.mean.shape == (2, 4, 2, 2) and batch.labels.tolist() == [0, 1]

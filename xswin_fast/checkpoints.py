@@ -10,6 +10,11 @@
   pass the weights-only loader.
 * Every checkpoint holds a SHA-256 checksum of its content (the "checksum" entry), verified on
   load: a flipped bit loads silently otherwise, since the zip reader checks no CRC.
+* A failed write (a full disk) raises the OSError of the write itself, which ``torch.save``
+  would otherwise turn into a RuntimeError ("unexpected pos"); the previous file stays.
+* :func:`check_train_checkpoint` and :func:`load_weights` turn a checkpoint that loads but does
+  not hold what train.py wrote (a missing entry, a step that is no integer, a weight of another
+  shape) into a :class:`CheckpointError` naming the file and the entry.
 """
 import hashlib
 import json
@@ -75,6 +80,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _WriteErrors:
+    """A binary file whose first failed ``write`` is kept: ``torch.save`` reports it only as a
+    RuntimeError without the errno."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
     """Write ``obj`` and its checksum to ``path`` atomically (temp file + fsync + os.replace +
     directory fsync). A full disk or an unwritable folder raises an OSError naming ``path``."""
@@ -84,7 +107,13 @@ def save_checkpoint(obj: Dict[str, Any], path: PathLike) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writer = _WriteErrors(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as exc:
+                if writer.error is None:
+                    raise
+                raise writer.error from exc
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -121,6 +150,35 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if stored is not None and stored != content_checksum(ckpt):
         raise CheckpointError(f"checkpoint {path} is corrupted: its content does not match its checksum")
     return ckpt
+
+
+# what train.py writes into every checkpoint, and the type each entry must have
+TRAIN_ENTRIES = {
+    "model": dict, "ema": dict, "opt": dict, "lr_scheduler": dict, "step": int, "epoch": int, "batch_in_epoch": int,
+    "world_size": int, "rng": list, "args": dict, "model_name": str, "model_kwargs": dict, "data": dict,
+}
+
+
+def check_train_checkpoint(ckpt: Dict[str, Any], path: PathLike, needs=tuple(TRAIN_ENTRIES)) -> None:
+    """CheckpointError naming ``path`` and the first of the entries ``needs`` (names of
+    :data:`TRAIN_ENTRIES`) that ``ckpt`` lacks or holds with another type (a bool is no int)."""
+    for key in needs:
+        kind = TRAIN_ENTRIES[key]
+        if key not in ckpt:
+            raise CheckpointError(f"{path} is not a complete train.py checkpoint: it has no {key!r} entry")
+        value = ckpt[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(f"{path}: its {key!r} entry must be a {kind.__name__}, got {type(value).__name__} {value!r:.40}")
+
+
+def load_weights(module: torch.nn.Module, state_dict: Dict[str, Any], path: PathLike, key: str) -> None:
+    """``module.load_state_dict(state_dict)``; a missing, unexpected or wrongly shaped tensor is a
+    CheckpointError naming ``path`` and its entry ``key``, not a traceback."""
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(f"{path}: the {key!r} weights do not fit the model: {first}") from exc
 
 
 def plain_data(obj: Any) -> Any:

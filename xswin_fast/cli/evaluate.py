@@ -32,7 +32,7 @@ from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
 from ..objectives.sampling import DEFAULT_CFG_SCALE
 from .process import apply_threads, log_to_stdout, progress_mode
-from .sample import add_sampler_flags, check_generation, generate_images, generation_tag
+from .sample import add_sampler_flags, check_backend, check_generation, generate_images, generation_tag
 from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
 
 logger = logging.getLogger("xswin_fast.cli.evaluate")
@@ -89,7 +89,11 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     """Generate images from ``--ckpt`` with the reference's label distribution, and save them.
     ``prepare_metrics(kind)`` runs after the run is loaded and before any sampling."""
     run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
+    check_backend(args, run)
     check_generation(args, run)
+    if not args.ref and not run.data.get("num_eval", 1):
+        raise ConfigError(f"the run {run.run_dir} was trained with --eval-fraction 0: it holds out no images to compare "
+                          "against; pass --ref FOLDER (reference images)")
     ref_dir = Path(args.ref) if args.ref else export_reference(run.run_dir)
     ref = ImageListDataset.from_folder(ref_dir)
     n = args.num_samples or len(ref)
@@ -105,7 +109,9 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     save_grid(images[:100], out / "grid.png")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.objective.name,
-            "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale, "cfg_interval": args.cfg_interval,
+            "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale,
+            "cfg_interval": args.cfg_interval and [args.cfg_interval.lo, args.cfg_interval.hi],
+            "cfg_interval_unit": args.cfg_interval and args.cfg_interval.unit, "guided_channels": args.guided_channels,
             "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
 

@@ -4,10 +4,11 @@
     python sample.py --ckpt results/000-XSwin-S-2/checkpoints/0400000.pt --num-samples 64 \\
         --labels 207,360,387,974 --cfg-scale 4.0 --sampler ddim --steps 50 --seed 1
     python sample.py --ckpt results/002-XSwin-digits --sampler heun --steps 10 --cfg-interval 0 0.7  # a flow run
+    python sample.py --ckpt results/003-SiT-run --sampler sde --steps 250 --cfg-scale 1.5 --guided-channels 3  # SiT's FID setting
 
 Writes ``grid.png`` and one PNG per image under ``images/`` (the folder FID tools read) plus
 ``labels.json`` into ``--out`` (default: RUN_DIR/samples-<step>-<sampler><steps>-cfg<scale>-seed<seed>).
-The sampler follows the run's saved objective: DDPM/DDIM for eps runs, Euler/Heun for flow runs.
+The sampler follows the run's saved objective: DDPM/DDIM for eps runs, Euler/Heun/SDE/dopri5 for flow runs.
 """
 import argparse
 import json
@@ -16,6 +17,9 @@ from typing import List, Optional
 
 from ..objectives.eps import PRECISIONS, autocast_dtype
 from ..objectives import ALL_SAMPLERS
+from ..objectives.flow import ADAPTIVE_SAMPLERS, SDE_DEFAULT_STEPS
+from ..objectives.guidance import GuidanceInterval, as_interval
+from ..ops.dispatch import interpreter_active
 from ..images import save_grid, save_pngs
 from ..runs.config import BACKEND_CHOICES, ConfigError, op_backend, parse_threads
 from ..runs.run_dir import SamplingRun, load_run
@@ -74,25 +78,36 @@ def add_sampler_flags(group) -> None:
     the run's objective and are filled in by :func:`check_generation`."""
     group.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
                        help="eps runs: ddpm (respaced, learned variance; default) or ddim (eta 0); flow runs: euler "
-                            "(default) or heun (2nd order, two model calls per step)")
+                            "(default), heun (2nd order, two model calls per step), sde (SiT's Euler-Maruyama, its FID "
+                            "sampler) or dopri5 (adaptive, atol 1e-6, rtol 1e-3, as SiT's ODE)")
     group.add_argument("--steps", type=positive_int, default=None,
-                       help="sampling steps; default 250 for eps runs (DiT: 250 DDPM), 25 for flow runs")
-    group.add_argument("--cfg-interval", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
-                       help="guide only at noise levels in [LO, HI] (0 = data, 1 = pure noise: t/T for eps, t for "
-                            "flow); default: every step")
+                       help=f"sampling steps; default 250 for eps runs (DiT: 250 DDPM), 25 for flow runs, "
+                            f"{SDE_DEFAULT_STEPS} for sde; not for dopri5")
+    interval = group.add_mutually_exclusive_group()
+    interval.add_argument("--cfg-interval", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
+                          help="guide only at noise levels t in (LO, HI] (0 = data, 1 = pure noise: t/T for eps, t for "
+                               "flow); default: every step")
+    interval.add_argument("--cfg-interval-sigma", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
+                          help="the same in the paper's sigma (Kynkaanniemi et al. 2024): sigma = t / (1 - t) for flow, "
+                               "sqrt((1 - alphabar_t) / alphabar_t) for eps; e.g. 0.28 5.42")
+    group.add_argument("--guided-channels", type=positive_int, default=None,
+                       help="guide only the first N channels (SiT and DiT as released: 3 of 4); default: all")
 
 
 def generation_tag(args: argparse.Namespace) -> str:
     """"<sampler><steps>-cfg<scale>[-int<lo>-<hi>]-seed<seed>[-raw]" of output folder names."""
-    interval = f"-int{args.cfg_interval[0]:g}-{args.cfg_interval[1]:g}" if args.cfg_interval else ""
-    return f"{args.sampler}{args.steps}-cfg{args.cfg_scale:g}{interval}-seed{args.seed}{'-raw' if args.no_ema else ''}"
+    i = args.cfg_interval
+    interval = f"-int{'s' if i.unit == 'sigma' else ''}{i.lo:g}-{i.hi:g}" if i else ""
+    guided = f"-gc{args.guided_channels}" if args.guided_channels else ""
+    return (f"{args.sampler}{args.steps or ''}-cfg{args.cfg_scale:g}{guided}{interval}-seed{args.seed}"
+            f"{'-raw' if args.no_ema else ''}")
 
 
 def generate_images(args: argparse.Namespace, run: SamplingRun, labels: List[int]):
     """``generate`` with the generation flags (shared with evaluate.py): (N, C, H, W) uint8 images."""
     return generate(
         run.model, run.objective, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval,
+        cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval, guided_channels=args.guided_channels,
         seed=args.seed, batch_size=args.batch_size,
         autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
     )
@@ -103,18 +118,45 @@ def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
     defaulted from the run's objective) before any sampling."""
     objective = run.objective
     args.sampler = args.sampler or objective.default_sampler
-    args.steps = args.steps or objective.default_steps
     if args.sampler not in objective.samplers:
         raise ConfigError(f"--sampler {args.sampler} does not fit the run's {objective.name} objective: use one of "
                           f"{', '.join(objective.samplers)}")
-    if args.cfg_interval is not None:
-        args.cfg_interval = lo, hi = tuple(args.cfg_interval)
-        if not 0 <= lo <= hi <= 1:
-            raise ConfigError(f"--cfg-interval must be LO HI with 0 <= LO <= HI <= 1, got {lo:g} {hi:g}")
-    if args.steps > run.objective.num_timesteps:
+    if args.sampler in ADAPTIVE_SAMPLERS:
+        if args.steps is not None:
+            raise ConfigError(f"--steps does not apply to --sampler {args.sampler}: it chooses its own steps (adaptive)")
+    else:
+        args.steps = args.steps or (SDE_DEFAULT_STEPS if args.sampler == "sde" else objective.default_steps)
+    check_guidance_flags(args, run)
+    if args.steps is not None and args.steps > run.objective.num_timesteps:
         raise ConfigError(f"--steps must be at most the run's {run.objective.num_timesteps} training timesteps, got {args.steps}")
     if args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
         raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with class dropout; use --cfg-scale 1")
+
+
+def check_guidance_flags(args: argparse.Namespace, run: SamplingRun) -> None:
+    """--cfg-interval / --cfg-interval-sigma into ``args.cfg_interval`` (a GuidanceInterval or
+    None), and --guided-channels checked against the model."""
+    t, sigma = args.cfg_interval, getattr(args, "cfg_interval_sigma", None)
+    flag = "--cfg-interval-sigma" if sigma is not None else "--cfg-interval"
+    spec = GuidanceInterval(*sigma, unit="sigma") if sigma is not None else GuidanceInterval(*t) if t is not None else None
+    try:
+        args.cfg_interval = as_interval(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    n = args.guided_channels
+    if n is not None:
+        if args.cfg_scale == 1:
+            raise ConfigError("--guided-channels needs guidance: a --cfg-scale other than 1")
+        if n > run.model.in_channels:
+            raise ConfigError(f"--guided-channels must be at most the model's {run.model.in_channels} input channels, got {n}")
+
+
+def check_backend(args: argparse.Namespace, run: SamplingRun) -> None:
+    """--backend triton where Triton cannot run (a CPU without TRITON_INTERPRET=1): one line now,
+    not a traceback from the first kernel."""
+    if args.backend == "triton" and run.device.type != "cuda" and not interpreter_active():
+        raise ConfigError(f"--backend triton needs a CUDA device, and the run loads on {run.device} "
+                          "(use --backend auto or torch, or set TRITON_INTERPRET=1 to interpret the kernels on the CPU)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -128,6 +170,7 @@ def _sample(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     log_to_stdout()
     run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
+    check_backend(args, run)
     check_generation(args, run)
     classes = run.data["classes"]
     labels = parse_labels(args.labels, args.num_samples, classes)

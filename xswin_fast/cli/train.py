@@ -12,7 +12,7 @@ Without ``--data`` the run trains a small XSwin on scikit-learn's bundled handwr
 import sys
 from typing import List, Optional
 
-from ..checkpoints import CheckpointError, load_newest_checkpoint
+from ..checkpoints import CheckpointError, check_train_checkpoint, load_newest_checkpoint
 from ..runs.config import new_run_config, parse_flags, resume_config
 from ..runs.launch import train
 from ..runs.trainer import READABLE_FORMATS
@@ -30,4 +30,5 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise CheckpointError(f"cannot resume: {exc}") from exc
         if ckpt.get("format") not in READABLE_FORMATS:
             raise CheckpointError(f"cannot resume from {path}: not a train.py checkpoint (format {ckpt.get('format')!r})")
+        check_train_checkpoint(ckpt, path)
         return train(resume_config(ckpt["args"], flags, path), ckpt)

@@ -201,15 +201,17 @@ class Diffusion:
         generator: Optional[torch.Generator] = None,
         autocast_dtype: Optional[torch.dtype] = None,
         on_step: Optional[Callable[[], Any]] = None,
+        guided_channels: Optional[int] = None,
     ) -> torch.Tensor:
         """Draw ``len(labels)`` samples of ``shape`` (C, H, W) from ``model`` (in eval mode).
 
         With ``cfg_scale != 1`` the batch is doubled with the null label (``model.num_classes``)
-        and ``model.forward_with_cfg`` guides every eps channel, at the steps whose noise level
-        ``t / T`` lies in ``cfg_interval`` (lo, hi) (None: every step; see ``xswin_fast.objectives.guidance``).
+        and ``model.forward_with_cfg`` guides the first ``guided_channels`` eps channels (None: all),
+        at the steps whose noise level lies in ``cfg_interval`` (lo, hi] in ``t / T`` or in
+        σ = sqrt((1 - ᾱ_t) / ᾱ_t) (None: every step; see ``xswin_fast.objectives.guidance``).
         ``on_step`` is called after every denoising step (progress reports).
         """
-        check_guidance(model, cfg_scale, cfg_interval)
+        interval = check_guidance(model, cfg_scale, cfg_interval)
         device = labels.device
         B = labels.shape[0]
         C = shape[0]
@@ -218,9 +220,10 @@ class Diffusion:
         x = x.to(device)
         for t in sched.timesteps:
             tt = torch.full((B,), int(t), device=device, dtype=torch.long)
-            guided = guided_at(int(t) / self.num_timesteps, cfg_scale, cfg_interval)
+            sigma = float(self._table["sqrt_recipm1_ac"][int(t)])
+            guided = guided_at(int(t) / self.num_timesteps, cfg_scale, interval, sigma)
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                out = model_output(model, x, tt, labels, cfg_scale, guided)
+                out = model_output(model, x, tt, labels, cfg_scale, guided, guided_channels)
             out = out.float()
             if sampler == "ddim" or not self.learn_sigma:
                 out = out[:, :C]

@@ -11,8 +11,10 @@ and the loss is ``mean((v - v_pred)^2)``. t is drawn uniformly or logit-normally
     t' = s * t / (1 + (s - 1) * t)
 
 s > 1 moves the times toward noise, as a higher resolution needs (more pixels keep more signal at
-a given t); :func:`resolution_shift` gives SD3's ``sqrt(m / n)`` for m elements per sample
-against a base of n = 4 * 32 * 32 (the SD VAE's latents of a 256-px image, where s = 1).
+a given t); :func:`resolution_shift` gives SD3's ``sqrt(m / n)`` for an image of m pixels against
+a base of n = 256 * 256 (SD3 trained its base at 256 px through the SD VAE; its rule is about the
+image resolution, so it does not count channels). SD3 found 3.0 best at 1024 px, where the rule
+gives 4.
 
 The model sees ``t * num_train_timesteps`` (0..1000, float): its sinusoidal timestep embedding
 spans the same range as an eps model's integer steps, and it is what diffusers' flow-matching
@@ -21,24 +23,30 @@ schedulers pass. Every ``t`` argument below is in these model units.
 Sampling integrates dx/dt = v from t = 1 to t = 0 with diffusers' ``FlowMatchEulerDiscreteScheduler``
 ("euler") or ``FlowMatchHeunDiscreteScheduler`` ("heun", second order: two model calls per step
 except the last, 2N - 1 in all), both with the training's ``time_shift`` and diffusers' own grid:
-N times evenly spaced from 1 to 1/T (then shifted), and a last step to 0.
+N times evenly spaced from 1 to the unshifted time of shift(1/T), then shifted, and a last step to
+0. diffusers shifts twice at the low end: the last nonzero time is shift(shift(1/T)) (0.00893 at
+shift 3, T = 1000), not shift(1/T) (0.00299). SiT's samplers (:mod:`.flow_solvers`): "sde"
+(Euler–Maruyama, SiT's FID sampler at 250 steps) and "dopri5" (adaptive, ``steps`` does not apply).
 
 Learned sigma: a backbone built with ``learn_sigma`` outputs 2C channels. Flow matching has no
 variance to learn, so the loss reads the first C channels (the velocity), the other C get no
 gradient and sampling ignores them: every backbone trains unchanged and keeps its state-dict layout.
 """
 import math
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
 from ..compat import ensure_torchvision_importable
+from .flow_solvers import dopri5, euler_maruyama
 from .guidance import Interval, check_guidance, guided_at, model_output
 
-FLOW_SAMPLERS = ("euler", "heun")
+FLOW_SAMPLERS = ("euler", "heun", "sde", "dopri5")
+ADAPTIVE_SAMPLERS = ("dopri5",)  # no fixed step count
+SDE_DEFAULT_STEPS = 250  # SiT's FID setting
 T_SAMPLINGS = ("uniform", "logit-normal")
-# elements per sample where the resolution-dependent shift is 1: SD VAE latents of a 256-px image
-SHIFT_BASE_ELEMENTS = 4 * 32 * 32
+# the image pixels where SD3's resolution-dependent shift is 1
+SHIFT_BASE_PIXELS = 256 * 256
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -46,10 +54,10 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def resolution_shift(shape: Sequence[int]) -> float:
-    """SD3's resolution-dependent shift ``sqrt(m / n)`` for samples of ``shape`` (C, H, W): m their
-    element count, n = :data:`SHIFT_BASE_ELEMENTS`."""
-    return math.sqrt(math.prod(shape) / SHIFT_BASE_ELEMENTS)
+def resolution_shift(height: int, width: int) -> float:
+    """SD3's resolution-dependent shift ``sqrt(m / n)`` for images of ``height`` x ``width`` pixels
+    (not latents): m = height * width, n = :data:`SHIFT_BASE_PIXELS`."""
+    return math.sqrt(height * width / SHIFT_BASE_PIXELS)
 
 
 class FlowMatching:
@@ -118,12 +126,13 @@ class FlowMatching:
         return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
 
     def make_sampler(self, name: str = "euler", steps: int = 25):
-        """A diffusers flow-matching scheduler for ``steps`` steps: "euler" or "heun"."""
+        """A diffusers flow-matching scheduler for ``steps`` steps: "euler" or "heun" (the SiT
+        samplers "sde" and "dopri5" have none: :meth:`sample` runs them)."""
         ensure_torchvision_importable()
         from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-        if name not in FLOW_SAMPLERS:
-            raise ValueError(f"sampler must be one of {FLOW_SAMPLERS} for a flow model, got {name!r}")
+        if name not in FLOW_SAMPLERS[:2]:
+            raise ValueError(f"sampler must be one of {FLOW_SAMPLERS[:2]} for a diffusers scheduler, got {name!r}")
         if steps < 1 or steps > self.num_timesteps:
             raise ValueError(f"sampling steps must be in [1, {self.num_timesteps}], got {steps}")
         cls = FlowMatchEulerDiscreteScheduler if name == "euler" else FlowMatchHeunDiscreteScheduler
@@ -139,31 +148,54 @@ class FlowMatching:
         shape,
         *,
         sampler: str = "euler",
-        steps: int = 25,
+        steps: Optional[int] = 25,
         cfg_scale: float = 1.0,
         cfg_interval: Interval = None,
         generator: Optional[torch.Generator] = None,
         autocast_dtype: Optional[torch.dtype] = None,
         on_step: Optional[Callable[[], Any]] = None,
+        guided_channels: Optional[int] = None,
+        sde_options: Optional[Dict[str, Any]] = None,
+        ode_options: Optional[Dict[str, Any]] = None,
     ) -> torch.Tensor:
         """Integrate ``len(labels)`` samples of ``shape`` (C, H, W) from noise (t = 1) to data.
 
         ``model`` (eval mode) maps (x, t * T, labels) to a velocity in its first C channels.
-        Guidance as in ``Diffusion.sample`` (noise level = t). ``on_step`` is called once per
-        completed solver step (a Heun step's two model calls count as one)."""
-        check_guidance(model, cfg_scale, cfg_interval)
+        Guidance as in ``Diffusion.sample`` (noise level t, or σ = t / (1 - t)). ``on_step`` is
+        called once per completed solver step (a Heun step's two model calls count as one; an
+        SDE step is one model call; a dopri5 step is an accepted step). ``steps`` must be None
+        for "dopri5"; ``sde_options`` go to ``euler_maruyama`` (diffusion_form, diffusion_norm,
+        last_step_size), ``ode_options`` to ``dopri5`` (atol, rtol)."""
+        interval = check_guidance(model, cfg_scale, cfg_interval)
+        if sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"sampler must be one of {FLOW_SAMPLERS} for a flow model, got {sampler!r}")
+        if (steps is None) != (sampler in ADAPTIVE_SAMPLERS):
+            raise ValueError(f"steps must be None for the adaptive {ADAPTIVE_SAMPLERS} and an int otherwise, got {steps}")
         device = labels.device
         B, C = labels.shape[0], shape[0]
-        sched = self.make_sampler(sampler, steps)
         x = torch.randn((B, *shape), generator=generator, device=generator.device if generator else device)
         x = x.to(device)
+
+        def velocity(x: torch.Tensor, level: float) -> torch.Tensor:
+            tt = torch.full((B,), level * self.num_timesteps, device=device)
+            sigma = level / (1 - level) if level < 1 else math.inf
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                out = model_output(model, x, tt, labels, cfg_scale, guided_at(level, cfg_scale, interval, sigma),
+                                   guided_channels)
+            return out.float()[:, :C]
+
+        if sampler == "sde":
+            grid = (lambda t: shift_time(t, self.time_shift)) if self.time_shift != 1 else None
+            return euler_maruyama(velocity, x, steps, generator=generator, grid=grid, on_step=on_step, **(sde_options or {}))
+        if sampler == "dopri5":
+            return dopri5(velocity, x, on_step=on_step, **(ode_options or {}))
+        return self._diffusers_sample(velocity, x, sampler, steps, on_step)
+
+    def _diffusers_sample(self, velocity, x: torch.Tensor, sampler: str, steps: int, on_step) -> torch.Tensor:
+        sched = self.make_sampler(sampler, steps)
         last = len(sched.timesteps) - 1
         for i, t in enumerate(sched.timesteps):
-            level = float(t) / self.num_timesteps
-            tt = torch.full((B,), float(t), device=device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                out = model_output(model, x, tt, labels, cfg_scale, guided_at(level, cfg_scale, cfg_interval))
-            x = sched.step(out.float()[:, :C], t, x).prev_sample
+            x = sched.step(velocity(x, float(t) / self.num_timesteps), t, x).prev_sample
             if on_step is not None and (getattr(sched, "state_in_first_order", True) or i == last):
                 on_step()
         return x

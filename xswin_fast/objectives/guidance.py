@@ -1,43 +1,86 @@
 """Classifier-free guidance with an optional guidance interval, shared by every objective's sampler.
 
-Guidance is applied only at the noise levels inside ``interval = (lo, hi)`` (Kynkäänniemi et al.
-2024, "Applying guidance in a limited interval"); elsewhere the model runs once, conditionally,
-on the undoubled batch. A noise level is the model's timestep divided by the number of training
-timesteps, in [0, 1] for both objectives: ``t / T`` for an eps model's integer step t of T (999 of
-1000 -> 0.999), the interpolation time t itself for a flow model (1 = pure noise, 0 = data).
+Guidance is applied only at the noise levels inside an interval (Kynkäänniemi et al. 2024,
+"Applying guidance in a limited interval"), half-open ``(lo, hi]`` as in the paper; elsewhere the
+model runs once, conditionally, on the undoubled batch. The interval is given in one of two units:
+
+* ``"t"`` (a plain ``(lo, hi)`` tuple): the model's timestep divided by the number of training
+  timesteps, in [0, 1] for both objectives: ``t / T`` for an eps model's integer step t of T
+  (999 of 1000 -> 0.999), the interpolation time t itself for a flow model (1 = pure noise, 0 = data);
+* ``"sigma"`` (:class:`GuidanceInterval`): the paper's noise level σ, the noise-to-signal ratio of
+  x_t = a x_0 + b eps, σ = b / a: ``σ = t / (1 - t)`` for flow (inf at t = 1), and
+  ``σ = sqrt((1 - ᾱ_t) / ᾱ_t)`` for eps (the EDM σ of a DDPM step). The paper's interval for
+  EDM2 on ImageNet-512 is σ in (0.28, 5.42]; in flow time that is t in (0.219, 0.844].
 """
 import math
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
 
 import torch
 
-Interval = Optional[Tuple[float, float]]
+UNITS = ("t", "sigma")
 
 
-def check_guidance(model, cfg_scale: float, interval: Interval) -> None:
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """Guide at the noise levels in (lo, hi] of ``unit`` "t" or "sigma" (see the module docstring)."""
+
+    lo: float
+    hi: float
+    unit: str = "t"
+
+    def contains(self, level: float, sigma: float) -> bool:
+        x = level if self.unit == "t" else sigma
+        return self.lo < x <= self.hi
+
+
+Interval = Optional[Union[Tuple[float, float], GuidanceInterval]]
+
+
+def as_interval(interval: Interval) -> Optional[GuidanceInterval]:
+    """``interval`` as a :class:`GuidanceInterval` (a tuple is in t), checked: ValueError unless
+    0 <= lo <= hi, finite, and hi <= 1 in t."""
+    if interval is None:
+        return None
+    if not isinstance(interval, GuidanceInterval):
+        if len(interval) != 2:
+            raise ValueError(f"cfg_interval must be (lo, hi), got {tuple(interval)}")
+        interval = GuidanceInterval(float(interval[0]), float(interval[1]))
+    lo, hi, unit = interval.lo, interval.hi, interval.unit
+    if unit not in UNITS:
+        raise ValueError(f"cfg_interval's unit must be one of {UNITS}, got {unit!r}")
+    top = 1 if unit == "t" else math.inf
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi <= top):
+        raise ValueError(f"cfg_interval must be (lo, hi] with 0 <= lo <= hi{' <= 1' if unit == 't' else ''} "
+                         f"in {unit}, got ({lo}, {hi}]")
+    return interval
+
+
+def check_guidance(model, cfg_scale: float, interval: Interval) -> Optional[GuidanceInterval]:
     """ValueError for a guidance that cannot run: a non-finite ``cfg_scale``, guidance of a model
-    without a null class, or an ``interval`` that is not (lo, hi) with 0 <= lo <= hi <= 1."""
+    without a null class, or a bad ``interval`` (see :func:`as_interval`); returns the interval."""
     if not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     if cfg_scale != 1.0 and getattr(getattr(model, "y_embedder", None), "dropout_prob", 0) <= 0:
         raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
-    if interval is not None:
-        if len(interval) != 2 or not all(math.isfinite(v) for v in interval) or not 0 <= interval[0] <= interval[1] <= 1:
-            raise ValueError(f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {tuple(interval)}")
+    return as_interval(interval)
 
 
-def guided_at(level: float, cfg_scale: float, interval: Interval) -> bool:
-    """Whether the step at noise ``level`` (in [0, 1]) is guided: ``cfg_scale != 1`` and ``level``
-    inside the closed ``interval`` (None: every level)."""
-    return cfg_scale != 1.0 and (interval is None or interval[0] <= level <= interval[1])
+def guided_at(level: float, cfg_scale: float, interval: Optional[GuidanceInterval], sigma: float = math.nan) -> bool:
+    """Whether the step at noise ``level`` (t in [0, 1]) and ``sigma`` is guided: ``cfg_scale != 1``
+    and the level inside the half-open ``interval`` (None: every level)."""
+    return cfg_scale != 1.0 and (interval is None or interval.contains(level, sigma))
 
 
-def model_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg_scale: float, guided: bool) -> torch.Tensor:
+def model_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg_scale: float, guided: bool,
+                 guided_channels: Optional[int] = None) -> torch.Tensor:
     """The model's output (B, out_channels, H, W) for x (B, C, H, W), timesteps t (B,) and integer
     labels (B,): guided with ``cfg_scale`` through ``model.forward_with_cfg`` (the batch doubled
-    with the null label ``model.num_classes``) when ``guided``, a plain conditional call otherwise."""
+    with the null label ``model.num_classes``; the first ``guided_channels`` channels guided, None:
+    all) when ``guided``, a plain conditional call otherwise."""
     if not guided:
         return model(x, t, labels)
     null = torch.full_like(labels, model.num_classes)
-    out = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]), cfg_scale)
+    args = (torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]), cfg_scale)
+    out = model.forward_with_cfg(*args) if guided_channels is None else model.forward_with_cfg(*args, guided_channels)
     return out[: x.shape[0]]

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..images import to_uint8
 from ..vae import LatentCodec
 from .base import Objective
+from .flow import ADAPTIVE_SAMPLERS, SDE_DEFAULT_STEPS
 from .guidance import Interval
 
 # the guidance scale of train.py's grids, sample.py and evaluate.py: DiT's FID setting, and the
@@ -75,13 +76,16 @@ def generate(
     batch_size: int = 64,
     autocast_dtype: Optional[torch.dtype] = None,
     progress: str = "none",
+    guided_channels: Optional[int] = None,
 ) -> torch.Tensor:
     """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels`` (N ints).
 
     ``model`` (eval mode) samples ``shape`` = (C, H, W) of its input space on its own device;
     ``objective`` is the run's (``Diffusion`` or ``FlowMatching``); ``sampler`` and
-    ``steps`` default to its own (ddpm 250 for eps, euler 25 for flow); ``cfg_interval`` (lo, hi)
-    limits guidance to those noise levels (see ``xswin_fast.objectives.guidance``).
+    ``steps`` default to its own (ddpm 250 for eps, euler 25 for flow; 250 for flow's "sde", and
+    none for the adaptive "dopri5", which takes no ``steps``); ``cfg_interval`` (lo, hi] limits
+    guidance to those noise levels (see ``xswin_fast.objectives.guidance``); ``guided_channels``
+    the channels guided (None: all; SiT and DiT as released guide 3 of 4 latent channels).
     ``codec`` decodes latents to pixels (None: pixel space). One generator seeded with ``seed``
     draws all noise, so a given seed and ``batch_size`` always give the same images.
     ``progress`` over all denoising steps: "none", "bar" (tqdm) or "log" (k/N, elapsed and ETA
@@ -90,17 +94,21 @@ def generate(
     if progress not in PROGRESS:
         raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
     sampler = sampler or objective.default_sampler
-    steps = steps or objective.default_steps
+    if sampler in ADAPTIVE_SAMPLERS:
+        if steps is not None:
+            raise ValueError(f"steps does not apply to the adaptive {sampler} sampler, got {steps}")
+    else:
+        steps = steps or (SDE_DEFAULT_STEPS if sampler == "sde" else objective.default_steps)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    total = math.ceil(len(labels) / batch_size) * steps
-    desc = f"sampling {len(labels)} images ({sampler}, {steps} steps)"
+    total = math.ceil(len(labels) / batch_size) * steps if steps else None
+    desc = f"sampling {len(labels)} images ({sampler}{f', {steps} steps' if steps else ''})"
     if progress == "bar":
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=desc, unit="step")
         on_step = bar.update
-    elif progress == "log":
+    elif progress == "log" and total:
         on_step = ProgressLines(total, desc, "denoising steps").advance
     else:
         on_step = None
@@ -109,7 +117,7 @@ def generate(
         y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
         x = objective.sample(
             model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, generator=gen,
-            autocast_dtype=autocast_dtype, on_step=on_step,
+            autocast_dtype=autocast_dtype, on_step=on_step, guided_channels=guided_channels,
         )
         if codec is not None:
             x = codec.decode(x)

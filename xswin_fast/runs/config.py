@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Union
 from ..checkpoints import plain_data
 from ..models import list_models
 from ..objectives import (
-    ALL_SAMPLERS, DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
+    DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
 )
 from ..ops import BACKENDS
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # --backend: "auto" (the ops' automatic choice, backend None) or one of the ops' BACKENDS
 BACKEND_CHOICES = ("auto",) + BACKENDS
+# the samplers of train-time grids: the fixed-step ones of --sample-steps (sample.py has SiT's sde and dopri5 too)
+GRID_SAMPLERS = SAMPLERS + FLOW_SAMPLERS[:2]
 SAME_AS_DIGITS = object()  # a setting's data_default when a --data run keeps the digits default
 # settings renamed since a config.json or checkpoint was written: old name -> new name
 RENAMED = {"diffusion_steps": "num_timesteps"}
@@ -190,7 +192,8 @@ class TrainConfig:
     )
     time_shift: Union[float, str] = setting(
         1.0, "flow: SD3 time shift s of training and sampling, t' = s t / (1 + (s - 1) t): a number > 0 (1 = none) "
-        "or auto (sqrt(C*H*W / 4096) of the latents)", parse=parse_time_shift, resume=Resume.WARN,
+        "or auto (SD3's sqrt(H*W / 256^2) of the image resolution; latent runs only)", parse=parse_time_shift,
+        resume=Resume.WARN,
     )
     global_batch_size: int = setting(
         64, "summed over all processes", data_default=256, valid=Range(1), resume=Resume.WARN,
@@ -245,7 +248,7 @@ class TrainConfig:
     )
     sample_sampler: Optional[str] = setting(
         None, "sampler of the grids: ddpm (respaced) or ddim for eps, euler or heun for flow; default ddpm / euler",
-        choices=ALL_SAMPLERS, resume=Resume.FREE,
+        choices=GRID_SAMPLERS, resume=Resume.FREE,
     )
     sample_cfg: float = setting(
         DEFAULT_CFG_SCALE, "classifier-free guidance scale of grids (1 = off; the same default as sample.py and "
@@ -401,6 +404,19 @@ def _absolute_paths(values: Dict[str, Any]) -> Dict[str, Any]:
     return values
 
 
+# the settings that only one objective reads: typed for the other, they would be recorded and ignored
+OBJECTIVE_SETTINGS = {"eps": ("beta_schedule",), "flow": ("t_sampling", "logit_mean", "logit_std", "time_shift")}
+
+
+def check_objective_flags(objective: str, flags: Dict[str, Any]) -> None:
+    """ConfigError for a typed flag of the other objective (e.g. --time-shift on an eps run)."""
+    for other, names in OBJECTIVE_SETTINGS.items():
+        typed = [name for name in names if name in flags]
+        if other != objective and typed:
+            raise ConfigError(f"{_flag(typed[0])} applies to --objective {other} only; this run's objective is "
+                              f"{objective} (drop {_flag(typed[0])})")
+
+
 def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     """The config of a new run: the typed ``flags`` over the digits or --data defaults, paths made
     absolute, ``progress`` resolved, and the combinations that cannot work refused (ConfigError)."""
@@ -408,6 +424,10 @@ def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     if values["progress"] is None:
         values["progress"] = sys.stderr.isatty()
     config = TrainConfig(**values)
+    check_objective_flags(config.objective, flags)
+    if config.time_shift == "auto" and not config.vae:
+        raise ConfigError("--time-shift auto is SD3's rule for latents of the SD VAE (shift sqrt(pixels / 256^2)); "
+                          "a pixel-space run has no such base: give a number (1 = none)")
     if config.cache_latents and not config.vae:
         raise ConfigError("--cache-latents needs a --vae")
     if not config.data and config.vae:
@@ -439,6 +459,7 @@ def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path
         shown = ", ".join(f"{_flag(k)} {_show(old)} -> {_show(new)}" for k, (old, new) in sorted(changed.items()))
         logger.warning("resuming with changed %s (%s): applied, so the run will not continue exactly as it would have",
                        sorted(changed), shown)
+    check_objective_flags(saved.get("objective", "eps"), overrides)
     values = {**saved, **overrides, "resume": str(checkpoint)}
     if "run_dir" not in overrides:  # continue where the checkpoint is, even if the run was moved
         values["run_dir"] = None

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from ..checkpoints import CheckpointError, list_checkpoints, load_newest_checkpoint
+from ..checkpoints import check_train_checkpoint, list_checkpoints, load_newest_checkpoint, load_weights
 from ..models import create_model
 from ..objectives import Objective, objective_from_config, saved_objective_config
 from ..pipelines.export import is_model_folder, read_model_folder
@@ -139,11 +139,9 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
         return SamplingRun(f.model, objective_from_config(f.objective), f.codec, f.data, f.args, f.step,
                            Path(ckpt) / "model_index.json", f.device)
     path, ck = load_newest_checkpoint(ckpt)
-    for key in ("model_name", "model_kwargs", "ema", "model", "data", "args"):
-        if key not in ck:
-            raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
+    check_train_checkpoint(ck, path, ("model_name", "model_kwargs", "ema", "model", "data", "args", "step"))
     model = create_model(ck["model_name"], **ck["model_kwargs"])
-    model.load_state_dict(ck["ema" if use_ema else "model"])
+    load_weights(model, ck["ema" if use_ema else "model"], path, "ema" if use_ema else "model")
     model.set_backend(backend)
     model.to(dev).eval().requires_grad_(False)
     args = ck["args"]

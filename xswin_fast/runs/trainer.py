@@ -12,8 +12,10 @@ import torch
 import torch.nn as nn
 
 from ..checkpoints import (
+    CheckpointError,
     capture_rng_state,
     checkpoint_path,
+    load_weights,
     plain_data,
     prune_checkpoints,
     restore_rng_state,
@@ -32,7 +34,7 @@ from .ema import create_ema, ema_decay, update_ema
 from .losses import LossLog, NonFiniteLoss, plot_loss_curve
 from .progress import ProgressReport
 from .signals import SignalCatcher
-from .training_data import build_training_data
+from .training_data import LatentBatch, build_training_data
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 # only the objective's name under "objective"
 CHECKPOINT_FORMAT = "xswin_fast.train/2"
 READABLE_FORMATS = ("xswin_fast.train/1", CHECKPOINT_FORMAT)
+PROBE = "loss or gradients on a probe batch"  # what NonFiniteState names when the weights are finite but diverged
 
 
 @dataclass
@@ -120,6 +123,10 @@ class Trainer:
         self.total_steps = min(steps, config.max_steps) if config.max_steps is not None else steps
         info = self.data.info
         self.model_kwargs = dict(input_size=info.latent_size, in_channels=info.latent_channels, num_classes=info.num_classes)
+        for key, value in self.model_kwargs.items():
+            if key in config.model_kwargs and config.model_kwargs[key] != value:
+                raise ConfigError(f"--model-kwargs {key}={config.model_kwargs[key]!r} contradicts the data, which has "
+                                  f"{key}={value} ({key} comes from the data: drop it from --model-kwargs)")
         self.model_kwargs.update(config.model_kwargs)
         torch.manual_seed(config.global_seed)  # the same initial weights on every rank
         try:
@@ -153,8 +160,7 @@ class Trainer:
         channels of a learned-sigma backbone, see ``xswin_fast.objectives.flow``)."""
         config, info = self.config, self.data.info
         if config.objective == "flow":
-            shape = (info.latent_channels, info.latent_size, info.latent_size)
-            shift = resolution_shift(shape) if config.time_shift == "auto" else config.time_shift
+            shift = resolution_shift(config.image_size, config.image_size) if config.time_shift == "auto" else config.time_shift
             return FlowMatching(num_train_timesteps=config.num_timesteps, time_shift=shift, t_sampling=config.t_sampling,
                                 logit_mean=config.logit_mean, logit_std=config.logit_std)
         return Diffusion(
@@ -167,9 +173,13 @@ class Trainer:
         saved = saved_objective_config(ckpt).get("objective", "eps")  # an eps config has no "objective" key
         if saved != self.config.objective:
             raise ConfigError(f"cannot resume with --objective {self.config.objective}: the checkpoint was trained with {saved}")
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.optimizer.load_state_dict(ckpt["opt"])
+        path = self.config.resume
+        load_weights(self.model, ckpt["model"], path, "model")
+        load_weights(self.ema, ckpt["ema"], path, "ema")
+        try:
+            self.optimizer.load_state_dict(ckpt["opt"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: the 'opt' state does not fit the model's parameters: {exc}") from exc
         self.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         self._apply_optimizer_settings()
         position = Position(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["batch_in_epoch"]))
@@ -199,17 +209,24 @@ class Trainer:
         np.random.seed(s % 2**32)
         random.seed(s)
 
+    def clean_inputs(self, batch, sample_posterior: bool = True):
+        """(x0, labels) on the device from ``batch``: (images, labels), or a :class:`LatentBatch`
+        (a posterior sample, or its mean without ``sample_posterior``). TypeError for anything else."""
+        dev, codec = self.dist.device, self.data.codec
+        if isinstance(batch, LatentBatch):
+            mean, std, y = (b.to(dev, non_blocking=True) for b in batch)
+            return codec.to_latent(mean + std * torch.randn_like(mean) if sample_posterior else mean), y
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError(f"a batch must be (images, labels) or a LatentBatch, got a {type(batch).__name__}"
+                            f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
+        x, y = (b.to(dev, non_blocking=True) for b in batch)
+        return (codec.encode(x) if codec is not None else x), y
+
     def train_step(self, batch) -> torch.Tensor:
-        """One optimizer step on ``batch`` ((x, y) images and labels, or (mean, std, y) cached
+        """One optimizer step on ``batch`` ((images, labels), or a :class:`LatentBatch` of cached
         posteriors); EMA updated. Returns the (4,) detached loss, mse, vb and gradient norm."""
         dev = self.dist.device
-        codec = self.data.codec
-        if len(batch) == 3:
-            mean, std, y = (b.to(dev, non_blocking=True) for b in batch)
-            x0 = codec.to_latent(mean + std * torch.randn_like(mean))
-        else:
-            x, y = (b.to(dev, non_blocking=True) for b in batch)
-            x0 = codec.encode(x) if codec is not None else x
+        x0, y = self.clean_inputs(batch)
         t = self.objective.sample_timesteps(x0.shape[0], dev)
         noise = torch.randn_like(x0)
         x_t = self.objective.add_noise(x0, noise, t)
@@ -271,8 +288,10 @@ class Trainer:
         while pos.step < self.total_steps:
             self.data.sampler.set_epoch(pos.epoch, pos.batch_in_epoch, self.data.local_batch)
             for batch in self.data.loader:
-                self.train_step(batch)
+                stats = self.train_step(batch)
                 pos.advance(self.data.steps_per_epoch)
+                if not self._finite_on_every_rank(stats[0]):
+                    self._flush(report, log=False)  # writes the steps before; NonFiniteLoss names this one
                 report.tick()
                 stop = self._any_rank_signalled(signals)
                 if pos.step % config.log_every == 0:
@@ -288,6 +307,14 @@ class Trainer:
                 if pos.step >= self.total_steps:
                     return None
         return None
+
+    def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss is finite on every rank: checked every step, so a run stops at
+        the step that produced a NaN, not at the next log flush (one host sync per step)."""
+        bad = (~torch.isfinite(loss)).float()
+        if self.dist.distributed:
+            bad = all_reduce_max(bad)
+        return not bool(bad.item())
 
     def _any_rank_signalled(self, signals: SignalCatcher) -> bool:
         stop = signals.signum is not None
@@ -324,7 +351,7 @@ class Trainer:
 
     def _report_non_finite(self, exc: Exception) -> None:
         last = self.last_checkpoint if self.last_checkpoint and self.last_checkpoint.is_file() else None
-        kind = "non-finite loss" if isinstance(exc, NonFiniteLoss) else "non-finite weights"
+        kind = "non-finite loss" if isinstance(exc, NonFiniteLoss) else "diverged" if PROBE in exc.parts else "non-finite weights"
         logger.error(
             f"stopping: {exc} ({kind}). Nothing after step {self.last_saved_step if last else 0} was saved; "
             f"the last good checkpoint is {last or 'none (no checkpoint was written yet)'}. "
@@ -342,13 +369,13 @@ class Trainer:
     def save(self, reason: str = "") -> Path:
         """Checkpoint the current step (every rank's RNG state gathered; rank 0 writes).
 
-        Only a good state is written: :class:`NonFiniteState` if the parameters, EMA or optimizer
-        state hold NaN or inf, or the model's outputs do, so the newest checkpoint is always the
-        last good one."""
+        Only a resumable state is written: :class:`NonFiniteState` if the parameters, EMA or
+        optimizer state hold NaN or inf, or the training loss or its gradients on a fixed probe
+        batch are not finite, so the newest checkpoint is always the last good one."""
         pos = self.position
         bad = non_finite_parts(self.model, self.ema, self.optimizer)
-        if not bad and not self._output_is_finite():
-            bad = ["model's outputs"]
+        if not bad and not self._probe_is_finite():
+            bad = [PROBE]
         if self.dist.distributed:  # every rank must take the same decision
             bad_anywhere = all_reduce_max(torch.tensor(float(bool(bad)), device=self.dist.device)).item()
             bad = bad or (["weights on another rank"] if bad_anywhere else [])
@@ -382,24 +409,30 @@ class Trainer:
         self.last_checkpoint = path
         return path
 
-    @torch.no_grad()
-    def _output_is_finite(self) -> bool:
-        """Whether the model maps a fixed noise batch to finite outputs: weights can be finite and
-        still diverged (1e37), and then the next step's loss would be inf. Eval mode and a private
-        generator: no running statistics move and no global random number is drawn."""
-        info, dev = self.data.info, self.dist.device
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, info.latent_channels, info.latent_size, info.latent_size, generator=g).to(dev)
-        t = torch.tensor([0, self.objective.num_timesteps - 1], device=dev)
-        y = torch.tensor([0, info.num_classes - 1], device=dev)
+    def _probe_is_finite(self) -> bool:
+        """Whether the training loss and its gradients are finite on a fixed probe batch (the first
+        training items, the posterior means of cached latents, timesteps spread over the range,
+        noise of a private generator): weights can be finite and still diverged (|w| 1e7), and
+        then a resume fails at its first step. Eval mode and no ``.grad`` written: no running
+        statistics move, no class is dropped and no global random number is drawn."""
+        dev, objective = self.dist.device, self.objective
+        items = [self.data.train_set[i] for i in range(min(4, len(self.data.train_set)))]
+        x0, y = self.clean_inputs(torch.utils.data.default_collate(items), sample_posterior=False)
+        n, g = x0.shape[0], torch.Generator().manual_seed(0)
+        noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
+        t = torch.linspace(0, 1, n) * (objective.num_timesteps - 1)
+        t = (t.round().long() if objective.name == "eps" else t).to(dev)
         training = self.model.training
         self.model.eval()
         try:
             with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                out = self.model(x, t, y)
+                out = self.model(objective.add_noise(x0, noise, t), t, y)
+            loss = objective.training_losses(out, x0, objective.add_noise(x0, noise, t), t, noise)["loss"].mean()
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
         finally:
             self.model.train(training)
-        return bool(torch.isfinite(out).all())
+        return bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
 
     def sample_grid(self, path: Path, progress: str = "none") -> Optional[Path]:
         """An EMA sample grid of ``sample_num`` images (fixed noise and labels: comparable across

@@ -1,9 +1,13 @@
-"""The data side of a run: datasets, VAE, latent cache, split, sampler and loader, from the config."""
+"""The data side of a run: datasets, VAE, latent cache, split, sampler and loader, from the config.
+
+A batch is either ``(images, labels)`` or, from the latent cache, a :class:`LatentBatch` of VAE
+posteriors: its own type, so that no other tuple is ever mistaken for cached latents.
+"""
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -20,6 +24,34 @@ from ..data import (
 from ..vae import LatentCodec, load_vae
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, barrier
+
+
+class LatentBatch(NamedTuple):
+    """Cached VAE posteriors: ``mean`` and ``std`` (B, C, h, w) float32 unscaled latents, ``labels``
+    (B,) int64 (one item of :class:`CachedLatents` before collation)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    labels: torch.Tensor
+
+
+class CachedLatents(Dataset):
+    """A latent cache whose items are :class:`LatentBatch` (the loader collates them into one);
+    indices as the cache's (flipped copies at ``i + len(self)``)."""
+
+    def __init__(self, cache: Dataset):
+        self.cache = cache
+        self.kind = cache.kind
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> LatentBatch:
+        return LatentBatch(*self.cache[index])
+
+    @property
+    def targets(self) -> List[int]:
+        return self.cache.targets
 
 
 @dataclass
@@ -95,9 +127,9 @@ def build_training_data(config: TrainConfig, dist: DistInfo) -> TrainingData:
     if config.cache_latents:
         key = latent_cache_key(base, config.vae, config.hflip)
         cache_dir = os.path.join(config.latent_cache_dir or os.path.join(config.results_dir, "latent-cache"), key)
-        train_set = build_latent_cache(
+        train_set = CachedLatents(build_latent_cache(
             base, codec, Path(cache_dir), config.hflip, dist.rank, dist.world_size, num_workers=config.num_workers, wait=barrier,
-        )
+        ))
     down = codec.downsample if codec else 1
     info = DataInfo(
         kind=base.kind, root=config.data, classes=list(classes), num_classes=len(classes), image_size=config.image_size,
