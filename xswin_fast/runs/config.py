@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from ..checkpoints import plain_data
+from ..data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
+from ..data.fashion_mnist import DEFAULT_SIZE as FASHION_MNIST_SIZE
 from ..diffusion import PRECISIONS, SAMPLERS
 from ..flow import FLOW_SAMPLERS, T_SAMPLINGS
 from ..models import list_models
@@ -27,6 +29,7 @@ from ..sampling import DEFAULT_CFG_SCALE
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "triton")
+FASHION_MNIST = "fashion-mnist"  # --data: the IDX reader, pixel space like the digits, 32 px
 _SAME = object()  # a --data run keeps the digits default
 
 
@@ -112,7 +115,12 @@ def setting(default, help: str, *, data=_SAME, choices: Optional[Iterable] = Non
 class TrainConfig:
     """Every setting of a train.py run (flag ``--image-size`` is field ``image_size``)."""
 
-    data: Optional[str] = setting(None, "ImageFolder root (one subfolder per class); default: sklearn's digits (built in)")
+    data: Optional[str] = setting(
+        None, f"ImageFolder root (one subfolder per class), or {FASHION_MNIST!r} (its IDX files, see --data-dir); "
+        "default: sklearn's digits (built in)"
+    )
+    data_dir: Optional[str] = setting(None, f"folder of the Fashion-MNIST IDX files; default {FASHION_MNIST_ROOT}")
+    split_seed: Optional[int] = setting(None, "seed of the stratified held-out split; default --global-seed")
     image_size: int = setting(8, "training resolution in pixels (resize + center crop)", data=256, valid=Range(1))
     eval_fraction: float = setting(
         0.2, "stratified held-out fraction for evaluate.py", data=0.0, valid=Range(0, 1, open_high=True)
@@ -298,15 +306,18 @@ def defaults_for(data: Optional[str]) -> Dict[str, Any]:
     out = {}
     for f in fields(TrainConfig):
         default = f.default_factory() if f.default is MISSING else f.default
-        out[f.name] = f.metadata["data"] if data and f.metadata["data"] is not _SAME else default
+        out[f.name] = f.metadata["data"] if data and data != FASHION_MNIST and f.metadata["data"] is not _SAME else default
+    if data == FASHION_MNIST:
+        out["image_size"] = FASHION_MNIST_SIZE
     return out
 
 
 def _absolute_paths(values: Dict[str, Any]) -> Dict[str, Any]:
     """``values`` with --data and a local --vae directory made absolute (the run may move)."""
     values = dict(values)
-    if values.get("data"):
-        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
+    for key in ("data", "data_dir"):
+        if values.get(key) and values[key] != FASHION_MNIST:
+            values[key] = os.path.abspath(os.path.expanduser(values[key]))
     if values.get("vae") and os.path.isdir(os.path.expanduser(values["vae"])):
         values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
     return values
@@ -321,8 +332,10 @@ def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     config = TrainConfig(**values)
     if config.cache_latents and not config.vae:
         raise ConfigError("--cache-latents needs a --vae")
-    if not config.data and config.vae:
-        raise ConfigError("the built-in digits are 1-channel 8x8 images: train them in pixel space (--vae none)")
+    if config.data_dir and config.data != FASHION_MNIST:
+        raise ConfigError(f"--data-dir is the folder of --data {FASHION_MNIST}'s files; pass --data {FASHION_MNIST} with it")
+    if (not config.data or config.data == FASHION_MNIST) and config.vae:
+        raise ConfigError("the built-in digits and Fashion-MNIST are 1-channel images: train them in pixel space (--vae none)")
     return config
 
 
@@ -335,7 +348,7 @@ RESUME_SAFE = {
 # settings that define the model, its data or its noise schedule: a resume cannot change them
 # (the weights would not fit, or the held-out split would leak into training)
 RESUME_FIXED = (
-    "model", "model_kwargs", "data", "image_size", "eval_fraction", "vae", "vae_subfolder", "diffusion_steps",
+    "model", "model_kwargs", "data", "data_dir", "split_seed", "image_size", "eval_fraction", "vae", "vae_subfolder", "diffusion_steps",
     "beta_schedule", "global_seed", "objective",
 )
 
