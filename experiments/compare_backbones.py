@@ -346,11 +346,14 @@ def run_experiment(args: argparse.Namespace) -> None:
         torch.set_num_threads(threads)
     mine = cells_of(args)
     specs = {d: load_dataset(d, args) for d in args.datasets if any(c[1] == d for c in mine)}
-    if "digits" in specs:  # each extractor trained once, before any cell needs it
-        load_digits_cnn(args.digits_extractor_weights)
-    if FASHION_MNIST in specs:
-        load_fashion_cnn(args.fashion_extractor_weights, data_dir=args.data_dir)
+    ready = set()
     for seed, dataset, model in mine:
+        if dataset not in ready:  # each extractor loaded (trained once, if missing) before its first cell
+            if dataset == FASHION_MNIST:
+                load_fashion_cnn(args.fashion_extractor_weights, data_dir=args.data_dir)
+            else:
+                load_digits_cnn(args.digits_extractor_weights)
+            ready.add(dataset)
         Cell(specs[dataset], model, seed, args, threads).execute()
 
 

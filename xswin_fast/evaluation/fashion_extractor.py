@@ -100,8 +100,18 @@ def train_fashion_extractor(out_path=None, data_dir=None, epochs: int = 8, seed:
                             lr: float = 2e-3, verbose: bool = True) -> Path:
     """Train the Fashion-MNIST CNN on the training split (``data_dir``: the IDX files' folder,
     None for the default), measure its test accuracy, save it (weights-only data) to
-    ``out_path``; return the path. The same arguments give the same weights on one machine."""
-    out_path = Path(out_path) if out_path else default_weights_path()
+    ``out_path``; return the path. The same arguments give the same weights on one machine (it
+    trains on one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same sums in the same order whatever the caller's setting
+    try:
+        return _train(Path(out_path) if out_path else default_weights_path(), data_dir, epochs, seed, batch, lr, verbose)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out_path: Path, data_dir, epochs: int, seed: int, batch: int, lr: float, verbose: bool) -> Path:
+    """train_fashion_extractor's body, on the threads it set."""
     train = FashionMNISTDataset(data_dir, "train", image_size=EXTRACTOR_SIZE)
     test = FashionMNISTDataset(data_dir, "test", image_size=EXTRACTOR_SIZE)
     x, y = train.images, train.labels
@@ -113,7 +123,7 @@ def train_fashion_extractor(out_path=None, data_dir=None, epochs: int = 8, seed:
     steps = epochs * math.ceil(len(x) / batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     started = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         net.train()
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(perm), batch):
@@ -123,6 +133,8 @@ def train_fashion_extractor(out_path=None, data_dir=None, epochs: int = 8, seed:
             loss.backward()
             opt.step()
             sched.step()
+        if verbose:
+            print(f"epoch {epoch + 1}/{epochs}: last batch loss {loss.item():.4f}", flush=True)
     net.eval()
     test_acc = accuracy(net, test.images, test.labels)
     with torch.no_grad():
@@ -160,8 +172,13 @@ def main(argv: Optional[list] = None) -> int:
     p.add_argument("--data-dir", default=None, help="folder of the IDX files (default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--if-missing", action="store_true", help="keep an existing weights file (print its accuracy)")
     a = p.parse_args(argv)
-    train_fashion_extractor(a.out, a.data_dir, a.epochs, a.seed)
+    path = Path(a.out) if a.out else default_weights_path()
+    if a.if_missing and path.is_file():
+        print(f"fashion feature extractor: test accuracy {load_checkpoint(path)['test_accuracy']:.4f}, kept {path}")
+        return 0
+    train_fashion_extractor(path, a.data_dir, a.epochs, a.seed)
     return 0
 
 
