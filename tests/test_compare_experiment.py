@@ -130,7 +130,7 @@ def test_the_sweep_extends_past_a_best_at_either_edge(compare):
     assert FakeCell(Cell, {1.0: 5.0, 2.0: 4.0, 3.0: 3.0, 4.0: 2.0}).next_scale() == 6.0
     assert FakeCell(Cell, {1.0: 5.0, 2.0: 4.0, 3.0: 3.0, 4.0: 2.0, 6.0: 1.0}).next_scale() == 9.0
     assert FakeCell(Cell, {1.0: 1.0, 2.0: 4.0, 3.0: 5.0, 4.0: 6.0}).next_scale() == 0.5
-    assert FakeCell(Cell, {0.0: 0.5, 0.5: 1.0, 1.0: 1.0, 2.0: 4.0}).next_scale() is None  # 0 is the floor
+    assert FakeCell(Cell, {0.0: 0.5, 0.5: 1.0, 1.0: 1.0, 2.0: 4.0, 3.0: 5.0, 4.0: 6.0}).next_scale() is None  # 0: the floor
     assert FakeCell(Cell, {1.0: 3.0, 2.0: 1.0, 3.0: 2.0, 4.0: 5.0}).next_scale() is None
 
 
@@ -150,7 +150,7 @@ def test_wall_clock_fills_in_a_session_without_a_record(compare):
 @pytest.mark.parametrize("argv, message", [
     (["--datasets", "cifar"], "--datasets"),
     (["--shard", "2/2"], "--shard"),
-    (["--steps", "5", "--eval-every", "2"], "--eval-every"),
+    (["--steps", "5", "--eval-every", "2", "--warmup", "0"], "--eval-every"),
     (["--models", "NoSuchNet"], "--models"),
 ])
 def test_bad_arguments_fail_in_one_line(compare, argv, message, capsys):
