@@ -4,6 +4,7 @@
 #   make test   install the test dependencies and run the test suite
 #   make bench  install the benchmark dependencies and run the benchmark suite
 #   make table1 the X-Swin report's Table 1 on the digits (docs/table1.md)
+#   make compare which backbone: 4 models x 3 seeds on the digits and Fashion-MNIST (docs/comparison.md)
 # torch 2.13.0 pins triton 3.7.1; naming both keeps pip from pulling a newer torch (and its
 # CUDA wheels) on CPU-only machines.
 PYTHON ?= python3
@@ -45,6 +46,23 @@ table1: $(VENV)/bin/activate
 	$(PIP) install -q "torch==2.13.0" "triton==3.7.1" -e ".[eval]"
 	$(PY) experiments/table1_digits.py $(TABLE1_ARGS)
 
+# docs/comparison.md: XSwin, USwin, UViT and DiT on the digits and Fashion-MNIST, 3 seeds, FID along
+# training, as two processes (about 3 hours on 2 quiet CPU cores; the same command resumes it).
+# Installs Debian's dataset-fashion-mnist if its files are missing. Run folders go to COMPARE_OUT,
+# cell summaries, tables and curves to docs/results/compare-backbones/; extra flags in COMPARE_ARGS.
+COMPARE_OUT ?= results/compare-backbones
+COMPARE_ARGS ?=
+FASHION_MNIST_FILE = /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+compare: $(VENV)/bin/activate
+	$(PIP) install -q "torch==2.13.0" "triton==3.7.1" -e ".[eval]"
+	test -f $(FASHION_MNIST_FILE) || (apt-get install -y dataset-fashion-mnist || sudo apt-get install -y dataset-fashion-mnist)
+	$(PY) -m xswin_fast.evaluation.fashion_extractor --if-missing
+	$(PY) -c "from xswin_fast.evaluation.digits_extractor import load_digits_cnn; load_digits_cnn()"
+	$(PY) experiments/compare_backbones.py --out $(COMPARE_OUT) --threads 1 --shard 0/2 $(COMPARE_ARGS) & \
+	$(PY) experiments/compare_backbones.py --out $(COMPARE_OUT) --threads 1 --shard 1/2 $(COMPARE_ARGS); \
+	status=$$?; wait $$! || status=1; exit $$status
+	$(PY) experiments/compare_backbones.py --out $(COMPARE_OUT) --report-only $(COMPARE_ARGS)
+
 # docs/gpu_fitness.md: registers, spills, shared memory and occupancy of every kernel configuration
 # on sm_90a and sm_80 (ptxas ships in the triton wheel), with the rules CI enforces (--check)
 COMPILE_CHECK_ARGS ?= --check
@@ -57,4 +75,4 @@ GPU_SESSION_ARGS ?=
 gpu-session: install-bench
 	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_session.py $(GPU_SESSION_ARGS)
 
-.PHONY: install install-test install-bench train test bench table1 compile-check gpu-session
+.PHONY: install install-test install-bench train test bench table1 compare compile-check gpu-session

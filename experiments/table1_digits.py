@@ -15,32 +15,29 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from xswin_fast.checkpoints import list_checkpoints, load_newest_checkpoint
 from xswin_fast.cli.user_errors import ArgumentParser, exit_on_user_error, finite_float, positive_int
 from xswin_fast.data import DigitsDataset
 from xswin_fast.evaluation.digits_extractor import load_digits_cnn
-from xswin_fast.evaluation.metrics import ImageListDataset, TensorImageDataset, compute_metrics
+from xswin_fast.evaluation.metrics import ImageListDataset, TensorImageDataset
 from xswin_fast.evaluation.reference import export_reference, reference_labels
 from xswin_fast.images import save_grid
-from xswin_fast.models import create_model, list_models
-from xswin_fast.objectives import FLOW_SAMPLERS, OBJECTIVES, SAMPLERS, autocast_dtype, generate
-from xswin_fast.runs.config import BACKEND_CHOICES, ConfigError, new_run_config, op_backend, parse_threads, resume_config
+from xswin_fast.objectives import FLOW_SAMPLERS, OBJECTIVES, SAMPLERS
+from xswin_fast.runs.config import BACKEND_CHOICES, ConfigError, parse_threads
 from xswin_fast.runs.distributed import resolve_device
-from xswin_fast.runs.launch import resolve_threads, train
-from xswin_fast.runs.run_dir import load_run
+from xswin_fast.runs.launch import resolve_threads
 
-from table1_report import write_report  # the sibling file: a script's own folder is on sys.path
+# the sibling files: a script's own folder is on sys.path
+import experiment_common as common
+from experiment_common import (Scorer, check_recipe, cfg_list, draw_labels, git_commit, machine_description, model_list,
+                               train_to)
+from table1_report import write_report
 
 PROG = "table1_digits.py"
 DEFAULT_MODELS = ("XSwin-digits", "USwin-digits", "UViT-digits", "DiT-digits")
@@ -51,26 +48,6 @@ DIGITS_SHAPE = dict(input_size=8, in_channels=1, num_classes=10)
 # report samples use evaluate.py's default seed (so evaluate.py reproduces them); the CFG sweep
 # draws other noise, and compares against the training split, never against the held-out digits
 REPORT_SEED, SELECTION_SEED = 0, 1
-SAMPLE_BATCH = 256  # evaluate.py's default: the same seed and batch give the same images
-METRIC_NAMES = ("fid", "isc_mean", "kid_mean", "precision", "recall")
-
-
-def _model_list(value: str) -> List[str]:
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    unknown = [n for n in names if n not in list_models()]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown model {', '.join(unknown) or repr(value)}; "
-                                         f"available: {', '.join(list_models())}")
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"a model is named twice in {value!r}")
-    return names
-
-
-def _cfg_list(value: str) -> List[float]:
-    scales = [finite_float(s) for s in value.split(",") if s.strip()]
-    if not scales or any(s < 1 for s in scales):
-        raise argparse.ArgumentTypeError(f"expected comma-separated guidance scales >= 1, got {value!r}")
-    return sorted(set(scales))
 
 
 def _model_kwargs(value: str) -> Tuple[str, Dict[str, Any]]:
@@ -86,7 +63,7 @@ def _model_kwargs(value: str) -> Tuple[str, Dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", type=_model_list, default=list(DEFAULT_MODELS),
+    p.add_argument("--models", type=model_list, default=list(DEFAULT_MODELS),
                    help=f"comma-separated registry names; default {','.join(DEFAULT_MODELS)}")
     p.add_argument("--model-kwargs", type=_model_kwargs, action="append", default=[], metavar="NAME=JSON",
                    help="constructor overrides of one model (repeatable): a digits-scale size for a non-digits preset")
@@ -113,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="report samples, scored against the held-out digits (default: as many as those, 359)")
     r.add_argument("--selection-samples", type=positive_int, default=150,
                    help="samples per CFG of the sweep, scored by FID against the training split (default 150)")
-    r.add_argument("--cfg-sweep", type=_cfg_list, default=[1.0, 2.0, 4.0], help="guidance scales (default 1,2,4)")
+    r.add_argument("--cfg-sweep", type=cfg_list, default=[1.0, 2.0, 4.0], help="guidance scales (default 1,2,4)")
     return p
 
 
@@ -148,26 +125,8 @@ def recipe_of(args: argparse.Namespace) -> Dict[str, Any]:
     return recipe
 
 
-def check_recipe(out: Path, recipe: Dict[str, Any]) -> None:
-    """Record the recipe in a new OUT, or refuse one whose cells were made with another."""
-    path = out / "recipe.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != recipe.get(k))
-        if changed:
-            shown = ", ".join(f"{k} {saved.get(k)} -> {recipe.get(k)}" for k in changed)
-            raise ConfigError(f"{out} holds cells of another recipe ({shown}): pass the same flags, or another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(recipe, indent=2))
-
-
 def count_parameters(name: str, overrides: Dict[str, Any]) -> int:
-    try:
-        model = create_model(name, **{**DIGITS_SHAPE, **overrides})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"--models {name} cannot be built for the digits with {overrides}: {exc}") from exc
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return common.count_parameters(name, {**DIGITS_SHAPE, **overrides})
 
 
 def warn_unmatched(models: List[str], overrides: Dict[str, Dict[str, Any]]) -> None:
@@ -184,48 +143,24 @@ def cell_dir(out: Path, model: str, seed: int) -> Path:
     return out / f"{model.replace('/', '-')}-seed{seed}"
 
 
-def trained_step(run: Path) -> int:
-    """The step of the run's newest checkpoint (0 without one)."""
-    if not list_checkpoints(run / "checkpoints"):
-        return 0
-    return int(load_newest_checkpoint(run)[1]["step"])
-
-
 def train_cell(run: Path, model: str, seed: int, args: argparse.Namespace, threads: int) -> None:
     """Train the cell to ``--steps``, resuming its newest checkpoint; record the session's
     images/s in training_sessions.json. SystemExit if training stops early (a signal, divergence)."""
-    start = trained_step(run)
-    if start >= args.steps:
+    ops = dict(ckpt_every=args.ckpt_every, keep_last=2, progress=False, backend=args.backend)
+    new = dict(
+        model=model, model_kwargs=args.model_kwargs.get(model, {}), global_seed=seed, global_batch_size=args.batch_size,
+        lr=args.lr, lr_warmup_steps=args.warmup, lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, ema_warmup=True,
+        max_grad_norm=1.0, objective=args.objective, device=args.device, threads=threads, sample_every=0, sample_num=10,
+        sample_steps=args.sample_steps, sample_sampler=args.sampler,
+    )
+    session = train_to(run, args.steps, new, ops, PROG)
+    if session is None:
         return
-    ops = dict(max_steps=args.steps, ckpt_every=args.ckpt_every, keep_last=2, progress=False, backend=args.backend)
-    if start:
-        path, ckpt = load_newest_checkpoint(run)
-        config, resume = resume_config(ckpt["args"], ops, path), ckpt
-    else:
-        config, resume = new_run_config(dict(
-            ops, model=model, model_kwargs=args.model_kwargs.get(model, {}), global_seed=seed, run_dir=str(run),
-            global_batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.warmup, lr_schedule=args.lr_schedule,
-            ema_decay=args.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective=args.objective, device=args.device,
-            threads=threads, sample_every=0, sample_num=10, sample_steps=args.sample_steps, sample_sampler=args.sampler,
-        )), None
-    began = time.perf_counter()
-    status = train(config, resume)
-    seconds = time.perf_counter() - began
-    end = trained_step(run)
-    if status != 0:  # a non-finite loss or weights: resuming would only repeat it
-        raise SystemExit(f"{PROG}: {run.name} failed at step {end} of {args.steps} (status {status}): see {run / 'log.txt'}")
-    if end < args.steps:  # SIGINT or SIGTERM: the trainer saved a checkpoint
-        raise SystemExit(f"{PROG}: {run.name} stopped at step {end} of {args.steps}; run the same command again to resume it")
     sessions_path = run / "training_sessions.json"
     sessions = json.loads(sessions_path.read_text()) if sessions_path.is_file() else []
-    sessions.append(dict(steps=end - start, images=(end - start) * args.batch_size, seconds=seconds))
+    steps = session["end"] - session["start"]
+    sessions.append(dict(steps=steps, images=steps * args.batch_size, seconds=session["seconds"]))
     sessions_path.write_text(json.dumps(sessions, indent=2))
-
-
-def draw_labels(labels: List[int], n: int, seed: int) -> List[int]:
-    """``n`` labels in the proportions of ``labels``, shuffled: evaluate.py's drawing."""
-    rng = np.random.default_rng(seed)
-    return [labels[i] for i in rng.permutation(np.resize(np.arange(len(labels)), n))]
 
 
 def training_split(run: Path) -> Tuple[torch.Tensor, List[int]]:
@@ -238,34 +173,9 @@ def training_split(run: Path) -> Tuple[torch.Tensor, List[int]]:
     return images, ds.targets
 
 
-class Scorer:
-    """Samples from one cell's EMA model and scores them with the digits metrics."""
-
-    def __init__(self, run: Path, args: argparse.Namespace):
-        self.run, self.args = load_run(str(run), args.device, backend=op_backend(args.backend)), args
-        self.sampler = args.sampler or self.run.objective.default_sampler
-
-    def sample(self, labels: List[int], cfg: float, seed: int) -> Tuple[torch.Tensor, float]:
-        """(uint8 (N, 1, 8, 8) images on the CPU, seconds taken) for N ``labels`` at guidance ``cfg``,
-        all noise drawn from one generator seeded with ``seed``."""
-        run = self.run
-        began = time.perf_counter()
-        images = generate(run.model, run.objective, labels, run.latent_shape, codec=run.codec, sampler=self.sampler,
-                          steps=self.args.sample_steps, cfg_scale=cfg, seed=seed, batch_size=SAMPLE_BATCH,
-                          autocast_dtype=autocast_dtype("auto", run.device))
-        return images, time.perf_counter() - began
-
-    def score(self, images: torch.Tensor, reference: Dataset) -> Dict[str, float]:
-        """FID, IS, KID, precision and recall of uint8 (N, 1, H, W) ``images`` against ``reference``
-        (a dataset of uint8 (3, H, W) images), on digits-cnn features."""
-        result = compute_metrics(TensorImageDataset(images), reference, feature_extractor="digits",
-                                 weights_path=self.args.digits_extractor_weights, device=self.args.device)
-        return {k: result[k] for k in METRIC_NAMES}
-
-
 def evaluate_cell(run: Path, args: argparse.Namespace) -> Dict[str, Any]:
     """Select the CFG on the training split, then score CFG 1.0 and the selected one on the held-out digits."""
-    scorer = Scorer(run, args)
+    scorer = Scorer(run, args.device, args.backend, args.sampler, args.sample_steps, "digits", args.digits_extractor_weights)
     train_images, train_labels = training_split(run)
     train_ref = TensorImageDataset(train_images)
     sweep = {}
@@ -283,28 +193,6 @@ def evaluate_cell(run: Path, args: argparse.Namespace) -> Dict[str, Any]:
         report[cfg] = dict(scorer.score(images, held_out), sample_seconds=seconds, num_samples=len(labels))
     return dict(sweep_fid_train={f"{c:g}": v for c, v in sweep.items()}, best_cfg=best,
                 cfg1=report[1.0], best=report[best], step=scorer.run.step)
-
-
-def machine_description(device: str) -> str:
-    """The device a cell ran on, in words: the GPU's name, or the CPU model, cores and torch threads."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:  # not Linux
-        pass
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
-def git_commit() -> str:
-    try:
-        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):  # no git, or not a clone
-        return "unknown"
-    return done.stdout.strip()
 
 
 def run_cell(out: Path, model: str, seed: int, args: argparse.Namespace, threads: int) -> None:

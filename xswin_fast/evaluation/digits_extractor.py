@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -34,9 +34,14 @@ VERSION = 1
 FEATURES = ("64", "logits_unbiased")
 
 
-def default_weights_path() -> Path:
+def cache_path(file_name: str) -> Path:
+    """``file_name`` in the project's cache: $XSWIN_FAST_CACHE, else ~/.cache/xswin_fast."""
     root = os.environ.get("XSWIN_FAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "xswin_fast")
-    return Path(root) / f"digits_cnn-v{VERSION}.pt"
+    return Path(root) / file_name
+
+
+def default_weights_path() -> Path:
+    return cache_path(f"digits_cnn-v{VERSION}.pt")
 
 
 class DigitsCNN(nn.Module):
@@ -128,26 +133,38 @@ def _base_class():
     return FeatureExtractorBase
 
 
-def make_feature_extractor_class():
-    """The torch-fidelity FeatureExtractorBase subclass (built lazily: torch_fidelity is optional)."""
-    Base = _base_class()
+def _area_resize(h: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(h, size=(size, size), mode="area")
 
-    class FeatureExtractorDigitsCNN(Base):
-        """torch-fidelity extractor ``digits-cnn``: uint8 (B, 3, H, W) -> features "64", "logits_unbiased"."""
+
+def make_feature_extractor_class(load_net: Callable[[Optional[str]], nn.Module] = None, size: int = 8,
+                                 features: Tuple[str, ...] = FEATURES,
+                                 resize: Callable[[torch.Tensor, int], torch.Tensor] = _area_resize):
+    """The torch-fidelity FeatureExtractorBase subclass (built lazily: torch_fidelity is optional)
+    around the network that ``load_net(weights_path)`` returns, a module mapping (B, 1, size,
+    size) images in [-1, 1] to (features, logits); ``features`` names them (the first is the
+    feature layer of FID, KID and precision/recall); ``resize(images, size)`` brings images of
+    another size to ``size``. Default: the digits CNN at 8x8, area resampling."""
+    Base = _base_class()
+    load_net = load_net or load_digits_cnn
+    feature_name = features[0]
+
+    class FeatureExtractorSmallCNN(Base):
+        """A torch-fidelity extractor: uint8 (B, 3, H, W) -> the features ``features`` names."""
 
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
             super().__init__(name, features_list)
-            self.net = load_digits_cnn(feature_extractor_weights_path)
+            self.net = load_net(feature_extractor_weights_path)
             self.requires_grad_(False)
             self.eval()
 
         @staticmethod
         def get_provided_features_list():
-            return FEATURES
+            return features
 
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits_unbiased", "fid": "64", "kid": "64", "prc": "64"}[metric]
+            return {"isc": "logits_unbiased", "fid": feature_name, "kid": feature_name, "prc": feature_name}[metric]
 
         @staticmethod
         def can_be_compiled():
@@ -155,29 +172,34 @@ def make_feature_extractor_class():
 
         @staticmethod
         def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+            return torch.zeros(1, 3, size, size, dtype=torch.uint8)
 
         def forward(self, x):
             if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f"expected uint8 (B, 3, H, W) images, got {x.dtype} {tuple(x.shape)}")
             h = x.float().mean(dim=1, keepdim=True) / 127.5 - 1  # grayscale in [-1, 1]
-            if h.shape[-2:] != (8, 8):
-                h = F.interpolate(h, size=(8, 8), mode="area")
+            if h.shape[-2:] != (size, size):
+                h = resize(h, size)
             feat, logits = self.net(h)
-            by_name = {"64": feat, "logits_unbiased": logits}
+            by_name = {feature_name: feat, "logits_unbiased": logits}
             return tuple(by_name[f] for f in self.features_list)
 
-    return FeatureExtractorDigitsCNN
+    return FeatureExtractorSmallCNN
+
+
+def register_extractor(name: str, make_class: Callable[[], type]) -> str:
+    """Register ``make_class()`` into torch-fidelity as ``name`` (idempotent); return the name."""
+    _base_class()
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(name, make_class())
+    return name
 
 
 def register() -> str:
     """Register ``digits-cnn`` into torch-fidelity (idempotent); return the name."""
-    _base_class()
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-
-    if NAME not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(NAME, make_feature_extractor_class())
-    return NAME
+    return register_extractor(NAME, make_feature_extractor_class)
 
 
 def main(argv: Optional[list] = None) -> int:

@@ -4,6 +4,7 @@ Both inputs are datasets of uint8 (3, H, W) images. All four metrics are compute
 feature extractor in one pass per input:
 
 * ``digits-cnn`` (the project's own, see ``digits_extractor``) for the built-in digits;
+* ``fashion-cnn`` (the project's own, see ``fashion_extractor``) for Fashion-MNIST;
 * ``inception-v3-compat`` for everything else, with its weights read from a local file
   (torch-fidelity would otherwise download them). The file is checked with
   ``torch.load(weights_only=True)`` first: weights are data, never code (torch-fidelity itself
@@ -118,7 +119,8 @@ def compute_metrics(
 ) -> Dict[str, float]:
     """FID / IS / KID / precision-recall of ``generated`` against ``reference``.
 
-    ``feature_extractor``: "digits" (the registered ``digits-cnn``) or "inception" (needs
+    ``feature_extractor``: "digits" (the registered ``digits-cnn``), "fashion" (``fashion-cnn``,
+    Fashion-MNIST) or "inception" (needs
     ``weights_path`` or torch-fidelity's file in the torch hub cache; never downloads).
     Returns short keys: fid, isc_mean, isc_std, kid_mean, kid_std, precision, recall, f_score.
     """
@@ -137,11 +139,15 @@ def compute_metrics(
         from .digits_extractor import register
 
         name = register()
+    elif feature_extractor == "fashion":
+        from .fashion_extractor import register
+
+        name = register()
     elif feature_extractor == "inception":
         name = INCEPTION
         weights_path = check_weights_file(inception_weights(weights_path))
     else:
-        raise ValueError(f"feature_extractor must be 'digits' or 'inception', got {feature_extractor!r}")
+        raise ValueError(f"feature_extractor must be 'digits', 'fashion' or 'inception', got {feature_extractor!r}")
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     kwargs = dict(
         input1=generated, input2=reference, cuda=cuda, batch_size=batch_size,

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from ..checkpoints import plain_data
+from ..data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
+from ..data.fashion_mnist import DEFAULT_SIZE as FASHION_MNIST_SIZE
 from ..models import list_models
 from ..objectives import (
     DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
@@ -49,6 +51,7 @@ class Resume(Enum):
     FIXED = "fixed"  # refused: it defines the model, its data or its noise schedule
     FREE = "may change"  # applied: the run still continues exactly (logging, checkpointing, speed)
     WARN = "may change with a warning"  # applied, with a warning that the run no longer continues exactly
+FASHION_MNIST = "fashion-mnist"  # --data: the IDX reader, pixel space like the digits, 32 px
 
 
 class ConfigError(ValueError):
@@ -134,7 +137,14 @@ class TrainConfig:
     """Every setting of a train.py run (flag ``--image-size`` is field ``image_size``)."""
 
     data: Optional[str] = setting(
-        None, "ImageFolder root (one subfolder per class); default: sklearn's digits (built in)", resume=Resume.FIXED,
+        None, f"ImageFolder root (one subfolder per class), or {FASHION_MNIST!r} (its IDX files, see --data-dir); "
+        "default: sklearn's digits (built in)", resume=Resume.FIXED,
+    )
+    data_dir: Optional[str] = setting(
+        None, f"folder of the Fashion-MNIST IDX files; default {FASHION_MNIST_ROOT}", resume=Resume.FIXED,
+    )
+    split_seed: Optional[int] = setting(
+        None, "seed of the stratified held-out split; default --global-seed", resume=Resume.FIXED,
     )
     image_size: int = setting(
         8, "training resolution in pixels (resize + center crop)", data_default=256, valid=Range(1),
@@ -390,15 +400,19 @@ def defaults_for(data: Optional[str]) -> Dict[str, Any]:
     for f in fields(TrainConfig):
         default = f.default_factory() if f.default is MISSING else f.default
         data_default = f.metadata["data_default"]
-        out[f.name] = data_default if data and data_default is not SAME_AS_DIGITS else default
+        uses_data_default = data and data != FASHION_MNIST and data_default is not SAME_AS_DIGITS
+        out[f.name] = data_default if uses_data_default else default
+    if data == FASHION_MNIST:
+        out["image_size"] = FASHION_MNIST_SIZE
     return out
 
 
 def _absolute_paths(values: Dict[str, Any]) -> Dict[str, Any]:
     """``values`` with --data and a local --vae directory made absolute (the run may move)."""
     values = dict(values)
-    if values.get("data"):
-        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
+    for key in ("data", "data_dir"):
+        if values.get(key) and values[key] != FASHION_MNIST:
+            values[key] = os.path.abspath(os.path.expanduser(values[key]))
     if values.get("vae") and os.path.isdir(os.path.expanduser(values["vae"])):
         values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
     return values
@@ -430,8 +444,10 @@ def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
                           "a pixel-space run has no such base: give a number (1 = none)")
     if config.cache_latents and not config.vae:
         raise ConfigError("--cache-latents needs a --vae")
-    if not config.data and config.vae:
-        raise ConfigError("the built-in digits are 1-channel 8x8 images: train them in pixel space (--vae none)")
+    if config.data_dir and config.data != FASHION_MNIST:
+        raise ConfigError(f"--data-dir is the folder of --data {FASHION_MNIST}'s files; pass --data {FASHION_MNIST} with it")
+    if (not config.data or config.data == FASHION_MNIST) and config.vae:
+        raise ConfigError("the built-in digits and Fashion-MNIST are 1-channel images: train them in pixel space (--vae none)")
     return config
 
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data import (
     DigitsDataset,
+    FashionMNISTDataset,
     ImageFolderDataset,
     ResumableDistributedSampler,
     build_latent_cache,
@@ -22,7 +23,7 @@ from ..data import (
     stratified_split,
 )
 from ..vae import LatentCodec, load_vae
-from .config import ConfigError, TrainConfig
+from .config import FASHION_MNIST, ConfigError, TrainConfig
 from .distributed import DistInfo, barrier
 
 
@@ -92,15 +93,19 @@ class TrainingData:
 
 def _split_datasets(config: TrainConfig) -> Tuple[Dataset, List[str], List[str]]:
     """The training dataset, its classes and the held-out item ids (digit indices or relative paths)."""
+    split_seed = config.global_seed if config.split_seed is None else config.split_seed
+    if config.data == FASHION_MNIST:  # the official split: the 10,000 test images are held out
+        base = FashionMNISTDataset(config.data_dir, "train", image_size=config.image_size)
+        return base, base.classes, [str(i) for i in range(len(FashionMNISTDataset(config.data_dir, "test").all_targets))]
     if config.data:
         scan = scan_image_folder(config.data)
         classes, samples = scan
-        train_idx, eval_idx = stratified_split([lab for _, lab in samples], config.eval_fraction, config.global_seed)
+        train_idx, eval_idx = stratified_split([lab for _, lab in samples], config.eval_fraction, split_seed)
         base = ImageFolderDataset(config.data, config.image_size, indices=train_idx, scan=scan)
         base.readable(0)  # DataError now, in this process, if no image can be read (one read otherwise)
         return base, classes, [os.path.relpath(samples[i][0], base.root) for i in eval_idx]
     full = DigitsDataset()
-    train_idx, eval_idx = stratified_split(full.all_targets, config.eval_fraction, config.global_seed)
+    train_idx, eval_idx = stratified_split(full.all_targets, config.eval_fraction, split_seed)
     base = DigitsDataset(train_idx, image_size=config.image_size)
     return base, base.classes, [str(i) for i in eval_idx]
 
@@ -136,7 +141,9 @@ def build_training_data(config: TrainConfig, dist: DistInfo) -> TrainingData:
         image_channels=base.channels, latent_size=config.image_size // down,
         latent_channels=codec.latent_channels if codec else base.channels, num_train=len(train_set), num_eval=len(eval_ids),
     )
-    split = {"kind": base.kind, "root": config.data, "eval_fraction": config.eval_fraction, "seed": config.global_seed,
+    split = {"kind": base.kind, "root": str(base.root) if base.kind == FASHION_MNIST else config.data,
+             "eval_fraction": config.eval_fraction,
+             "seed": config.global_seed if config.split_seed is None else config.split_seed,
              "image_size": config.image_size, "eval": eval_ids}
     if config.global_batch_size % dist.world_size:
         raise ConfigError(f"--global-batch-size {config.global_batch_size} must be divisible by the world size {dist.world_size}")
