@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from helpers import FAMILIES, randomize_, tiny
+from families import FAMILIES, tiny
+from helpers import randomize_
 from xswin_fast.diffusion import Diffusion
 from xswin_fast.flow import FlowMatching, resolution_shift, shift_time
 from xswin_fast.models import create_model
