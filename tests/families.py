@@ -25,7 +25,7 @@ class FamilySpec:
     patch_sizes: the patch sizes the contract runs the tiny model at; () for a family without a
     ``patch_size`` argument (it convolves the full-resolution map).
     conditioning: (module class, submodule path) of every Linear that projects the conditioning
-    vector inside a block; () where the conditioning enters as tokens.
+    vector (the adaLN sites; DiffiT's time-token projections); () where it enters as tokens.
     adaln_ops: model -> {adaLN op name: calls per forward} of ``xswin_fast.ops``' fused adaLN ops.
     calls_ops: whether any module of the family runs an op of ``xswin_fast.ops`` (has a backend).
     cli_preset, cli_model_kwargs: a preset of the family and the ``--model-kwargs`` (JSON) that
@@ -42,7 +42,8 @@ class FamilySpec:
 
     def conditioning_projections(self, model: nn.Module) -> list:
         """The Linear modules named by ``conditioning``, in module order."""
-        return [m.get_submodule(path) for m in model.modules() for kind, path in self.conditioning if isinstance(m, kind)]
+        return [m.get_submodule(path) for m in model.modules()
+                for kind, path in self.conditioning if isinstance(m, kind)]
 
 
 # The smallest configurations that exercise every path of each family: two stages with a shifted

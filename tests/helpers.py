@@ -5,6 +5,7 @@ slow naive twins of the ops in naive.py.
 """
 import contextlib
 import copy
+import functools
 import math
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from unittest import mock
 import torch
 
 from families import TINY_DIGITS
+from xswin_fast import create_model
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
 from xswin_fast.layers.blocks import SwinBlock
 
@@ -89,6 +91,14 @@ def poisoned_allocations():
         for module in modules:
             stack.enter_context(mock.patch.object(module, "torch", _PoisonedTorch()))
         yield
+
+
+@functools.lru_cache(maxsize=None)
+def meta_preset(name: str):
+    """Preset ``name`` at its own size on the meta device (shapes, no storage), built once per
+    process: the tests that read a preset's structure share it, so none may change it."""
+    with torch.device("meta"):
+        return create_model(name)
 
 
 @torch.no_grad()

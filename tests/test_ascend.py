@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 import xswin_fast.ops as ops
 from families import tiny
-from helpers import assert_fits_a_fixed_batch, assert_same_forward_backward, forward_backward, model_inputs, randomize_
-from xswin_fast import create_model
+from helpers import (
+    assert_fits_a_fixed_batch, assert_same_forward_backward, forward_backward, meta_preset, model_inputs, randomize_,
+)
 from xswin_fast.flops import count_parameters
 from xswin_fast.layers.blocks import SwinBlock
 from xswin_fast.models.ascend import ASCEND, DownBlock, ResBlock, SwinPair, UpBlock, _table6
@@ -24,16 +25,11 @@ TABLE6 = {
 PARAMS = {"ASCEND-32": 71_663_803, "ASCEND-64": 296_554_503, "ASCEND-256": 590_107_059}
 
 
-def preset(name, **overrides):
-    with torch.device("meta"):
-        return create_model(name, **overrides)
-
-
 @pytest.mark.parametrize("name", list(TABLE6))
 def test_presets_follow_table6(name):
     channels, depth, mult, attention, dropout = TABLE6[name]
     size = int(name.split("-")[1])
-    model = preset(name)
+    model = meta_preset(name)
     assert model.config.input_size == size and model.config.head_channels == 64
     assert (model.config.channels, model.config.depth, tuple(model.config.channel_mult)) == (channels, depth, mult)
     assert model.config.dropout == dropout
@@ -50,7 +46,7 @@ def test_presets_follow_table6(name):
 
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_preset_parameter_counts(name):
-    assert count_parameters(preset(name)) == PARAMS[name]
+    assert count_parameters(meta_preset(name)) == PARAMS[name]
 
 
 def test_the_text_to_image_column_is_within_five_percent_of_the_papers_590m():

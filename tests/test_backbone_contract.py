@@ -8,7 +8,9 @@ import torch
 
 import xswin_fast.ops as ops
 from families import FAMILIES, spec, tiny
-from helpers import assert_fits_a_fixed_batch, assert_same_forward_backward, forward_backward, model_inputs, randomize_, triton_adaln
+from helpers import (
+    assert_fits_a_fixed_batch, assert_same_forward_backward, forward_backward, model_inputs, randomize_, triton_adaln,
+)
 from xswin_fast.kernels import adaln as adaln_kernels
 
 family = pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 
 import xswin_fast.ops as ops
 from families import tiny
-from helpers import assert_fits_a_fixed_batch, model_inputs, randomize_
-from xswin_fast import create_model
+from helpers import assert_fits_a_fixed_batch, meta_preset, model_inputs, randomize_
 from xswin_fast.flops import count_parameters
 from xswin_fast.models.dit import UViT
 from xswin_fast.models.iuvit import DWConvMlp, IUViT, IUViTBlock, RearrangeFirstHead
@@ -38,8 +37,7 @@ def test_every_table5_column_is_within_five_percent_of_the_papers_count(column):
 @pytest.mark.parametrize("name", list(PRESET_COLUMNS))
 def test_presets_are_their_table5_columns(name):
     size, patch, layers, hidden, heads, _ = TABLE5[PRESET_COLUMNS[name]]
-    with torch.device("meta"):
-        model = create_model(name)
+    model = meta_preset(name)
     assert (model.input_size, model.patch_size, model.depth, model.hidden_size, model.num_heads) == (
         size, patch, layers, hidden, heads)
     assert model.in_channels == 3 and model.num_classes == 1 and not model.learn_sigma

@@ -8,7 +8,7 @@ import torch
 
 import xswin_fast
 from families import FAMILIES, SPECS, spec
-from helpers import train_args
+from helpers import meta_preset, train_args
 from xswin_fast import create_model, list_models
 from xswin_fast.models.registry import PRESETS
 
@@ -34,8 +34,8 @@ def test_registry_lists_every_family():
 def test_every_preset_builds_as_itself_and_for_the_digits_job(name):
     """train.py overrides input_size, in_channels and num_classes: every preset takes any size."""
     cls, kwargs = PRESETS[name]
+    model = meta_preset(name)
     with torch.device("meta"):
-        model = create_model(name)
         digits = create_model(name, input_size=8, in_channels=1, num_classes=10)
     assert type(model) is type(digits) is cls
     assert model.learn_sigma == kwargs.get("learn_sigma", inspect.signature(cls).parameters["learn_sigma"].default)

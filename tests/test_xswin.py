@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from families import tiny
-from helpers import model_inputs
+from helpers import meta_preset, model_inputs
 from xswin_fast import USwin, XSwin, create_model
 from xswin_fast.flops import count_parameters
 from xswin_fast.layers.attention import WindowCrossAttention, effective_window
@@ -22,10 +22,9 @@ def test_paper_presets_reproduce_original_parameter_counts(name, expected):
 
 @pytest.mark.parametrize("size", ["S", "B", "L", "XL"])
 def test_scaled_presets_match_dit_parameters_within_ten_percent(size):
-    with torch.device("meta"):
-        ours = count_parameters(create_model(f"XSwin-{size}/2"))
-        uswin = count_parameters(create_model(f"USwin-{size}/2"))
-        dit = count_parameters(create_model(f"DiT-{size}/2"))
+    ours = count_parameters(meta_preset(f"XSwin-{size}/2"))
+    uswin = count_parameters(meta_preset(f"USwin-{size}/2"))
+    dit = count_parameters(meta_preset(f"DiT-{size}/2"))
     assert abs(ours / dit - 1) <= 0.10, (ours, dit)
     assert abs(uswin / dit - 1) <= 0.10, (uswin, dit)
 
