@@ -44,9 +44,11 @@ def poisoned():
         yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """Run directory of a tiny XSwin trained for 4 steps on the digits (one per test module)."""
+    """Run directory of a tiny XSwin trained for 4 steps on the digits, one per test process: the
+    tests read it, sample and evaluate it into their own folders, and may add evaluate.py's
+    reference-image cache (its eval/reference)."""
     from helpers import train_tiny_digits
 
     return train_tiny_digits(tmp_path_factory.mktemp("runs") / "digits")

@@ -1,10 +1,11 @@
 """What the tests share: one error metric with one per-dtype tolerance table, NaN-poisoned
-allocations, the tiny model configurations with their inputs, and a tiny digits training run.
-Fixtures are in conftest.py; the slow naive twins of the ops in naive.py.
+allocations, model inputs and forward/backward comparisons, and train.py's argv for tiny runs.
+The backbone families' specs (and tiny models) are in families.py, fixtures in conftest.py, the
+slow naive twins of the ops in naive.py.
 """
 import contextlib
 import copy
-import json
+import functools
 import math
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ from unittest import mock
 
 import torch
 
-from xswin_fast import DiT, USwin, UViT, XSwin
-from xswin_fast.models import ASCEND, DiffiT, IUViT, LatentDiffiT
+from families import TINY_DIGITS
+from xswin_fast import create_model
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
+from xswin_fast.layers.blocks import SwinBlock
 
 LOG_100 = math.log(100.0)  # the clamp of SwinV2's logit scale: temperatures up to 100
 
@@ -91,30 +93,12 @@ def poisoned_allocations():
         yield
 
 
-# The smallest configurations that exercise every path of each family: two stages with a shifted
-# block, padding, cross-attention skips, a ViT bottleneck (XSwin/USwin; 8x8 latents); three
-# blocks with one UViT skip pair (DiT/UViT/IUViT; 8x8 latents, patch 2); three stages with a
-# width change, several windows, one window and a clamped window, and a two-block decoder stage
-# (DiffiT); two blocks of global TMSA (LatentDiffiT, patch 2); two levels with residual
-# down/upsampling, shifted Swin pairs on the lower level and in the middle (ASCEND).
-XSWIN_TINY = dict(input_size=8, patch_size=1, embed_dim=32, depths=(1, 2), num_heads=(2, 4), window_size=2,
-                  bottleneck_depth=1, num_classes=10)
-DIT_TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4, num_classes=10)
-DIFFIT_TINY = dict(input_size=8, in_channels=4, channels=(16, 32, 32), depths=(1, 1, 2), num_heads=(2, 2, 4),
-                   window_size=4, time_dim=32, num_classes=10, learn_sigma=True)
-LATENT_DIFFIT_TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4,
-                          num_classes=10)
-IUVIT_TINY = dict(DIT_TINY, learn_sigma=True)
-ASCEND_TINY = dict(input_size=8, in_channels=4, channels=32, channel_mult=(1, 2), depth=1, attention_downsample=(2,),
-                   head_channels=16, window_size=2, dropout=0.0, num_classes=10, learn_sigma=True)
-TINY_CONFIGS = {XSwin: XSWIN_TINY, USwin: XSWIN_TINY, DiT: DIT_TINY, UViT: DIT_TINY, DiffiT: DIFFIT_TINY,
-                LatentDiffiT: LATENT_DIFFIT_TINY, ASCEND: ASCEND_TINY, IUViT: IUVIT_TINY}
-FAMILIES = list(TINY_CONFIGS)
-
-
-def tiny(cls, **overrides):
-    """A tiny ``cls`` on the torch backend (fast under TRITON_INTERPRET=1)."""
-    return cls(**{**TINY_CONFIGS[cls], **overrides}).set_backend("torch")
+@functools.lru_cache(maxsize=None)
+def meta_preset(name: str):
+    """Preset ``name`` at its own size on the meta device (shapes, no storage), built once per
+    process: the tests that read a preset's structure share it, so none may change it."""
+    with torch.device("meta"):
+        return create_model(name)
 
 
 @torch.no_grad()
@@ -158,8 +142,41 @@ def assert_same_forward_backward(got, ref) -> None:
         torch.testing.assert_close(got[1][n], ref[1][n], rtol=1e-4, atol=1e-5 * scale, msg=n)
 
 
-def fit_losses(model, inputs, target: torch.Tensor, lr: float, steps: int = 8) -> list:
-    """The MSE losses of ``steps`` Adam steps of ``model(*inputs)`` towards a fixed ``target``."""
+def swin_block_on_torch() -> SwinBlock:
+    """A randomised SwinBlock(32 channels, 2 heads, 2x2 windows shifted by 1, c_dim 16) with every
+    op on the torch backend: the block that the torch.compile tests trace."""
+    block = SwinBlock(32, 2, (2, 2), (1, 1), c_dim=16)
+    for m in block.modules():
+        if hasattr(m, "backend"):
+            m.backend = "torch"
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return block
+
+
+def assert_compiles_like_eager(module, *inputs) -> None:
+    """``torch.compile(module, fullgraph=True, backend="aot_eager")`` traces into one graph and gives
+    eager's output and gradients (of mean(out^2) wrt the inputs that require grad and every
+    parameter) to 1e-5."""
+    def step(fn):
+        out = fn(*inputs)
+        wrt = [*(x for x in inputs if x.requires_grad), *module.parameters()]
+        return out, torch.autograd.grad(out.square().sum(), wrt)
+
+    want = step(module)
+    torch._dynamo.reset()
+    got = step(torch.compile(module, fullgraph=True, backend="aot_eager"))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    for g, w in zip(got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def assert_fits_a_fixed_batch(model, inputs, lr: float, steps: int = 8) -> None:
+    """``steps`` Adam steps of ``model(*inputs)`` (inputs: x, t, y) towards a fixed normal target
+    of the output's shape lower the MSE by at least 20%."""
+    x = inputs[0]
+    target = torch.randn(x.shape[0], model.out_channels, *x.shape[2:], generator=torch.Generator().manual_seed(1))
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(steps):
@@ -168,7 +185,7 @@ def fit_losses(model, inputs, target: torch.Tensor, lr: float, steps: int = 8) -
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    return losses
+    assert losses[-1] < 0.8 * losses[0], losses
 
 
 def triton_adaln(model):
@@ -182,21 +199,25 @@ def triton_adaln(model):
     return model
 
 
-# train.py --model-kwargs of the tiny XSwin-digits that the training, sampling and evaluation
-# tests train for a few steps
-TINY_DIGITS = json.dumps({"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 1], "bottleneck_depth": 1})
+def train_args(run_dir: Path, *extra: str) -> list:
+    """train.py's argv for a short, quiet run into ``run_dir``: the tiny XSwin-digits on the torch
+    backend, one thread, batch 16, 2 steps, a loss line every step, no grid before the end (a
+    4-image, 2-step one there). ``extra`` comes last, and argparse keeps a flag's last value, so
+    it may change any of these (e.g. "--max-steps", "40", or "--model", "DiT-digits")."""
+    return [
+        "--run-dir", str(run_dir), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
+        "--global-batch-size", "16", "--max-steps", "2", "--log-every", "1", "--sample-every", "0",
+        "--sample-num", "4", "--sample-steps", "2", "--no-progress", *extra,
+    ]
 
 
 def train_tiny_digits(run: Path, *extra: str) -> Path:
-    """Train the tiny XSwin-digits for 4 steps into ``run``; ``extra``: more train.py flags (e.g.
-    "--objective", "flow")."""
+    """Train the tiny XSwin-digits for 4 steps of batch 32 into ``run``; ``extra``: more train.py
+    flags (e.g. "--objective", "flow")."""
     from xswin_fast.cli import train
 
-    rc = train.main([
-        "--run-dir", str(run), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
-        "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2", "--sample-every", "0",
-        "--sample-num", "10", "--sample-steps", "2", "--no-progress", *extra,
-    ])
+    rc = train.main(train_args(run, "--global-batch-size", "32", "--max-steps", "4", "--log-every", "2",
+                               "--sample-num", "10", *extra))
     assert rc == 0
     return run
 

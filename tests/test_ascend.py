@@ -1,21 +1,19 @@
 """ASCEND: the Table 6 presets, parameter counts, the documented readings (Swin pairs at the
 attention levels, BigGAN residual resampling, dense skips, time and class through adaLN), odd
-sizes, configuration errors, both backends through the interpreter, train.py and sample.py. The
-contract every backbone keeps is in test_backbone_contract.py."""
-import json
-
+sizes, configuration errors, both backends through the interpreter. The contract every backbone
+keeps is in test_backbone_contract.py, its presets' builds and CLI runs in test_registry.py."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import xswin_fast.ops as ops
+from families import tiny
 from helpers import (
-    ASCEND_TINY, assert_same_forward_backward, fit_losses, forward_backward, model_inputs, randomize_, tiny,
+    assert_fits_a_fixed_batch, assert_same_forward_backward, forward_backward, meta_preset, model_inputs, randomize_,
 )
-from xswin_fast import create_model
 from xswin_fast.flops import count_parameters
 from xswin_fast.layers.blocks import SwinBlock
-from xswin_fast.models.ascend import ASCEND, ASCEND_PRESETS, DownBlock, ResBlock, SwinPair, UpBlock, _table6
+from xswin_fast.models.ascend import ASCEND, DownBlock, ResBlock, SwinPair, UpBlock, _table6
 
 # Table 6: resolution -> (channels, depth, channel multiple, attention resolutions, dropout)
 TABLE6 = {
@@ -27,16 +25,11 @@ TABLE6 = {
 PARAMS = {"ASCEND-32": 71_663_803, "ASCEND-64": 296_554_503, "ASCEND-256": 590_107_059}
 
 
-def preset(name, **overrides):
-    with torch.device("meta"):
-        return create_model(name, **overrides)
-
-
 @pytest.mark.parametrize("name", list(TABLE6))
 def test_presets_follow_table6(name):
     channels, depth, mult, attention, dropout = TABLE6[name]
     size = int(name.split("-")[1])
-    model = preset(name)
+    model = meta_preset(name)
     assert model.config.input_size == size and model.config.head_channels == 64
     assert (model.config.channels, model.config.depth, tuple(model.config.channel_mult)) == (channels, depth, mult)
     assert model.config.dropout == dropout
@@ -53,7 +46,7 @@ def test_presets_follow_table6(name):
 
 @pytest.mark.parametrize("name", list(PARAMS))
 def test_preset_parameter_counts(name):
-    assert count_parameters(preset(name)) == PARAMS[name]
+    assert count_parameters(meta_preset(name)) == PARAMS[name]
 
 
 def test_the_text_to_image_column_is_within_five_percent_of_the_papers_590m():
@@ -131,10 +124,7 @@ def test_decoder_is_convolutional_and_time_and_class_enter_every_block():
 def test_unconditional_model_trains_at_an_odd_size():
     model = tiny(ASCEND, num_classes=1, class_dropout_prob=0.0, learn_sigma=False).train()
     x, t, _ = model_inputs(model, B=4, H=7, W=6)
-    y = torch.zeros(4, dtype=torch.long)
-    target = torch.randn(4, 4, 7, 6, generator=torch.Generator().manual_seed(1))
-    losses = fit_losses(model, (x, t, y), target, lr=3e-3)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert_fits_a_fixed_batch(model, (x, t, torch.zeros(4, dtype=torch.long)), lr=3e-3)
 
 
 def test_torch_and_triton_backends_agree():
@@ -158,27 +148,4 @@ def test_torch_and_triton_backends_agree():
 ])
 def test_bad_configuration_raises(kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        ASCEND(**{**ASCEND_TINY, **kwargs})
-
-
-def test_every_preset_builds_for_the_digits_job():
-    """train.py overrides input_size, in_channels and num_classes: the presets take any size."""
-    for name in ASCEND_PRESETS:
-        model = preset(name, input_size=8, in_channels=1, num_classes=10)
-        assert model.out_channels == 1 and model.num_classes == 10
-
-
-def test_train_and_sample_clis_run_an_ascend_preset(tmp_path):
-    from xswin_fast.cli import sample, train
-
-    small = {"channels": 32, "channel_mult": [1, 2], "depth": 1, "attention_downsample": [2], "head_channels": 16,
-             "window_size": 2}
-    rc = train.main([
-        "--model", "ASCEND-32", "--model-kwargs", json.dumps(small), "--run-dir", str(tmp_path / "run"),
-        "--backend", "torch", "--threads", "1", "--global-batch-size", "8", "--max-steps", "2", "--log-every", "1",
-        "--sample-every", "0", "--sample-num", "2", "--sample-steps", "2", "--no-progress",
-    ])
-    assert rc == 0
-    rc = sample.main(["--ckpt", str(tmp_path / "run" / "model"), "--num-samples", "2", "--steps", "2",
-                      "--backend", "torch", "--threads", "1", "--out", str(tmp_path / "samples")])
-    assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2
+        tiny(ASCEND, **kwargs)

@@ -1,5 +1,5 @@
-"""The contract every backbone keeps (``DiffusionBackbone``), run over tiny XSwin, USwin, DiT,
-UViT, DiffiT, LatentDiffiT, ASCEND and IUViT: shapes with learned sigma on and off,
+"""The contract every backbone keeps (``DiffusionBackbone``), run over a tiny model of every family
+the registry builds (their specs: families.py): shapes with learned sigma on and off,
 classifier-free guidance, a training step, gradient checkpointing, backends, mixed precision,
 input validation and determinism. Family-specific behaviour is tested in test_xswin.py,
 test_dit.py, test_diffit.py, test_ascend.py and test_iuvit.py."""
@@ -7,42 +7,19 @@ import pytest
 import torch
 
 import xswin_fast.ops as ops
+from families import FAMILIES, spec, tiny
 from helpers import (
-    FAMILIES, assert_same_forward_backward, fit_losses, forward_backward, model_inputs, randomize_, tiny, triton_adaln,
+    assert_fits_a_fixed_batch, assert_same_forward_backward, forward_backward, model_inputs, randomize_, triton_adaln,
 )
-from xswin_fast import XSwin
-from xswin_fast.models.ascend import ASCEND, ResBlock, SwinPair
-from xswin_fast.models.iuvit import IUViT, IUViTBlock
 from xswin_fast.kernels import adaln as adaln_kernels
-from xswin_fast.layers.adaln import Modulator
-from xswin_fast.layers.blocks import SwinBlock, ViTBlock
-from xswin_fast.layers.tmsa import TMSA, DiffiTBlock
-from xswin_fast.models import DiffiT, LatentDiffiT
-from xswin_fast.models.diffit import DiffiTResBlock
-from xswin_fast.models.dit import DiTBlock, FinalLayer
 
 family = pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
-# pixel-space DiffiT and ASCEND have no patches (they convolve the full-resolution map)
-PATCH_SIZES = [(cls, p) for cls in FAMILIES for p in ((None,) if cls in (DiffiT, ASCEND) else (1, 2, 4))]
+PATCH_SIZES = [(cls, p) for cls in FAMILIES for p in spec(cls).patch_sizes or (None,)]
 
 
-def adaln_projections(model):
-    """The Linear of every adaLN site: XSwin's and ASCEND's modulators, DiT's
-    ``adaLN_modulation[1]``, none in IUViT (it conditions through tokens); DiffiT's conditioning
-    sites instead: the time-token projection of every TMSA."""
-    if isinstance(model, (DiffiT, LatentDiffiT)):
-        return [m.qkv_time for m in model.modules() if isinstance(m, TMSA)]
-    if isinstance(model, (XSwin, ASCEND)):
-        return [m.linear for m in model.modules() if isinstance(m, Modulator)]
-    return [m.adaLN_modulation[-1] for m in model.modules() if isinstance(m, (DiTBlock, FinalLayer))]
-
-
-def blocks(model):
-    """The blocks that ``run_block`` runs (and checkpoints), with the Swin layers inside ASCEND's pairs."""
-    if isinstance(model, DiffiT):
-        return [m for m in model.modules() if isinstance(m, DiffiTResBlock)]
-    kinds = (SwinBlock, ViTBlock, DiTBlock, DiffiTBlock, ResBlock, SwinPair, IUViTBlock)
-    return [m for m in model.modules() if isinstance(m, kinds)]
+def repeated_blocks(model):
+    """The blocks the model declares in ``_repeated_blocks``: those ``run_block`` runs (and checkpoints)."""
+    return [m for m in model.modules() if type(m).__name__ in model._repeated_blocks]
 
 
 @pytest.mark.parametrize("learn_sigma", [True, False])
@@ -93,10 +70,7 @@ def test_forward_with_cfg(cls):
 @family
 def test_training_step_lowers_loss_on_fixed_batch(cls):
     model = tiny(cls, class_dropout_prob=0.0).train()
-    x, t, y = model_inputs(model, B=4)
-    target = torch.randn(4, model.out_channels, 8, 8, generator=torch.Generator().manual_seed(1))
-    losses = fit_losses(model, (x, t, y), target, lr=3e-3)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert_fits_a_fixed_batch(model, model_inputs(model, B=4), lr=3e-3)
 
 
 @family
@@ -105,10 +79,12 @@ def test_each_adaln_projection_runs_once_per_forward(cls):
     ``cond`` tensor, once per forward."""
     model = randomize_(tiny(cls))
     calls = []
-    for linear in adaln_projections(model):
+    projections = spec(cls).conditioning_projections(model)
+    assert all(isinstance(m, torch.nn.Linear) for m in projections)
+    for linear in projections:
         linear.register_forward_hook(lambda module, *_: calls.append(module))
     model(*model_inputs(model))
-    assert len(calls) == len(adaln_projections(model)) == len({id(m) for m in calls})
+    assert len(calls) == len(projections) == len({id(m) for m in calls})
 
 
 @family
@@ -116,7 +92,7 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients(cls):
     model = randomize_(tiny(cls))
     inputs = model_inputs(model, B=4)
     calls = []
-    for block in blocks(model):
+    for block in repeated_blocks(model):
         # forward hooks do not fire in checkpoint's recomputation, so count forward() itself
         block.forward = lambda *a, _f=block.forward: calls.append(1) or _f(*a)
 
@@ -127,12 +103,12 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients(cls):
 
     (ref_out, ref), n_plain = run(False)
     (out, got), n_ckpt = run(True)
-    assert n_plain == len(blocks(model)) and n_ckpt == 2 * n_plain  # each block recomputed once
+    assert n_plain == len(repeated_blocks(model)) and n_ckpt == 2 * n_plain  # each block recomputed once
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     assert ref.keys() == got.keys()
     for n in ref:
         torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-6, msg=n)
-    adaln_params = {id(w) for linear in adaln_projections(model) for w in linear.parameters()}
+    adaln_params = {id(w) for linear in spec(cls).conditioning_projections(model) for w in linear.parameters()}
     if adaln_params:  # IUViT has none: its conditioning tokens get gradients like any activation
         assert any(ref[n].abs().sum() > 0 for n, p in model.named_parameters() if id(p) in adaln_params)
 
@@ -141,8 +117,7 @@ def test_gradient_checkpointing_gives_same_outputs_and_gradients(cls):
 def test_set_backend_reaches_every_op_module(cls):
     model = tiny(cls)
     users = [m for m in model.modules() if hasattr(m, "backend")]
-    # IUViT calls no op of xswin_fast.ops (no adaLN, no window attention): nothing to reach
-    assert users or cls is IUViT
+    assert bool(users) == spec(cls).calls_ops
     model.set_backend(None)
     assert all(m.backend is None for m in users)
     model.set_backend("torch")
@@ -158,21 +133,6 @@ def test_automatic_backend_matches_torch(cls):
     ref = model(x, t, y)
     model.set_backend(None)
     torch.testing.assert_close(model(x, t, y), ref, atol=1e-5, rtol=1e-5)
-
-
-def expected_adaln_sites(model):
-    if isinstance(model, (DiffiT, LatentDiffiT)):
-        return {}  # TMSA conditions through its time-token projections, not adaLN
-    if isinstance(model, (XSwin, ASCEND)):
-        n_vit = sum(isinstance(m, ViTBlock) for m in model.modules())
-        n_mod = sum(isinstance(m, Modulator) for m in model.modules())
-        n_swin = sum(isinstance(m, SwinBlock) for m in model.modules())
-        sites = {"modulate": n_mod - 2 * n_vit, "modulate_layernorm": 2 * n_vit, "residual_layernorm": 2 * n_swin}
-        return {op: n for op, n in sites.items() if n}
-    if isinstance(model, IUViT):
-        return {}
-    depth = len(model.blocks)
-    return {"layernorm_modulate": 2 * depth + 1, "gated_residual": 2 * depth}
 
 
 @family
@@ -193,7 +153,7 @@ def test_whole_model_runs_every_adaln_site_fused(cls, monkeypatch):
         monkeypatch.setattr(ops.reference, op, forbidden)
     inputs = model_inputs(model)
     got = forward_backward(fused, inputs)
-    assert {op: n for op, n in calls.items() if n} == expected_adaln_sites(model)
+    assert {op: n for op, n in calls.items() if n} == spec(cls).adaln_ops(model)
     monkeypatch.undo()
     assert_same_forward_backward(got, forward_backward(model, inputs))
 

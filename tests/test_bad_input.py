@@ -1,12 +1,14 @@
 """Bad settings and bad inputs of the layers and models: each call raises the exact exception type
 (TypeError for a wrong type, ValueError for a wrong value) with a message that names the argument,
 at construction or before any computation. Nothing is truncated, coerced or accepted silently."""
+import functools
 import math
 
 import pytest
 import torch
 
-from helpers import DIT_TINY, XSWIN_TINY, model_inputs, tiny
+from families import tiny
+from helpers import model_inputs
 from xswin_fast import DiT, USwin, UViT, XSwin, create_model
 from xswin_fast.layers.adaln import Modulator
 from xswin_fast.layers.attention import Attention, WindowAttention, WindowCrossAttention
@@ -59,12 +61,8 @@ LAYER_SETTINGS = {
 }
 
 
-def xswin(**overrides):
-    return XSwin(**{**XSWIN_TINY, **overrides})
-
-
-def dit(cls=DiT, **overrides):
-    return cls(**{**DIT_TINY, **overrides})
+xswin = functools.partial(tiny, XSwin)
+dit = functools.partial(tiny, DiT)
 
 
 MODEL_SETTINGS = {
@@ -102,7 +100,7 @@ MODEL_SETTINGS = {
     "xswin-final-downsample-str": (TypeError, r"final_downsample must be a bool", lambda: xswin(final_downsample="no")),
     "xswin-learn-sigma-int": (TypeError, r"learn_sigma must be a bool", lambda: xswin(learn_sigma=1)),
     "uswin-conv-blocks-str": (TypeError, r"conv_blocks must be a bool",
-                              lambda: USwin(**{**XSWIN_TINY, "conv_blocks": "False"})),
+                              lambda: tiny(USwin, conv_blocks="False")),
     "dit-depth-zero": (ValueError, r"depth must be >= 1", lambda: dit(depth=0)),
     "dit-depth-negative": (ValueError, r"depth must be >= 1", lambda: dit(depth=-2)),
     "dit-heads-not-dividing": (ValueError, r"hidden_size \(64\) must be divisible by num_heads \(3\)", lambda: dit(num_heads=3)),
@@ -113,8 +111,8 @@ MODEL_SETTINGS = {
     "dit-mlp-ratio-negative": (ValueError, r"mlp_ratio must be a finite float > 0", lambda: dit(mlp_ratio=-1.0)),
     "dit-class-dropout-above-one": (ValueError, r"class_dropout_prob must be a probability", lambda: dit(class_dropout_prob=2.0)),
     "dit-num-classes-zero": (ValueError, r"num_classes must be >= 1", lambda: dit(num_classes=0)),
-    "uvit-learn-sigma-str": (TypeError, r"learn_sigma must be a bool", lambda: dit(UViT, learn_sigma="yes")),
-    "uvit-depth-zero": (ValueError, r"depth must be >= 1", lambda: dit(UViT, depth=0)),
+    "uvit-learn-sigma-str": (TypeError, r"learn_sigma must be a bool", lambda: tiny(UViT, learn_sigma="yes")),
+    "uvit-depth-zero": (ValueError, r"depth must be >= 1", lambda: tiny(UViT, depth=0)),
     "create-dropout-above-one": (ValueError, r"class_dropout_prob must be a probability",
                                  lambda: create_model("XSwin-digits", class_dropout_prob=1.5)),
     "create-depth-negative": (ValueError, r"depth must be >= 1", lambda: create_model("DiT-S/8", input_size=8, depth=-1)),

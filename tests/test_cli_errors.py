@@ -13,7 +13,8 @@ from xswin_fast.cli import evaluate, sample, train
 from xswin_fast.runs.run_dir import new_numbered_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-from helpers import TINY_DIGITS  # noqa: E402
+from families import TINY_DIGITS  # noqa: E402
+from helpers import train_args  # noqa: E402
 
 
 def run_cli(main, argv, capsys):
@@ -41,9 +42,7 @@ def env():
 
 
 def tiny(run_dir, *extra):
-    return ["--run-dir", str(run_dir), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
-            "--global-batch-size", "16", "--sample-every", "0", "--sample-num", "4", "--sample-steps", "2",
-            "--no-progress", "--max-steps", "1", *extra]
+    return train_args(run_dir, "--max-steps", "1", *extra)
 
 
 TRAIN_CASES = {

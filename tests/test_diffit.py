@@ -1,21 +1,21 @@
 """DiffiT and LatentDiffiT: TMSA against a literal implementation of the paper's equations, the
 presets against the paper (parameters, FLOPs, the appendix's stage layout), the documented
 readings (docs/backbones.md: the time token, the latent depth), sizes, configuration errors, both
-backends on whole models, and a train.py run. The contract every backbone keeps (shapes, CFG, a
-loss-lowering step, ...) is in test_backbone_contract.py."""
+backends on whole models. The contract every backbone keeps (shapes, CFG, a loss-lowering step,
+...) is in test_backbone_contract.py, the presets' builds and CLI runs in test_registry.py."""
 import math
 
 import pytest
 import torch
 
-import xswin_fast
 import xswin_fast.ops as ops
-from helpers import TOL, assert_close, assert_same_forward_backward, forward_backward, model_inputs, randomize_, tiny
+from families import tiny
+from helpers import TOL, assert_close, assert_same_forward_backward, forward_backward, model_inputs, randomize_
 from xswin_fast import create_model
 from xswin_fast.flops import count_parameters, forward_flops
 from xswin_fast.layers.tmsa import TMSA
 from xswin_fast.models import DiffiT, LatentDiffiT
-from xswin_fast.models.diffit import DIFFIT_PRESETS, DiffiTResBlock
+from xswin_fast.models.diffit import DiffiTResBlock
 
 
 def literal_tmsa(attn: TMSA, x: torch.Tensor, time_token: torch.Tensor) -> torch.Tensor:
@@ -208,21 +208,3 @@ def test_resblock_is_conv_then_diffit_block_plus_shortcut():
     h = same.conv(torch.nn.functional.silu(same.norm(x))).permute(0, 2, 3, 1)
     expected = same.block(h, time_token).permute(0, 3, 1, 2) + x
     torch.testing.assert_close(same(x, time_token), expected, rtol=0, atol=0)
-
-
-def test_every_preset_builds_and_train_py_trains_diffit(tmp_path):
-    for name in DIFFIT_PRESETS:
-        with torch.device("meta"):
-            assert type(create_model(name)) is DIFFIT_PRESETS[name][0]
-    from xswin_fast.cli import train
-
-    tiny_cifar = '{"channels": [16, 16, 16], "num_heads": [1, 1, 1], "time_dim": 32}'
-    rc = train.main([
-        "--model", "DiffiT-CIFAR10", "--model-kwargs", tiny_cifar,
-        "--run-dir", str(tmp_path / "run"), "--backend", "torch", "--threads", "1", "--global-batch-size", "16",
-        "--max-steps", "2", "--log-every", "1", "--sample-every", "0", "--sample-num", "4", "--sample-steps", "2",
-        "--no-progress",
-    ])
-    assert rc == 0
-    exported = xswin_fast.from_pretrained(str(tmp_path / "run" / "model" / "transformer"))
-    assert type(exported) is DiffiT and exported.in_channels == 1 and exported.num_classes == 10

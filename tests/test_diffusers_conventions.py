@@ -7,7 +7,8 @@ import torch
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 import xswin_fast
-from helpers import FAMILIES, forward_backward, model_inputs, randomize_, tiny
+from families import FAMILIES, tiny
+from helpers import forward_backward, model_inputs, randomize_
 from xswin_fast import DiT
 from xswin_fast.pipelines import DiTPipelineTransformer
 

@@ -3,7 +3,8 @@ DiTTransformer2DModel, converted both ways on small random models and checked by
 import pytest
 import torch
 
-from helpers import DIT_TINY, model_inputs, randomize_
+from families import DIT_TINY
+from helpers import model_inputs, randomize_
 from xswin_fast import DiT, UViT
 from xswin_fast.compat import ensure_torchvision_importable
 from xswin_fast.dit_formats import dit_from_diffusers, dit_from_official, dit_to_diffusers

@@ -3,7 +3,8 @@ tiny model and a tiny VAE, the same images as XSwinPipeline, and the pipeline sa
 import pytest
 import torch
 
-from helpers import randomize_, tiny
+from families import tiny
+from helpers import randomize_
 from test_diffusers_pipeline import tiny_vae
 from xswin_fast import DiT, XSwin
 from xswin_fast.pipelines import DiTPipelineTransformer, XSwinPipeline

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import xswin_fast
-from helpers import ASCEND_TINY, randomize_, tiny
+from families import ASCEND_TINY, tiny
+from helpers import randomize_
 from xswin_fast import ASCEND, DiT
 from xswin_fast.models.verified_weights import CHECKSUMS
 from xswin_fast.pipelines import XSwinPipeline

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import xswin_fast
-from helpers import FAMILIES, forward_backward, model_inputs, randomize_, tiny
+from families import FAMILIES, tiny
+from helpers import forward_backward, model_inputs, randomize_
 from xswin_fast import DiT, USwin, create_model
 from xswin_fast.models import PRESETS
 from xswin_fast.models.base import DiffusionBackbone

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import randomize_, tiny
+from families import tiny
+from helpers import randomize_
 from xswin_fast import DiT, USwin, XSwin
 from xswin_fast.pipelines import XSwinPipeline  # first: it makes diffusers' pipelines importable
 from diffusers import (  # noqa: E402

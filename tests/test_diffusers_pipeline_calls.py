@@ -10,7 +10,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from helpers import randomize_, tiny
+from families import tiny
+from helpers import randomize_
 from xswin_fast import XSwin
 from xswin_fast.pipelines import XSwinPipeline
 from diffusers import DiffusionPipeline  # noqa: E402  (after xswin_fast.pipelines registers its class)

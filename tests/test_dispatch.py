@@ -97,10 +97,7 @@ def test_forced_triton_on_cpu(op):
 @needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_forced_triton_outside_the_kernel_limits_names_the_limit(op, monkeypatch):
-    fake = _FakeKernel(op)
-    monkeypatch.setattr(kernel_module(op), op, fake)
-    monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: "a limit, on sm_90 for float32")
-    interpreter(monkeypatch, True)
+    fake = fake_kernel(op, monkeypatch, interpreter=True, limit="a limit, on sm_90 for float32")
     args, kwargs, _ = case(op)
     with pytest.raises(ValueError, match=rf"backend='triton' cannot run {op}: a limit, on sm_90 for float32"):
         call(op, args, kwargs, "triton")
@@ -110,10 +107,7 @@ def test_forced_triton_outside_the_kernel_limits_names_the_limit(op, monkeypatch
 @needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_automatic_backend_outside_the_kernel_limits_is_the_reference(op, monkeypatch):
-    fake = _FakeKernel(op)
-    monkeypatch.setattr(kernel_module(op), op, fake)
-    monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: "a limit")
-    interpreter(monkeypatch, True)
+    fake = fake_kernel(op, monkeypatch, interpreter=True, limit="a limit")
     args, kwargs, expected = case(op)
     assert torch.equal(call(op, args, kwargs, None), expected)
     assert fake.calls == []
@@ -137,8 +131,7 @@ def test_real_limits_fall_back_or_raise(monkeypatch):
 @needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_forced_triton_without_interpreter_names_the_reason(op, monkeypatch):
-    monkeypatch.setattr(kernel_module(op), op, _FakeKernel(op))
-    interpreter(monkeypatch, False)
+    fake_kernel(op, monkeypatch, interpreter=False)
     args, kwargs, _ = case(op)
     with pytest.raises(RuntimeError, match=r"not on a CUDA device.*TRITON_INTERPRET=1"):
         call(op, args, kwargs, "triton")
@@ -147,9 +140,7 @@ def test_forced_triton_without_interpreter_names_the_reason(op, monkeypatch):
 @needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_automatic_backend_on_cpu_without_interpreter_is_the_reference(op, monkeypatch):
-    fake = _FakeKernel(op)
-    monkeypatch.setattr(kernel_module(op), op, fake)
-    interpreter(monkeypatch, False)
+    fake = fake_kernel(op, monkeypatch, interpreter=False)
     args, kwargs, expected = case(op)
     assert torch.equal(call(op, args, kwargs, None), expected)
     assert fake.calls == []
@@ -180,12 +171,22 @@ class _FakeKernel:
         return torch.full(shape, 7.0, dtype=args[0].dtype)
 
 
+def fake_kernel(op, monkeypatch, interpreter: bool, limit: str = None) -> _FakeKernel:
+    """A ``_FakeKernel`` in place of ``op``'s Triton entry point, with the dispatcher seeing the
+    interpreter active or not (``interpreter``) and, given a ``limit``, the kernel's ``unsupported_reason`` giving it for
+    every input."""
+    fake = _FakeKernel(op)
+    monkeypatch.setattr(kernel_module(op), op, fake)
+    if limit is not None:
+        monkeypatch.setattr(kernel_module(op), "unsupported_reason", lambda *a: limit)
+    monkeypatch.setattr(dispatch, "interpreter_active", lambda: interpreter)
+    return fake
+
+
 @needs_triton
 @pytest.mark.parametrize("op", OPS)
 def test_automatic_backend_picks_kernel_under_interpreter(op, monkeypatch):
-    fake = _FakeKernel(op)
-    monkeypatch.setattr(kernel_module(op), op, fake)
-    interpreter(monkeypatch, True)
+    fake = fake_kernel(op, monkeypatch, interpreter=True)
     args, kwargs, expected = case(op)
 
     out = call(op, args, kwargs, None)
@@ -204,9 +205,7 @@ def test_automatic_backend_picks_kernel_under_interpreter(op, monkeypatch):
 
 @needs_triton
 def test_window_attention_kernel_receives_out_and_normalised_sizes(monkeypatch):
-    fake = _FakeKernel("window_attention")
-    monkeypatch.setattr(kernel_module("window_attention"), "window_attention", fake)
-    interpreter(monkeypatch, True)
+    fake = fake_kernel("window_attention", monkeypatch, interpreter=True)
     q, k, v = (torch.randn(1, 4, 4, 2, 8) for _ in range(3))
     buf = torch.full((1, 4, 4, 32), float("nan"))
     logit_scale = torch.zeros(2)
@@ -221,9 +220,7 @@ def test_window_attention_kernel_receives_out_and_normalised_sizes(monkeypatch):
 
 @needs_triton
 def test_validation_runs_before_dispatch(monkeypatch):
-    fake = _FakeKernel("window_attention")
-    monkeypatch.setattr(kernel_module("window_attention"), "window_attention", fake)
-    interpreter(monkeypatch, True)
+    fake = fake_kernel("window_attention", monkeypatch, interpreter=True)
     q = torch.randn(1, 4, 4, 2, 8)
     with pytest.raises(ValueError, match="shift_size"):
         ops.window_attention(q, q, q, (2, 2), (2, 0))

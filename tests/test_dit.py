@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import xswin_fast.ops as ops
-from helpers import DIT_TINY, forward_backward, model_inputs, randomize_, tiny, triton_adaln
+from families import spec, tiny
+from helpers import forward_backward, meta_preset, model_inputs, randomize_, triton_adaln
 from xswin_fast.flops import count_parameters
 from xswin_fast.layers.attention import Attention, _softmax_attention
 from xswin_fast.layers.embed import sincos_2d
@@ -106,7 +107,7 @@ def test_state_dict_is_official(name):
 @pytest.mark.parametrize("name", list(OFFICIAL))
 def test_parameter_count_is_official(name):
     depth, hidden, patch, published = OFFICIAL[name]
-    model = build_preset(name, meta=True)
+    model = meta_preset(name)
     count = count_parameters(model)
     shapes = official_dit_shapes(depth, hidden, patch)
     assert count == sum(int(np.prod(s)) for k, s in shapes.items() if k != "pos_embed")
@@ -179,9 +180,7 @@ def test_forward_routes_adaln_through_ops(cls, monkeypatch):
         monkeypatch.setattr(ops, name, spy)
     model = randomize_(tiny(cls))
     model(*model_inputs(model))
-    depth = DIT_TINY["depth"]
-    assert calls["layernorm_modulate"] == ["torch"] * (2 * depth + 1)
-    assert calls["gated_residual"] == ["torch"] * (2 * depth)
+    assert calls == {op: ["torch"] * n for op, n in spec(cls).adaln_ops(model).items()}
 
 
 @pytest.mark.parametrize("cls", [DiT, UViT])
@@ -276,7 +275,7 @@ def test_uvit_uses_skips(depth):
 
 
 def test_uvit_s2_parameter_count():
-    dit, uvit = build_preset("DiT-S/2", meta=True), build_preset("UViT-S/2", meta=True)
+    dit, uvit = meta_preset("DiT-S/2"), meta_preset("UViT-S/2")
     assert count_parameters(uvit) - count_parameters(dit) == 5 * (2 * 384 * 384 + 384)
     # every other key is DiT's, so UViT loads a DiT checkpoint with strict=False
     extra = set(uvit.state_dict()) - set(dit.state_dict())
@@ -291,7 +290,7 @@ def test_presets():
     expected = {f"{m}-{s}/{p}" for m in ("DiT", "UViT") for s in sizes for p in (2, 4, 8)}
     assert set(DIT_PRESETS) == expected
     for name in expected:
-        model = build_preset(name, meta=True)
+        model = meta_preset(name)
         arch, rest = name.split("-")
         size, patch = rest.split("/")
         assert type(model).__name__ == arch

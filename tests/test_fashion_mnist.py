@@ -12,7 +12,7 @@ from xswin_fast.cli import train
 from xswin_fast.data import DataError, FashionMNISTDataset
 from xswin_fast.data.fashion_mnist import CLASSES, FILES, find_fashion_mnist, read_idx
 
-from helpers import TINY_DIGITS
+from families import TINY_DIGITS
 from test_cli_errors import assert_one_line_error, run_cli
 
 

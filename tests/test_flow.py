@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from helpers import FAMILIES, randomize_, tiny
+from families import FAMILIES, tiny
+from helpers import randomize_
 from xswin_fast.models import create_model
 from xswin_fast.objectives import Diffusion, FlowMatching, objective_from_config, resolution_shift, shift_time
 
@@ -208,6 +209,6 @@ def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path):
 
 
 def tiny_kwargs():
-    from helpers import TINY_DIGITS
+    from families import TINY_DIGITS
 
     return TINY_DIGITS

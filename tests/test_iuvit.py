@@ -1,19 +1,17 @@
 """IU-ViT: the Table 5 columns and their stated parameters, the documented readings (DWConv-FFN
 order, rearrange-first head, conditioning tokens, UViT's skips), sizes, configuration errors, the
-ops it does not use, train.py and sample.py. The contract every backbone keeps is in
-test_backbone_contract.py."""
-import json
-
+ops it does not use. The contract every backbone keeps is in test_backbone_contract.py, its
+presets' builds and CLI runs in test_registry.py."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import xswin_fast.ops as ops
-from helpers import IUVIT_TINY, fit_losses, model_inputs, randomize_, tiny
-from xswin_fast import create_model
+from families import tiny
+from helpers import assert_fits_a_fixed_batch, meta_preset, model_inputs, randomize_
 from xswin_fast.flops import count_parameters
 from xswin_fast.models.dit import UViT
-from xswin_fast.models.iuvit import IUVIT_PRESETS, DWConvMlp, IUViT, IUViTBlock, RearrangeFirstHead
+from xswin_fast.models.iuvit import DWConvMlp, IUViT, IUViTBlock, RearrangeFirstHead
 
 # Table 5's unconditional columns: (size, patch, layers, hidden, heads, stated parameters)
 TABLE5 = {
@@ -39,8 +37,7 @@ def test_every_table5_column_is_within_five_percent_of_the_papers_count(column):
 @pytest.mark.parametrize("name", list(PRESET_COLUMNS))
 def test_presets_are_their_table5_columns(name):
     size, patch, layers, hidden, heads, _ = TABLE5[PRESET_COLUMNS[name]]
-    with torch.device("meta"):
-        model = create_model(name)
+    model = meta_preset(name)
     assert (model.input_size, model.patch_size, model.depth, model.hidden_size, model.num_heads) == (
         size, patch, layers, hidden, heads)
     assert model.in_channels == 3 and model.num_classes == 1 and not model.learn_sigma
@@ -131,10 +128,7 @@ def test_runs_no_xswin_op(monkeypatch):
 def test_unconditional_model_trains():
     model = tiny(IUViT, num_classes=1, class_dropout_prob=0.0, learn_sigma=False).train()
     x, t, _ = model_inputs(model, B=4)
-    y = torch.zeros(4, dtype=torch.long)
-    target = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    losses = fit_losses(model, (x, t, y), target, lr=1e-3)
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert_fits_a_fixed_batch(model, (x, t, torch.zeros(4, dtype=torch.long)), lr=1e-3)
 
 
 def test_other_sizes_are_a_clear_error():
@@ -155,26 +149,4 @@ def test_other_sizes_are_a_clear_error():
 ])
 def test_bad_configuration_raises(kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        IUViT(**{**IUVIT_TINY, **kwargs})
-
-
-def test_every_preset_builds_for_the_digits_job():
-    for name in IUVIT_PRESETS:
-        with torch.device("meta"):
-            model = create_model(name, input_size=8, in_channels=1, num_classes=10)
-        assert model.out_channels == 1 and model.grid_size == 8 // model.patch_size
-
-
-def test_train_and_sample_clis_run_an_iuvit_preset(tmp_path):
-    from xswin_fast.cli import sample, train
-
-    small = {"hidden_size": 32, "depth": 3, "num_heads": 2}
-    rc = train.main([
-        "--model", "IUViT-CIFAR10", "--model-kwargs", json.dumps(small), "--run-dir", str(tmp_path / "run"),
-        "--backend", "torch", "--threads", "1", "--global-batch-size", "8", "--max-steps", "2", "--log-every", "1",
-        "--sample-every", "0", "--sample-num", "2", "--sample-steps", "2", "--no-progress",
-    ])
-    assert rc == 0
-    rc = sample.main(["--ckpt", str(tmp_path / "run" / "model"), "--num-samples", "2", "--steps", "2",
-                      "--backend", "torch", "--threads", "1", "--out", str(tmp_path / "samples")])
-    assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2
+        tiny(IUViT, **kwargs)

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 from diffusers.hooks import HookRegistry, ModelHook, apply_group_offloading
 
-from helpers import FAMILIES, model_inputs, randomize_, tiny
+from families import FAMILIES, tiny
+from helpers import model_inputs, randomize_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -19,7 +19,8 @@ SCRIPT = """
 import sys
 import torch
 sys.path.insert(0, {tests!r})
-from helpers import FAMILIES, model_inputs, randomize_, tiny
+from families import FAMILIES, tiny
+from helpers import model_inputs, randomize_
 
 torch._dynamo.config.error_on_recompile = True
 for cls in FAMILIES:

@@ -29,15 +29,12 @@ from xswin_fast.runs.ema import create_ema, update_ema
 from xswin_fast.runs.trainer import Trainer, non_finite_parts
 
 ROOT = Path(__file__).resolve().parents[1]
-from helpers import TINY_DIGITS  # noqa: E402
+from families import TINY_DIGITS  # noqa: E402
+from helpers import train_args  # noqa: E402
 
 
 def tiny_args(run_dir, *extra):
-    return [
-        "--run-dir", str(run_dir), "--model-kwargs", TINY_DIGITS, "--backend", "torch", "--threads", "1",
-        "--global-batch-size", "16", "--log-every", "1", "--sample-every", "0", "--sample-num", "10",
-        "--sample-steps", "3", "--no-progress", "--lr-warmup-steps", "0", *extra,
-    ]
+    return train_args(run_dir, "--lr-warmup-steps", "0", *extra)
 
 
 def read_losses(run_dir):

@@ -10,11 +10,11 @@ import copy
 import pytest
 import torch
 
-from helpers import LOG_100, assert_close, randomize_, tiny
+from families import tiny
+from helpers import LOG_100, assert_close, assert_compiles_like_eager, randomize_, swin_block_on_torch
 from xswin_fast import XSwin, ops
 from xswin_fast.kernels import window_attention as wa
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
-from xswin_fast.layers.blocks import SwinBlock
 
 
 def make_inputs(B, H, W, window, nh, d, cross, mode, bias, dtype, seed=0):
@@ -298,27 +298,9 @@ def test_xswin_on_triton_matches_torch():
 
 def test_torch_compile_swin_block_fullgraph():
     torch.manual_seed(0)
-    block = SwinBlock(32, 2, (2, 2), (1, 1), c_dim=16)
-    for m in block.modules():
-        if hasattr(m, "backend"):
-            m.backend = "torch"
+    block = swin_block_on_torch()
     block.attn.backend = "triton"
-    with torch.no_grad():
-        for p in block.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    x, cond = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
-
-    def step(fn):
-        out = fn(x, cond)
-        grads = torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
-        return out, grads
-
-    want = step(block)
-    torch._dynamo.reset()
-    got = step(torch.compile(block, fullgraph=True, backend="aot_eager"))
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
-    for g, w in zip(got[1], want[1]):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert_compiles_like_eager(block, torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16))
 
 
 def test_torch_compile_out_view_fullgraph():

@@ -8,10 +8,9 @@ import math
 import pytest
 import torch
 
-from helpers import LOG_100, assert_close
+from helpers import LOG_100, assert_close, assert_compiles_like_eager, swin_block_on_torch
 from naive import naive_window_attention
 from xswin_fast import ops
-from xswin_fast.layers.blocks import SwinBlock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -536,25 +535,8 @@ def test_torch_compile_takes_the_exact_path_fullgraph():
     # under torch.compile the reference cannot branch on the finiteness of its inputs: it always
     # takes the exact path, which must trace into one graph and give the eager (SDPA) results
     torch.manual_seed(0)
-    block = SwinBlock(32, 2, (2, 2), (1, 1), c_dim=16)
-    for m in block.modules():
-        if hasattr(m, "backend"):
-            m.backend = "torch"
-    with torch.no_grad():
-        for p in block.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    x, silu_c = torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16)
-
-    def step(fn):
-        out = fn(x, silu_c)
-        return out, torch.autograd.grad(out.square().sum(), [x, *block.parameters()])
-
-    want = step(block)
-    torch._dynamo.reset()
-    got = step(torch.compile(block, fullgraph=True, backend="aot_eager"))
-    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
-    for g, w in zip(got[1], want[1]):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    block = swin_block_on_torch()
+    assert_compiles_like_eager(block, torch.randn(2, 6, 6, 32, requires_grad=True), torch.randn(2, 16))
 
 
 def test_torch_compile_builds_the_cached_masks_while_tracing():
