@@ -11,8 +11,8 @@ import pytest
 from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary
 
 PTXAS_LOG = """ptxas info    : 0 bytes gmem
-ptxas info    : Compiling entry function 'window_attn_bwd_kernel' for 'sm_90a'
-ptxas info    : Function properties for window_attn_bwd_kernel
+ptxas info    : Compiling entry function 'window_attention_bwd_kernel' for 'sm_90a'
+ptxas info    : Function properties for window_attention_bwd_kernel
     200 bytes stack frame, 196 bytes spill stores, 204 bytes spill loads
 ptxas info    : Used 255 registers, used 1 barriers, 200 bytes cumulative stack size
 """
@@ -142,7 +142,7 @@ def test_capture_and_compile_a_tiny_window_attention_for_sm90():
 def test_small_windows_compile_to_the_small_kernels_for_sm90():
     # 2x2 windows take the SMALL path: CUDA-core products, forward and backward, no spill
     out = _capture_and_compile([2, 2], "_kernel")
-    assert {k for k in out["kernels"] if "window" in k} == {"window_attn_small_fwd_kernel", "window_attn_small_bwd_kernel"}
+    assert {k for k in out["kernels"] if "window" in k} == {"window_attention_small_fwd_kernel", "window_attention_small_bwd_kernel"}
     assert not any(r["mma"] for r in out["results"])
 
 
@@ -157,7 +157,7 @@ x = torch.empty(64, 384, 8, 8, dtype=torch.bfloat16).movedim(1, -1)
 shift, scale = torch.empty(2, 64, 384, dtype=torch.bfloat16).unbind(0)
 recorder = cc.LaunchRecorder()
 with cc.emulated_gpu(cc.TARGETS[90]), recorder.active(cc.TARGETS[90]):
-    assert adaln._config(64, 64, 384, x.device).TPP == 8
+    assert adaln._plan(64, 64, 384, x.device).TPP == 8
     adaln.modulate_bwd(x, shift, scale, torch.empty_like(x))
 specs = {k: s for k, s in recorder.configs.items() if s["kernel"] == "modulate_bwd_kernel"}
 json.dump(list(cc.compile_all(specs, 1, 300, None, progress=lambda line: None).values()), sys.stdout)
@@ -216,8 +216,8 @@ def test_the_batch_changes_no_window_attention_or_adaln_compile_input():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     # XSwin-digits' 2x2 windows take the SMALL pair, XSwin-S/2's 8x8 windows the tensor-core one
-    assert {"window_attn_fwd_kernel", "window_attn_bwd_kernel", "window_attn_small_fwd_kernel",
-            "window_attn_small_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
+    assert {"window_attention_fwd_kernel", "window_attention_bwd_kernel", "window_attention_small_fwd_kernel",
+            "window_attention_small_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
             "sum_partials_kernel"} <= set(out["kernels"]), out["kernels"]
     assert all(keys == out["keys"]["1"] for keys in out["keys"].values())
 
