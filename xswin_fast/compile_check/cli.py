@@ -9,7 +9,7 @@ from typing import List, Tuple
 
 from .compiling import compile_all, default_cache_dir
 from .recording import LaunchRecorder, merge_specializations, record_presets, replay, replay_all, sweep_calls
-from .report import RULES, build_rows, kernel_summary, markdown, problems, summary
+from .report import RULES, build_rows, enforced, kernel_summary, markdown, problems, rejected_table, summary, target_summary
 from .targets import TARGETS
 
 package_doc = sys.modules[__package__].__doc__
@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--factors", default="1,2,4", help="latent sizes as multiples of each preset's native one")
     p.add_argument("--precisions", default="fp32,bf16,fp16", help="fp32, and bf16 / fp16 under autocast")
     p.add_argument("--batches", default=",".join(map(str, DEFAULT_BATCHES)), help="batches the calls are replayed at")
-    p.add_argument("--targets", default="90,80", help="compute capabilities: 90 (sm_90a) and/or 80 (sm_80)")
+    p.add_argument("--targets", default=",".join(map(str, TARGETS)), help="compute capabilities (10 * major + minor) "
+                   f"of {', '.join(f'{a} ({t.name})' for a, t in TARGETS.items())}")
     p.add_argument("--sweep-windows", default="1,2,2x4,3x5,4,7,8,12,16", help="window-attention sweep: windows "
                    "(w or hxw); empty for none")
     p.add_argument("--sweep-head-dims", default="16,48,64,128", help="window-attention sweep: head dims")
@@ -57,24 +58,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true", help="exit 1 and list every configuration that breaks the rules")
     p.add_argument("--all-specializations", action="store_true", help="compile every divisibility-by-16 "
                    "specialisation of a configuration, not only its most launched one")
-    p.add_argument("--rules", default=",".join(RULES), help=f"the rules --check enforces, of {', '.join(RULES)}; "
-                   "findings of the others are listed as not enforced")
+    p.add_argument("--rules", default=",".join(RULES), help=f"the rules --check enforces, of {', '.join(RULES)}, each on "
+                   "every target or as RULE@TARGET (e.g. half-spills@sm_90a) on one; findings of the others are "
+                   "listed as not enforced")
     args = p.parse_args(argv)
     args.rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    if set(args.rules) - set(RULES):
-        p.error(f"--rules: unknown {sorted(set(args.rules) - set(RULES))}; available: {', '.join(RULES)}")
+    names = {t.name for t in TARGETS.values()}
+    unknown = [r for r in args.rules if r.partition("@")[0] not in RULES or (r.partition("@")[2] or "sm_90a") not in names]
+    if unknown:
+        p.error(f"--rules: unknown {unknown}; available: {', '.join(RULES)}, each optionally @{'/'.join(sorted(names))}")
     if args.quick:
         args.presets, args.factors, args.precisions = ["XSwin-S/2", "XSwin-B/2", "DiT-S/2"], "1", "fp32,bf16"
         args.batches, args.sweep_windows = "64", ""
     unknown = [n for n in args.presets if n not in PRESETS]
     if unknown:
         p.error(f"--presets: unknown {unknown}; available: {', '.join(PRESETS)}")
-    args.targets = [TARGETS[a] for a in _ints(args.targets) if a in TARGETS] or p.error("--targets: 90 and/or 80")
+    unknown = [a for a in _ints(args.targets) if a not in TARGETS]
+    if unknown or not _ints(args.targets):
+        p.error(f"--targets: unknown {unknown}; available: {', '.join(map(str, TARGETS))}")
+    args.targets = [TARGETS[a] for a in _ints(args.targets)]
     return args
 
 
-def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], List[str], str]:
-    """Record, replay, compile: (rows, problems, summary line)."""
+def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], List[str], str, list]:
+    """Record, replay, compile: (rows, problems, summary line, calls rejected up front)."""
     import triton
 
     from .. import kernels
@@ -88,7 +95,7 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
     again = LaunchRecorder()
     indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
     replay(indexed, [None], TARGETS[90], again, [])
-    found = [] if set(again.configs) == set(seen) else [("fit",
+    found = [] if set(again.configs) == set(seen) else [("fit", TARGETS[90].name,
         f"replaying the recorded op calls at the model batch gives {len(set(again.configs) ^ set(seen))} launch "
         f"configurations that differ from the model runs' own: the replay is not faithful")]
     sweep = sweep_calls(_windows(args.sweep_windows), _ints(args.sweep_head_dims), precisions) if args.sweep_windows else {}
@@ -106,12 +113,12 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
                  "that depend on the SM count are the kernels' CPU-tensor choices")
     if args.list:
         rows = build_rows(configs, {}, sources, indexed + swept)
-        return rows, found, f"compile-check: {len(configs)} kernel configurations listed, none compiled (--list)"
+        return rows, found, f"compile-check: {len(configs)} kernel configurations listed, none compiled (--list)", rejected
     results = compile_all(configs, args.jobs, args.timeout, None if args.no_cache else args.cache_dir, progress)
     rows = build_rows(configs, results, sources, indexed + swept)
     found += problems(rows, errors)
     line = summary(rows, rejected, found) + f"; {time.time() - start:.0f} s (triton {triton.__version__})"
-    return rows, found, line
+    return rows, found, line, rejected
 
 
 def main(argv=None) -> int:
@@ -120,22 +127,26 @@ def main(argv=None) -> int:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         os.execve(sys.executable, [sys.executable, "-m", "xswin_fast.compile_check", *(argv or sys.argv[1:])], env)
     args = parse_args(argv)
-    rows, findings, line = run_check(args)
-    print(kernel_summary(rows))
-    found = [f"{finding} [{rule}]" for rule, finding in findings if rule in args.rules]
-    waived = [f"{finding} [{rule}]" for rule, finding in findings if rule not in args.rules]
+    rows, findings, line, rejected = run_check(args)
+    print(kernel_summary(rows) + "\n\n" + target_summary(rows, rejected))
+    found = [f"{finding} [{rule}]" for rule, target, finding in findings if enforced(rule, target, args.rules)]
+    waived = [f"{finding} [{rule}]" for rule, target, finding in findings if not enforced(rule, target, args.rules)]
     if found:
         print(f"\n{len(found)} problems:\n" + "\n".join(f"- {p}" for p in found))
     if waived:
-        print(f"\n{len(waived)} findings of rules not enforced in this run ({', '.join(sorted(set(RULES) - set(args.rules)))}):\n"
+        print(f"\n{len(waived)} findings of rules not enforced in this run (enforced: {', '.join(args.rules)}):\n"
               + "\n".join(f"- {p}" for p in waived))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         header = f"# Offline GPU compile check\n\n`python -m xswin_fast.compile_check`\n\n{line}"
+        tables = (f"{header}\n\n## Per target\n\n{target_summary(rows, rejected)}\n\n## Calls rejected up front "
+                  f"(run on the reference with backend=None)\n\n{rejected_table(rejected)}\n\n## Per kernel\n\n"
+                  f"{kernel_summary(rows)}\n\n## Every configuration")
         with open(os.path.join(args.out, "compile_check.md"), "w") as f:
-            f.write(markdown(rows, header) + "\n")
+            f.write(markdown(rows, tables) + "\n")
         with open(os.path.join(args.out, "compile_check.json"), "w") as f:
-            json.dump(dict(summary=line, rules=list(args.rules), problems=found, not_enforced=waived, rows=rows), f,
+            json.dump(dict(summary=line, targets=[t.name for t in args.targets], rules=list(args.rules), problems=found,
+                           not_enforced=waived, rejected=rejected, rows=rows), f,
                       indent=1, default=str)
     print(line)
     return 1 if args.check and found else 0

@@ -15,9 +15,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Dict, Optional, Sequence
 
 from .recording import config_key, init_worker
-from .targets import TARGETS, occupancy
+from .targets import TARGETS, TENSOR_CORE_OPCODES, occupancy
 
-CHECK_VERSION = "1"
+CHECK_VERSION = "2"
 
 
 class _NoFit(Exception):
@@ -50,19 +50,30 @@ def _load_width(modifiers: Sequence[str]) -> int:
     return 32
 
 
+# every target's tensor-core opcodes (targets.TENSOR_CORE_OPCODES)
+_MMA_OPCODES = {op for ops in TENSOR_CORE_OPCODES.values() for op in ops}
+
+
 def sass_summary(sass: str) -> dict:
-    """Tensor-core instructions (HMMA = mma.sync, HGMMA = wgmma) and global loads by width in bits
-    (LDG: to registers, LDGSTS: cp.async to shared memory) in SASS (``nvdisasm``, ``cuobjdump -sass``)."""
+    """Tensor-core instructions (``targets.TENSOR_CORE_OPCODES``: HMMA = mma.sync, HGMMA = wgmma,
+    UTC*MMA = tcgen05.mma) and global loads by width in bits (LDG: to registers, LDGSTS: cp.async
+    to shared memory) in SASS (``nvdisasm``, ``cuobjdump -sass``)."""
     mma, loads = defaultdict(int), defaultdict(int)
     for m in _SASS_OP.finditer(sass):
         base, *mods = m.group(1).split(".")
-        if base in ("HMMA", "HGMMA"):
+        if base in _MMA_OPCODES:
             mma[base] += 1
         elif base in ("LDG", "LDGSTS"):
             loads[_load_width(mods)] += 1
     return dict(mma=dict(mma), loads={str(w): n for w, n in sorted(loads.items(), reverse=True)})
 
 
+
+
+def tensor_core_dots(ttir: str) -> int:
+    """``tt.dot`` ops in Triton's IR that a tensor core can run: all but IEEE-precision ones (fp32
+    products without tf32, fp64)."""
+    return sum(1 for line in ttir.splitlines() if re.search(r"\btt\.dot\b", line) and "inputPrecision = ieee" not in line)
 
 
 def _disassemble(cubin: bytes) -> str:
@@ -122,7 +133,8 @@ def compile_config(spec: dict, timeout: float) -> dict:
         src = ASTSource(fn, spec["signature"], spec["constexprs"], spec["attrs"])
         kernel = triton.compile(src, target=GPUTarget("cuda", spec["arch"], 32), options=spec["options"])
         result.update(status="OK", shared=kernel.metadata.shared, num_warps=kernel.metadata.num_warps,
-                      **parse_ptxas(log.getvalue()), **sass_summary(_disassemble(kernel.asm["cubin"])))
+                      **parse_ptxas(log.getvalue()), **sass_summary(_disassemble(kernel.asm["cubin"])),
+                      tensor_core_dots=tensor_core_dots(kernel.asm["ttir"]))
         result["occupancy"] = occupancy(target, result["regs"], result["shared"], result["num_warps"])
     except _NoFit:
         result.update(status="NOFIT", error=f"{result['shared']} B of shared memory > {target.smem_block} B per "

@@ -155,7 +155,8 @@ def merge_specializations(configs: Dict[str, dict], sources: Dict[str, set]) -> 
 def replay(calls: Sequence[Tuple[int, OpCall, set]], batches: Sequence[Optional[int]], target: Target,
            recorder: LaunchRecorder, consulted: list) -> Tuple[list, list]:
     """Run every (index, call, labels) at every batch on ``target``, launches recorded with the
-    source (index, batch); returns (rejected up front, errors) as (label, batch, message) lists.
+    source (index, batch); returns (rejected up front, errors) as (label, batch, message) lists, each
+    message starting with the target's name.
     A ValueError from the op is a rejection up front."""
     rejected, errors = [], []
     with triton_on_cpu(), emulated_gpu(target, consulted), NoCompute(), recorder.active(target):
@@ -165,9 +166,9 @@ def replay(calls: Sequence[Tuple[int, OpCall, set]], batches: Sequence[Optional[
                 try:
                     call.run(batch)
                 except ValueError as exc:
-                    rejected.append((sorted(labels)[0], batch, f"{type(exc).__name__}: {exc}"))
+                    rejected.append((sorted(labels)[0], batch, f"{target.name}: {type(exc).__name__}: {exc}"))
                 except Exception as exc:  # noqa: BLE001 - every other failure is a finding
-                    errors.append((sorted(labels)[0], batch, f"{type(exc).__name__}: {exc}"))
+                    errors.append((sorted(labels)[0], batch, f"{target.name}: {type(exc).__name__}: {exc}"))
     return rejected, errors
 
 

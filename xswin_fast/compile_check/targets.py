@@ -2,29 +2,48 @@
 import contextlib
 import math
 import types
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 
 class Target(NamedTuple):
-    """One GPU the kernels are compiled for, with the per-SM limits occupancy needs."""
+    """One GPU architecture the kernels are compiled for: the facts of ``kernels.device`` (a named
+    card's SM count, the per-SM limits occupancy needs) and the SASS opcodes that are its tensor
+    cores."""
 
-    arch: int
+    arch: int  # 10 * major + minor, Triton's GPUTarget arch
     name: str
     gpu: str
     sms: int
     smem_block: int  # opt-in shared memory per block (bytes)
     smem_sm: int
-    regs_sm: int = 65536
-    warps_sm: int = 64
-    blocks_sm: int = 32
+    regs_sm: int
+    warps_sm: int
+    blocks_sm: int
+    tensor_cores: Tuple[str, ...]
 
 
-TARGETS = {
-    90: Target(90, "sm_90a", "H100/H200 SXM", 132, 232448, 233472),
-    80: Target(80, "sm_80", "A100", 108, 166912, 167936),
+# SASS opcodes of a tensor-core product per target: HMMA is mma.sync (every target from sm_80 on;
+# on sm_90a and sm_100a Triton keeps it for tiles below the 64-row minimum of the wider
+# instructions), HGMMA is Hopper's warpgroup wgmma, UTCHMMA / UTCQMMA / UTCIMMA / UTCOMMA are
+# Blackwell's tcgen05.mma (16-bit, 8-bit float, integer, 4-bit/mixed), sm_100a only: sm_120 has
+# neither wgmma nor tcgen05.
+TENSOR_CORE_OPCODES = {
+    80: ("HMMA",), 86: ("HMMA",), 89: ("HMMA",), 90: ("HGMMA", "HMMA"),
+    100: ("UTCHMMA", "UTCQMMA", "UTCIMMA", "UTCOMMA", "HMMA"), 120: ("HMMA",),
 }
+
+
+def _targets() -> Dict[int, Target]:
+    from ..kernels.device import ARCHITECTURES
+
+    return {10 * major + minor: Target(10 * major + minor, a.name, a.card, a.sms, a.smem_block, a.smem_sm, a.regs_sm,
+                                       a.warps_sm, a.blocks_sm, TENSOR_CORE_OPCODES[10 * major + minor])
+            for (major, minor), a in ARCHITECTURES.items()}
+
+
+TARGETS = _targets()
 SMEM_RESERVED_PER_BLOCK = 1024  # the driver's reservation per block on sm_80 and later
 
 
