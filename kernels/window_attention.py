@@ -5,8 +5,8 @@ One kernel family serves Swin's (shifted) window self-attention and XSwin's wind
 cross-attention (q from the decoder map, k and v from the encoder skip). Nothing is copied
 around the kernels: q, k and v are read through their strides (e.g. views of one qkv
 projection), the bottom/right padding, the cyclic shift and the window partition are index
-arithmetic, and each output token is written at its original position, into a caller-given
-strided ``out`` if there is one.
+arithmetic, and each output token is written once at its original position (a caller-given
+``out`` view receives a copy of the result, see ``window_attention``).
 
 Two kernel pairs (``KernelPath``, chosen by the tile plan from the window's token count N):
 
