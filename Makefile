@@ -64,7 +64,9 @@ compare: $(VENV)/bin/activate
 	$(PY) experiments/compare_backbones.py --out $(COMPARE_OUT) --report-only $(COMPARE_ARGS)
 
 # docs/gpu_fitness.md: registers, spills, shared memory and occupancy of every kernel configuration
-# on sm_90a and sm_80 (ptxas ships in the triton wheel), with the rules CI enforces (--check)
+# on sm_80, sm_86, sm_89, sm_90a, sm_100a and sm_120 (ptxas and ptxas-blackwell ship in the triton
+# wheel), every preset at 1x/2x/4x, three precisions, batches 1-256 and the window sweep, with the
+# rules (--check; CI enforces a narrower scope, .ci/run)
 COMPILE_CHECK_ARGS ?= --check
 compile-check: install
 	env -u TRITON_INTERPRET $(PY) -m xswin_fast.compile_check $(COMPILE_CHECK_ARGS)

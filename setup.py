@@ -23,6 +23,7 @@ setup(
         "xswin_fast.runs",
         "xswin_fast.cli",
         "xswin_fast.pipelines",
+        "xswin_fast.compile_check",
     ],
     package_dir={"xswin_fast.kernels": "kernels"},
     install_requires=[

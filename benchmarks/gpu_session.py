@@ -18,6 +18,12 @@ the session goes on):
 5. ``report``: ``benchmarks/report.py`` on each benchmark JSON (markdown + plots), achieved GB/s
    over the measured copy bandwidth included.
 
+First the card (``device_record``): name, compute capability, SM count, clocks and the measured
+copy bandwidth, against the card's published peak bandwidth and bf16 TFLOP/s
+(``device_record.CARD_LIMITS``); the dry run records the representative card of each
+architecture the kernels are built for (sm_80, sm_86, sm_89, sm_90a, sm_100a, sm_120) from
+``kernels.device`` and requires each to have published limits.
+
 Everything goes to ``benchmarks/results/<gpu>-<date>-<commit>/`` (``--out`` to override):
 ``session.json`` (steps, commands, budgets, times, exit codes), ``README.md``, the benchmark
 JSONs and one report folder per benchmark step. ``--dry-run`` imports the suite, lists the shapes,
@@ -35,6 +41,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, NamedTuple
+
+import device_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks")
@@ -143,6 +151,8 @@ def write(out: str, session: dict) -> None:
     for s in session["steps"]:
         rep = f"[{s['report']}]({s['report']})" if s.get("report") and not s["report"].startswith("failed") else (s.get("report") or "-")
         lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s['budget_s']} | {rep} |")
+    lines += ["", "Card:" if not session["dry_run"] else "Cards (emulated, nothing measured):", ""]
+    lines += device_record.markdown(session["devices"])
     lines += ["", "Shapes:", ""] + [f"- {s}" for s in session["shapes"]]
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -164,7 +174,8 @@ def main(argv=None) -> int:
     session = dict(started=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    command=" ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:])),
                    device=torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",
-                   dry_run=args.dry_run, shapes=shapes(), steps=[])
+                   dry_run=args.dry_run, shapes=shapes(), steps=[],
+                   devices=device_record.emulated() if args.dry_run else [device_record.record(torch.device("cuda"))])
     if args.dry_run:
         # collection only: the steps do not compete for a GPU, run them side by side
         with ThreadPoolExecutor(len(steps(out))) as pool:
@@ -181,8 +192,12 @@ def main(argv=None) -> int:
     for record in session["steps"] if args.dry_run else []:
         print(f"{record['name']}: {record['status']} ({record['selected']} tests) in {record['seconds']} s")
     print(f"gpu_session: {out} ({session['seconds']} s)")
+    for d in session["devices"]:
+        print(f"card: {d['card']} ({d['capability']}, {d['sms']} SMs): copy {d['copy_GBps'] or '-'} GB/s of "
+              f"{d['peak_GBps'] or 'unlisted'} GB/s peak")
     ok = {"collected"} if args.dry_run else {"passed"}
-    return 0 if all(s["status"] in ok for s in session["steps"]) else 1
+    listed = all(d["peak_GBps"] for d in session["devices"]) or not args.dry_run
+    return 0 if listed and all(s["status"] in ok for s in session["steps"]) else 1
 
 
 if __name__ == "__main__":

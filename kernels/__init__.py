@@ -1,10 +1,12 @@
 """Triton kernels of xswin_fast, imported as ``xswin_fast.kernels`` (never as top-level ``kernels``).
 
-Each op module here reads top to bottom: ``@triton.jit`` kernels -> launch plan -> host
-launchers -> ``torch.library.custom_op`` registration (fake and autograd) -> the entry points
-that ``xswin_fast.ops`` calls and ``unsupported_reason``, which says whether the kernels can run
-for given inputs on their device. Its PyTorch reference twin lives in
-``xswin_fast.ops.reference``. ``device`` is all the launchers know of the GPU. This package
+Each op is three modules: ``<op>_fwd`` (the forward ``@triton.jit`` kernels ``*_fwd_kernel`` and
+the tile helpers), ``<op>_bwd`` (the backward kernels ``*_bwd_kernel``) and ``<op>``, which reads
+top to bottom: launch plan (``TilePlan`` / ``RowPlan`` from ``_plan``) -> host launchers
+``*_fwd`` / ``*_bwd`` -> ``torch.library.custom_op`` registration ``xswin_fast::*_fwd`` /
+``*_bwd`` (fake and autograd) -> ``unsupported_reason``, which says whether the kernels can run
+for given inputs on their device, and the entry points that ``xswin_fast.ops`` calls. Each op's
+PyTorch reference twin lives in ``xswin_fast.ops.reference``. ``device`` is all the launchers know of the GPU. This package
 knows nothing of models.
 """
 import os

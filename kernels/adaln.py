@@ -21,18 +21,23 @@ program; ``sum_partials_kernel`` then reduces the partials in a fixed order. No 
 gradients are bitwise reproducible. LayerNorm statistics are recomputed in the backward pass
 (x is read there anyway) instead of being saved.
 
-Layout: jit kernels -> launch plan -> launchers -> one ``torch.library.custom_op`` per forward
-and per backward launcher (with fake implementations, so ``torch.compile(fullgraph=True)``
-traces them as opaque ops; the forward op carries its backward through ``register_autograd``)
--> the entry points that ``xswin_fast.ops`` calls, and ``unsupported_reason``.
+Layout: the jit kernels live in ``adaln_fwd`` (with the tile helpers) and ``adaln_bwd``; this
+file holds the row plan -> launchers -> one ``torch.library.custom_op`` per forward and per
+backward launcher (``xswin_fast::<op>_fwd`` / ``_bwd``, with fake implementations, so
+``torch.compile(fullgraph=True)`` traces them as opaque ops; the forward op carries its backward
+through ``register_autograd``) -> ``unsupported_reason`` and the entry points that
+``xswin_fast.ops`` calls, as in ``kernels/window_attention.py``.
 """
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import triton
-import triton.language as tl
 
 from . import INTERPRET, device
+from .adaln_bwd import (gated_residual_bwd_kernel, modulate_bwd_kernel, modulate_layernorm_bwd_kernel,
+                        residual_layernorm_bwd_kernel, sum_partials_kernel)
+from .adaln_fwd import (gated_residual_fwd_kernel, modulate_fwd_kernel, modulate_layernorm_fwd_kernel,
+                        residual_layernorm_fwd_kernel)
 
 __all__ = [
     "OPS",
@@ -53,399 +58,9 @@ MAX_CHANNELS = 8192
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # elements of one [BT, BC] tile; the interpreter pays per program and per op, not per element
 TILE_ELEMENTS = 16384 if INTERPRET else 4096
-# Runtime ints of the token kernels that Triton must not specialise (== 1 as a constexpr,
-# divisibility by 16 as an attribute): TPP, tokens per program, follows the batch through the
-# grid and is only a loop bound, so each specialisation was another binary per batch size for
-# nothing. T and C stay specialised: their divisibility proves the token and channel masks
-# constant over vectors (128-bit loads).
-_TOKEN_KERNEL_RUNTIME_INTS = ["TPP"]
 
 
-@triton.jit
-def _ptrs(base, i_b, o_t, o_c, s_b, s_t, s_c):
-    # [BT, BC] pointers of tokens o_t, channels o_c of sample i_b; int64 offsets
-    return base + i_b * s_b + o_t[:, None].to(tl.int64) * s_t + o_c[None, :].to(tl.int64) * s_c
-
-
-@triton.jit
-def _tile_tokens(i_p, TILES, i_it, BT: tl.constexpr):
-    # [BT] tokens of tile i_it of program i_p (TILES tiles of BT tokens per program). Written as a
-    # multiple of BT, not as i_p * TPP: the compiler then proves BT-token alignment, so a
-    # channels-first map (tokens contiguous) is read in vectors whatever the runtime TPP is (at
-    # a TPP not divisible by 16 it fell back to scalar 16-bit loads, 255 registers and spills).
-    return (i_p * TILES + i_it) * BT + tl.arange(0, BT)
-
-
-@triton.jit
-def _normalize(b_x, m, C, eps):
-    # [BT, BC] rows of b_x (zero where masked) -> (x - mean) * rstd (zero where masked), [BT] rstd
-    b_mean = tl.sum(b_x, axis=1) / C
-    b_d = tl.where(m, b_x - b_mean[:, None], 0.0)
-    b_rstd = tl.rsqrt(tl.sum(b_d * b_d, axis=1) / C + eps)
-    return b_d * b_rstd[:, None], b_rstd
-
-
-@triton.jit
-def _normalize_bwd(b_g, b_xhat, b_rstd, m, C):
-    # gradient through xhat = LN(x) given b_g = dL/dxhat (zero where masked)
-    b_c1 = tl.sum(b_g * b_xhat, axis=1) / C
-    b_c2 = tl.sum(b_g, axis=1) / C
-    return tl.where(m, (b_g - b_c2[:, None] - b_xhat * b_c1[:, None]) * b_rstd[:, None], 0.0)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def modulate_fwd_kernel(
-    x, shift, scale, o,
-    T, C, eps, TPP,
-    s_xb, s_xt, s_xc,
-    s_ob, s_ot, s_oc,
-    s_shift, s_scale,
-    NORM: tl.constexpr,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # o = (LN(x) if NORM else x) * (1 + scale) + shift
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
-    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
-        if NORM:
-            b_x, _ = _normalize(b_x, m, C, eps)
-        b_o = b_x * b_scale1[None, :] + b_shift[None, :]
-        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def modulate_bwd_kernel(
-    x, scale, do, dx, part,
-    T, C, eps, TPP,
-    s_xb, s_xt, s_xc,
-    s_dob, s_dot, s_doc,
-    s_dxb, s_dxt, s_dxc,
-    s_scale,
-    NORM: tl.constexpr,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # dx; per-program partials part[0] = sum_t do (dshift), part[1] = sum_t do * xhat (dscale)
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    NB, NP = tl.num_programs(0), tl.num_programs(1)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
-    b_dshift = tl.zeros([BC], dtype=tl.float32)
-    b_dscale = tl.zeros([BC], dtype=tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
-        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
-        b_g = b_do * b_scale1[None, :]
-        if NORM:
-            b_xhat, b_rstd = _normalize(b_x, m, C, eps)
-            b_dx = _normalize_bwd(b_g, b_xhat, b_rstd, m, C)
-        else:
-            b_xhat = b_x
-            b_dx = b_g
-        tl.store(_ptrs(dx, i_b, o_t, o_c, s_dxb, s_dxt, s_dxc), b_dx.to(dx.dtype.element_ty), mask=m)
-        b_dshift += tl.sum(b_do, axis=0)
-        b_dscale += tl.sum(b_do * b_xhat, axis=0)
-    p_part = part + (i_b * NP + i_p) * C + o_c
-    tl.store(p_part, b_dshift, mask=m_c)
-    tl.store(p_part + NB * NP * C, b_dscale, mask=m_c)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def gated_residual_fwd_kernel(
-    x, y, gate, o,
-    T, C, TPP,
-    s_xb, s_xt, s_xc,
-    s_yb, s_yt, s_yc,
-    s_ob, s_ot, s_oc,
-    s_gate,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # o = x + gate * y
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    b_gate = tl.load(gate + i_b * s_gate + o_c, mask=m_c, other=0.0).to(tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
-        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
-        b_o = b_x + b_gate[None, :] * b_y
-        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def gated_residual_bwd_kernel(
-    y, gate, do, dy, part,
-    T, C, TPP,
-    s_yb, s_yt, s_yc,
-    s_dob, s_dot, s_doc,
-    s_dyb, s_dyt, s_dyc,
-    s_gate,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # dy = gate * do; per-program partial part[0] = sum_t do * y (dgate); dx = do needs no kernel
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    NP = tl.num_programs(1)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    b_gate = tl.load(gate + i_b * s_gate + o_c, mask=m_c, other=0.0).to(tl.float32)
-    b_dgate = tl.zeros([BC], dtype=tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
-        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
-        b_dy = b_do * b_gate[None, :]
-        tl.store(_ptrs(dy, i_b, o_t, o_c, s_dyb, s_dyt, s_dyc), b_dy.to(dy.dtype.element_ty), mask=m)
-        b_dgate += tl.sum(b_do * b_y, axis=0)
-    tl.store(part + (i_b * NP + i_p) * C + o_c, b_dgate, mask=m_c)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def modulate_layernorm_fwd_kernel(
-    x, shift, scale, w, b, o,
-    T, C, eps, TPP,
-    s_xb, s_xt, s_xc,
-    s_ob, s_ot, s_oc,
-    s_shift, s_scale,
-    HAS_W: tl.constexpr,
-    HAS_B: tl.constexpr,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # o = LN(x * (1 + scale) + shift) * w + b
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
-    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_W:
-        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_B:
-        b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
-        b_z = tl.where(m, b_x * b_scale1[None, :] + b_shift[None, :], 0.0)
-        b_o, _ = _normalize(b_z, m, C, eps)
-        if HAS_W:
-            b_o = b_o * b_w[None, :]
-        if HAS_B:
-            b_o = b_o + b_b[None, :]
-        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def modulate_layernorm_bwd_kernel(
-    x, shift, scale, w, do, dx, part,
-    T, C, eps, TPP,
-    s_xb, s_xt, s_xc,
-    s_dob, s_dot, s_doc,
-    s_dxb, s_dxt, s_dxc,
-    s_shift, s_scale,
-    HAS_W: tl.constexpr,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # dx; partials part[0] = sum_t dz (dshift), part[1] = sum_t dz * x (dscale),
-    # part[2] = sum_t do * zhat (dweight), part[3] = sum_t do (dbias)
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    NB, NP = tl.num_programs(0), tl.num_programs(1)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    b_shift = tl.load(shift + i_b * s_shift + o_c, mask=m_c, other=0.0).to(tl.float32)
-    b_scale1 = 1.0 + tl.load(scale + i_b * s_scale + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_W:
-        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
-    b_dshift = tl.zeros([BC], dtype=tl.float32)
-    b_dscale = tl.zeros([BC], dtype=tl.float32)
-    b_dw = tl.zeros([BC], dtype=tl.float32)
-    b_db = tl.zeros([BC], dtype=tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
-        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
-        b_z = tl.where(m, b_x * b_scale1[None, :] + b_shift[None, :], 0.0)
-        b_zhat, b_rstd = _normalize(b_z, m, C, eps)
-        if HAS_W:
-            b_g = b_do * b_w[None, :]
-        else:
-            b_g = b_do
-        b_dz = _normalize_bwd(b_g, b_zhat, b_rstd, m, C)
-        b_dx = b_dz * b_scale1[None, :]
-        tl.store(_ptrs(dx, i_b, o_t, o_c, s_dxb, s_dxt, s_dxc), b_dx.to(dx.dtype.element_ty), mask=m)
-        b_dshift += tl.sum(b_dz, axis=0)
-        b_dscale += tl.sum(b_dz * b_x, axis=0)
-        b_dw += tl.sum(b_do * b_zhat, axis=0)
-        b_db += tl.sum(b_do, axis=0)
-    p_part = part + (i_b * NP + i_p) * C + o_c
-    n_part = NB * NP * C
-    tl.store(p_part, b_dshift, mask=m_c)
-    tl.store(p_part + n_part, b_dscale, mask=m_c)
-    tl.store(p_part + 2 * n_part, b_dw, mask=m_c)
-    tl.store(p_part + 3 * n_part, b_db, mask=m_c)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def residual_layernorm_fwd_kernel(
-    x, y, w, b, keep, o,
-    T, C, eps, TPP,
-    s_xb, s_xt, s_xc,
-    s_yb, s_yt, s_yc,
-    s_ob, s_ot, s_oc,
-    s_keep,
-    HAS_W: tl.constexpr,
-    HAS_B: tl.constexpr,
-    HAS_KEEP: tl.constexpr,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # o = x + keep * (LN(y) * w + b)
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    if HAS_W:
-        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_B:
-        b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_KEEP:
-        b_keep = tl.load(keep + i_b * s_keep).to(tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_x = tl.load(_ptrs(x, i_b, o_t, o_c, s_xb, s_xt, s_xc), mask=m, other=0.0).to(tl.float32)
-        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
-        b_n, _ = _normalize(b_y, m, C, eps)
-        if HAS_W:
-            b_n = b_n * b_w[None, :]
-        if HAS_B:
-            b_n = b_n + b_b[None, :]
-        if HAS_KEEP:
-            b_n = b_n * b_keep
-        b_o = b_x + b_n
-        tl.store(_ptrs(o, i_b, o_t, o_c, s_ob, s_ot, s_oc), b_o.to(o.dtype.element_ty), mask=m)
-
-
-@triton.jit(do_not_specialize=_TOKEN_KERNEL_RUNTIME_INTS)
-def residual_layernorm_bwd_kernel(
-    y, w, b, keep, do, dy, part, part_keep,
-    T, C, eps, TPP,
-    s_yb, s_yt, s_yc,
-    s_dob, s_dot, s_doc,
-    s_dyb, s_dyt, s_dyc,
-    s_keep,
-    HAS_W: tl.constexpr,
-    HAS_B: tl.constexpr,
-    HAS_KEEP: tl.constexpr,
-    KEEP_GRAD: tl.constexpr,
-    BT: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # dy; partials part[0] = sum_t dn * yhat (dweight), part[1] = sum_t dn (dbias) with
-    # dn = keep * do, and part_keep = sum_{t,c} do * (yhat * w + b) (dkeep); dx = do needs no kernel
-    i_b, i_p = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
-    NB, NP = tl.num_programs(0), tl.num_programs(1)
-    o_c = tl.arange(0, BC)
-    m_c = o_c < C
-    # [BC]
-    if HAS_W:
-        b_w = tl.load(w + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_B:
-        b_b = tl.load(b + o_c, mask=m_c, other=0.0).to(tl.float32)
-    if HAS_KEEP:
-        b_keep = tl.load(keep + i_b * s_keep).to(tl.float32)
-    b_dw = tl.zeros([BC], dtype=tl.float32)
-    b_db = tl.zeros([BC], dtype=tl.float32)
-    b_dkeep = tl.zeros([BC], dtype=tl.float32)
-    for i_it in range(0, TPP // BT):
-        o_t = _tile_tokens(i_p, TPP // BT, i_it, BT)
-        m = (o_t < T)[:, None] & m_c[None, :]
-        # [BT, BC]
-        b_y = tl.load(_ptrs(y, i_b, o_t, o_c, s_yb, s_yt, s_yc), mask=m, other=0.0).to(tl.float32)
-        b_do = tl.load(_ptrs(do, i_b, o_t, o_c, s_dob, s_dot, s_doc), mask=m, other=0.0).to(tl.float32)
-        b_yhat, b_rstd = _normalize(b_y, m, C, eps)
-        if KEEP_GRAD:
-            b_n = b_yhat
-            if HAS_W:
-                b_n = b_n * b_w[None, :]
-            if HAS_B:
-                b_n = b_n + b_b[None, :]
-            b_dkeep += tl.sum(b_do * b_n, axis=0)
-        if HAS_KEEP:
-            b_dn = b_do * b_keep
-        else:
-            b_dn = b_do
-        if HAS_W:
-            b_g = b_dn * b_w[None, :]
-        else:
-            b_g = b_dn
-        b_dy = _normalize_bwd(b_g, b_yhat, b_rstd, m, C)
-        tl.store(_ptrs(dy, i_b, o_t, o_c, s_dyb, s_dyt, s_dyc), b_dy.to(dy.dtype.element_ty), mask=m)
-        b_dw += tl.sum(b_dn * b_yhat, axis=0)
-        b_db += tl.sum(b_dn, axis=0)
-    p_part = part + (i_b * NP + i_p) * C + o_c
-    tl.store(p_part, b_dw, mask=m_c)
-    tl.store(p_part + NB * NP * C, b_db, mask=m_c)
-    if KEEP_GRAD:
-        tl.store(part_keep + i_b * NP + i_p, tl.sum(b_dkeep, axis=0))
-
-
-@triton.jit
-def sum_partials_kernel(
-    part, o1, o2,
-    R, P, C,
-    BP: tl.constexpr,
-    BC: tl.constexpr,
-):
-    # o_k[r, c] = sum_p part[k, r, p, c] for k = program_id(2) in {0, 1}, summed in a fixed order
-    i_r, i_c, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    o_c = i_c * BC + tl.arange(0, BC)
-    m_c = o_c < C
-    # [BP, BC]
-    b_acc = tl.zeros([BP, BC], dtype=tl.float32)
-    for i_p in range(0, P, BP):
-        o_p = i_p + tl.arange(0, BP)
-        m = (o_p < P)[:, None] & m_c[None, :]
-        p_part = part + ((i_k * R + i_r) * P + o_p[:, None].to(tl.int64)) * C + o_c[None, :]
-        b_acc += tl.load(p_part, mask=m, other=0.0)
-    # [BC]
-    b_sum = tl.sum(b_acc, axis=0)
-    if i_k == 0:
-        tl.store(o1 + i_r * C + o_c, b_sum.to(o1.dtype.element_ty), mask=m_c)
-    else:
-        tl.store(o2 + i_r * C + o_c, b_sum.to(o2.dtype.element_ty), mask=m_c)
-
-
-# launch plan
+# row plan
 
 
 class RowPlan(NamedTuple):
@@ -468,7 +83,7 @@ def _programs_per_sample(B: int, n_tiles: int, dev: torch.device) -> int:
     return max(1, min(n_tiles, triton.cdiv(4 * sms, max(B, 1))))
 
 
-def _config(B: int, T: int, C: int, dev: torch.device) -> RowPlan:
+def _plan(B: int, T: int, C: int, dev: torch.device) -> RowPlan:
     """Tile (BT rows x BC channels), tokens per program and the (B, P) grid."""
     BC = triton.next_power_of_2(C)
     BT = max(1, min(TILE_ELEMENTS // BC, triton.next_power_of_2(max(T, 1))))
@@ -478,24 +93,6 @@ def _config(B: int, T: int, C: int, dev: torch.device) -> RowPlan:
     P = triton.cdiv(T, TPP)
     # 4 warps up to 2048 elements, 16 for 8192-wide rows (the backward holds ~7 tiles live)
     return RowPlan(grid=(B, P), TPP=TPP, BT=BT, BC=BC, num_warps=min(16, max(4, BT * BC // 512)))
-
-
-def unsupported_reason(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> Optional[str]:
-    """None when the kernels can run for x (B, ..., C) and the op's other tensors on their device,
-    else one sentence naming the limit, the architecture and the dtype."""
-    arch, dtype = device.arch_name(x.device), x.dtype
-    why = device.arch_reason(x.device)
-    if why is not None:
-        return f"{why} (adaLN, {dtype})"
-    for t in (x, *tensors):
-        if t is not None and t.dtype not in SUPPORTED_DTYPES:
-            return f"the fused adaLN kernels support float16, bfloat16, float32 and float64, got {t.dtype} on {arch}"
-    if x.shape[-1] > MAX_CHANNELS:
-        return (
-            f"the fused adaLN kernels keep whole rows in one tile and support C <= {MAX_CHANNELS} "
-            f"channels on {arch} for {dtype}, got C = {x.shape[-1]}"
-        )
-    return None
 
 
 # launchers
@@ -546,9 +143,10 @@ def _dims(x: torch.Tensor) -> Tuple[int, int, int]:
     return B, (x.numel() // (B * C) if B * C else 0), C
 
 
-def _plan(x: torch.Tensor) -> Tuple[RowPlan, int, int]:
+def _tokens_plan(x: torch.Tensor) -> Tuple[RowPlan, int, int]:
+    """The row plan of x (B, ..., C), its tokens per sample T and channels C."""
     B, T, C = _dims(x)
-    return _config(B, T, C, x.device), T, C
+    return _plan(B, T, C, x.device), T, C
 
 
 def _sum_partials(part: torch.Tensor, outs: List[torch.Tensor]) -> None:
@@ -582,7 +180,7 @@ def modulate_fwd(x, shift, scale, eps: float = 0.0, norm: bool = False) -> torch
     o = _new_tokens(x, _promote(x, shift, scale))
     if o.numel() == 0:
         return o
-    plan, T, C = _plan(x)
+    plan, T, C = _tokens_plan(x)
     x, s_x = _btc(x, "x")
     _, s_o = _btc(o, "o")
     shift, scale = _rows(shift), _rows(scale)
@@ -598,7 +196,7 @@ def modulate_bwd(x, shift, scale, do, eps: float = 0.0, norm: bool = False) -> L
     dx = _new_tokens(x, x.dtype)
     if dx.numel() == 0:
         return [dx, torch.zeros_like(shift), torch.zeros_like(scale)]
-    plan, T, C = _plan(x)
+    plan, T, C = _tokens_plan(x)
     part = torch.empty((2, x.shape[0], plan.grid[1], C), dtype=torch.float32, device=x.device)
     x, s_x = _btc(x, "x")
     do, s_do = _btc(do, "do")
@@ -616,7 +214,7 @@ def gated_residual_fwd(x, y, gate) -> torch.Tensor:
     o = _new_tokens(x, _promote(x, y, gate))
     if o.numel() == 0:
         return o
-    plan, T, C = _plan(x)
+    plan, T, C = _tokens_plan(x)
     x, s_x = _btc(x, "x")
     y, s_y = _btc(y, "y")
     _, s_o = _btc(o, "o")
@@ -633,7 +231,7 @@ def gated_residual_bwd(y, gate, do) -> List[torch.Tensor]:
     dy = _new_tokens(y, y.dtype)
     if dy.numel() == 0:
         return [dy, torch.zeros_like(gate)]
-    plan, T, C = _plan(y)
+    plan, T, C = _tokens_plan(y)
     part = torch.empty((1, y.shape[0], plan.grid[1], C), dtype=torch.float32, device=y.device)
     y, s_y = _btc(y, "y")
     do, s_do = _btc(do, "do")
@@ -651,7 +249,7 @@ def modulate_layernorm_fwd(x, shift, scale, weight, bias, eps: float) -> torch.T
     o = _new_tokens(x, _promote(x, shift, scale, weight, bias))
     if o.numel() == 0:
         return o
-    plan, T, C = _plan(x)
+    plan, T, C = _tokens_plan(x)
     x, s_x = _btc(x, "x")
     _, s_o = _btc(o, "o")
     shift, scale = _rows(shift), _rows(scale)
@@ -670,7 +268,7 @@ def modulate_layernorm_bwd(x, shift, scale, weight, bias, do, eps: float) -> Lis
     affine = [t for t in (weight, bias) if t is not None]
     if dx.numel() == 0:
         return [dx, torch.zeros_like(shift), torch.zeros_like(scale), *map(torch.zeros_like, affine)]
-    plan, T, C = _plan(x)
+    plan, T, C = _tokens_plan(x)
     part = torch.empty((4, x.shape[0], plan.grid[1], C), dtype=torch.float32, device=x.device)
     x, s_x = _btc(x, "x")
     do, s_do = _btc(do, "do")
@@ -691,7 +289,7 @@ def residual_layernorm_fwd(x, y, weight, bias, keep, eps: float) -> torch.Tensor
     o = _new_tokens(x, _promote(x, y, weight, bias, keep))
     if o.numel() == 0:
         return o
-    plan, T, C = _plan(x)
+    plan, T, C = _tokens_plan(x)
     x, s_x = _btc(x, "x")
     y, s_y = _btc(y, "y")
     _, s_o = _btc(o, "o")
@@ -712,7 +310,7 @@ def residual_layernorm_bwd(y, weight, bias, keep, do, eps: float, keep_grad: boo
     wanted = [t for t in (weight, bias) if t is not None] + ([keep] if keep_grad else [])
     if dy.numel() == 0:
         return [dy, *map(torch.zeros_like, wanted)]
-    plan, T, C = _plan(y)
+    plan, T, C = _tokens_plan(y)
     B, P = plan.grid
     part = torch.empty((2, B, P, C), dtype=torch.float32, device=y.device)
     part_keep = torch.empty((1, B, P, 1), dtype=torch.float32, device=y.device) if keep_grad else part
@@ -907,7 +505,25 @@ def _residual_layernorm_backward(ctx, do):
 _residual_layernorm_fwd_op.register_autograd(_residual_layernorm_backward, setup_context=_residual_layernorm_setup)
 
 
-# entry points (the positional signatures of xswin_fast.ops.reference)
+# entry points: ``unsupported_reason`` and the positional signatures of xswin_fast.ops.reference
+
+
+def unsupported_reason(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> Optional[str]:
+    """None when the kernels can run for x (B, ..., C) and the op's other tensors on their device,
+    else one sentence naming the limit, the architecture and the dtype."""
+    arch, dtype = device.arch_name(x.device), x.dtype
+    why = device.arch_reason(x.device)
+    if why is not None:
+        return f"{why} (adaLN, {dtype})"
+    for t in (x, *tensors):
+        if t is not None and t.dtype not in SUPPORTED_DTYPES:
+            return f"the fused adaLN kernels support float16, bfloat16, float32 and float64, got {t.dtype} on {arch}"
+    if x.shape[-1] > MAX_CHANNELS:
+        return (
+            f"the fused adaLN kernels keep whole rows in one tile and support C <= {MAX_CHANNELS} "
+            f"channels on {arch} for {dtype}, got C = {x.shape[-1]}"
+        )
+    return None
 
 
 def modulate(x, shift, scale):

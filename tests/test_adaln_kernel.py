@@ -84,7 +84,7 @@ def test_many_programs_and_tiles_per_sample(op, monkeypatch):
     masked tail tile."""
     monkeypatch.setattr(adaln, "_programs_per_sample", lambda B, n_tiles, device: 4)
     monkeypatch.setattr(adaln, "TILE_ELEMENTS", 256)  # C = 100 -> BC = 128, BT = 2
-    cfg = adaln._config(2, 37, 100, torch.device("cpu"))
+    cfg = adaln._plan(2, 37, 100, torch.device("cpu"))
     assert cfg.BT == 2 and cfg.grid == (2, 4) and cfg.TPP == 10
     check_against_reference(op, *make_args(op, (2, 37, 100)))
 
@@ -180,15 +180,15 @@ def test_empty_token_dims(op):
 
 def test_poisoning_catches_an_unwritten_program(monkeypatch):
     """Negative control: drop the last program of each sample and the poisoned output shows it."""
-    config = adaln._config
+    plan = adaln._plan
     monkeypatch.setattr(adaln, "_programs_per_sample", lambda B, n_tiles, device: 2)
     monkeypatch.setattr(adaln, "TILE_ELEMENTS", 32)  # C = 8: 4 tokens per tile, 2 tiles per program
 
     def short(*a, **k):
-        cfg = config(*a, **k)
+        cfg = plan(*a, **k)
         return cfg._replace(grid=(cfg.grid[0], cfg.grid[1] - 1))
 
-    monkeypatch.setattr(adaln, "_config", short)
+    monkeypatch.setattr(adaln, "_plan", short)
     (x, shift, scale), _ = make_args("modulate", (2, 16, 8))
     with poisoned_allocations():
         out = ops.modulate(x, shift, scale, backend="triton")

@@ -11,8 +11,8 @@ import pytest
 from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary
 
 PTXAS_LOG = """ptxas info    : 0 bytes gmem
-ptxas info    : Compiling entry function 'window_attn_bwd_kernel' for 'sm_90a'
-ptxas info    : Function properties for window_attn_bwd_kernel
+ptxas info    : Compiling entry function 'window_attention_bwd_kernel' for 'sm_90a'
+ptxas info    : Function properties for window_attention_bwd_kernel
     200 bytes stack frame, 196 bytes spill stores, 204 bytes spill loads
 ptxas info    : Used 255 registers, used 1 barriers, 200 bytes cumulative stack size
 """
@@ -74,33 +74,78 @@ def test_merge_specializations_keeps_the_most_launched_one_with_every_source():
     assert merged_sources[config_key(aligned)] == {(0, 64), (1, 64), (2, 64)}
 
 
-def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",), precisions=("bf16",)):
+def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",), precisions=("bf16",), dots=0, mma=None):
     return dict(kernel="k", config="BN=64", pointers="bf16", num_warps=4, target=TARGETS[target].name, status=status,
                 regs=regs, spill_stores=spill, spill_loads=spill, error="too big" if status != "OK" else None,
-                preset_precisions=list(preset_precisions), precisions=list(precisions))
+                preset_precisions=list(preset_precisions), precisions=list(precisions), tensor_core_dots=dots,
+                mma=mma or {}, occupancy=0.25)
 
 
-def test_rules_flag_16_bit_preset_spills_on_sm90_only():
-    assert problems([_row()]) == []
-    assert [rule for rule, _ in problems([_row(spill=4)])] == ["half-spills"]
-    assert problems([_row(target=80, spill=4)]) == []
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_rules_flag_16_bit_preset_spills_on_every_target(target):
+    assert problems([_row(target)]) == []
+    assert [rule for rule, *_ in problems([_row(target, spill=4)])] == ["half-spills"]
     # a sweep configuration (no preset) may spill at a high register count
-    assert problems([_row(spill=4, preset_precisions=())]) == []
+    assert problems([_row(target, spill=4, preset_precisions=())]) == []
 
 
-def test_rules_flag_fp32_spills_below_64_registers_and_anything_not_ok():
+def test_rules_flag_a_register_collapse_of_any_dtype_and_anything_not_ok():
     fp32 = dict(preset_precisions=("fp32",), precisions=("fp32",))
-    assert [rule for rule, _ in problems([_row(regs=32, spill=21000, **fp32)])] == ["fp32-spills"]
+    assert [rule for rule, *_ in problems([_row(regs=32, spill=21000, **fp32)])] == ["collapse"]
+    # a bf16 sweep configuration at 32 registers with spill (a 16x16 window at d32 on sm_80, once)
+    assert [rule for rule, *_ in problems([_row(80, regs=32, spill=31000, preset_precisions=())])] == ["collapse"]
     assert problems([_row(regs=255, spill=1000, **fp32)]) == []
-    assert [rule for rule, _ in problems([_row(status="NOFIT", **fp32), _row(target=80, status="FAIL")])] == ["fit", "fit"]
-    assert [rule for rule, _ in problems([], errors=[(("preset", "XSwin-S/2", 32, "bf16"), 64, "RuntimeError: boom")])] == ["fit"]
+    assert [rule for rule, *_ in problems([_row(status="NOFIT", **fp32), _row(target=80, status="FAIL")])] == ["fit", "fit"]
+    assert [rule for rule, *_ in problems([], errors=[(("preset", "XSwin-S/2", 32, "bf16"), 64, "RuntimeError: boom")])] == ["fit"]
+
+
+@pytest.mark.parametrize("target, opcode", [(80, "HMMA"), (86, "HMMA"), (89, "HMMA"), (90, "HGMMA"), (100, "UTCHMMA"),
+                                            (120, "HMMA")])
+def test_rules_require_the_targets_tensor_core_instructions_for_tensor_core_dots(target, opcode):
+    assert problems([_row(target, dots=2, mma={opcode: 8})]) == []
+    # an IEEE fp32 dot (no tensor-core precision) needs none
+    assert problems([_row(target, dots=0)]) == []
+    assert [rule for rule, *_ in problems([_row(target, dots=2)])] == ["tensor-cores"]
+    # wgmma / tcgen05 are not the tensor cores of the other targets
+    if target not in (90, 100):
+        assert [rule for rule, *_ in problems([_row(target, dots=2, mma={"HGMMA": 8, "UTCHMMA": 2})])] == ["tensor-cores"]
+
+
+def test_a_rule_may_be_enforced_on_one_target():
+    from xswin_fast.compile_check import enforced
+
+    (finding,) = problems([_row(80, spill=4)])
+    assert finding[:2] == ("half-spills", "sm_80")
+    assert enforced("half-spills", "sm_80", ["fit", "half-spills"])
+    assert not enforced("half-spills", "sm_80", ["fit", "half-spills@sm_90a"])
+    assert enforced("half-spills", "sm_90a", ["fit", "half-spills@sm_90a"])
+
+
+def test_the_six_targets_carry_the_device_facts():
+    from xswin_fast.kernels.device import ARCHITECTURES
+
+    assert sorted(TARGETS) == [80, 86, 89, 90, 100, 120]
+    for (major, minor), a in ARCHITECTURES.items():
+        t = TARGETS[10 * major + minor]
+        assert (t.name, t.sms, t.smem_block, t.warps_sm, t.blocks_sm) == (a.name, a.sms, a.smem_block, a.warps_sm, a.blocks_sm)
+    # the consumer and workstation cards: 99 KB a block, 48 warps an SM
+    assert {TARGETS[a].smem_block for a in (86, 89, 120)} == {99 * 1024}
+    assert occupancy(TARGETS[86], 32, 0, 2) == 16 * 2 / 48  # 16 blocks at most on sm_86
+    assert occupancy(TARGETS[89], 32, 0, 2) == 1.0  # 24 on sm_89
+    assert occupancy(TARGETS[120], 255, 0, 4) == 8 / 48  # 255 registers: 8 warps of the 48
 
 
 def test_rules_flag_selects_what_check_enforces():
     from xswin_fast.compile_check import RULES, parse_args
 
     assert parse_args([]).rules == list(RULES)
-    assert parse_args(["--rules", "fit,fp32-spills"]).rules == ["fit", "fp32-spills"]
+    assert parse_args(["--rules", "fit,collapse"]).rules == ["fit", "collapse"]
+    assert parse_args(["--rules", "fit,half-spills@sm_90a"]).rules == ["fit", "half-spills@sm_90a"]
+    with pytest.raises(SystemExit):
+        parse_args(["--rules", "half-spills@sm_75"])
+    assert [t.name for t in parse_args(["--targets", "86,120"]).targets] == ["sm_86", "sm_120"]
+    with pytest.raises(SystemExit):
+        parse_args(["--targets", "75"])
     with pytest.raises(SystemExit):
         parse_args(["--rules", "fit,no-such-rule"])
 
@@ -108,10 +153,10 @@ def test_rules_flag_selects_what_check_enforces():
 CAPTURE_AND_COMPILE = """
 import json, sys
 from xswin_fast import compile_check as cc
-window, kernels = tuple(json.loads(sys.argv[1])), sys.argv[2]
+window, kernels, arch = tuple(json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3])
 calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([window], [16], ["bf16"]).items())]
 recorder = cc.LaunchRecorder()
-rejected, errors = cc.replay(calls, [1], cc.TARGETS[90], recorder, [])
+rejected, errors = cc.replay(calls, [1], cc.TARGETS[arch], recorder, [])
 specs = {k: s for k, s in recorder.configs.items() if s["kernel"].endswith(kernels)}
 results = cc.compile_all(specs, 1, 300, None, progress=lambda line: None)
 json.dump(dict(kernels=sorted(s["kernel"] for s in recorder.configs.values()), errors=errors,
@@ -119,9 +164,9 @@ json.dump(dict(kernels=sorted(s["kernel"] for s in recorder.configs.values()), e
 """
 
 
-def _capture_and_compile(window, kernels):
+def _capture_and_compile(window, kernels, arch=90):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE, json.dumps(window), kernels], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE, json.dumps(window), kernels, str(arch)], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
@@ -139,10 +184,19 @@ def test_capture_and_compile_a_tiny_window_attention_for_sm90():
     assert all(r["mma"] for r in out["results"])
 
 
+@pytest.mark.parametrize("arch", [86, 100, 120])
+def test_an_8x8_window_attention_forward_runs_on_the_targets_tensor_cores(arch):
+    # ptxas (sm_86) and ptxas-blackwell (sm_100a, sm_120) from the triton wheel: the forward's two
+    # bf16 tl.dots become the target's tensor-core instructions, and nothing spills
+    out = _capture_and_compile([8, 8], "fwd_kernel", arch)
+    expected = set(TARGETS[arch].tensor_cores)
+    assert all(r["tensor_core_dots"] == 2 and set(r["mma"]) & expected for r in out["results"]), out["results"]
+
+
 def test_small_windows_compile_to_the_small_kernels_for_sm90():
     # 2x2 windows take the SMALL path: CUDA-core products, forward and backward, no spill
     out = _capture_and_compile([2, 2], "_kernel")
-    assert {k for k in out["kernels"] if "window" in k} == {"window_attn_small_fwd_kernel", "window_attn_small_bwd_kernel"}
+    assert {k for k in out["kernels"] if "window" in k} == {"window_attention_small_fwd_kernel", "window_attention_small_bwd_kernel"}
     assert not any(r["mma"] for r in out["results"])
 
 
@@ -157,7 +211,7 @@ x = torch.empty(64, 384, 8, 8, dtype=torch.bfloat16).movedim(1, -1)
 shift, scale = torch.empty(2, 64, 384, dtype=torch.bfloat16).unbind(0)
 recorder = cc.LaunchRecorder()
 with cc.emulated_gpu(cc.TARGETS[90]), recorder.active(cc.TARGETS[90]):
-    assert adaln._config(64, 64, 384, x.device).TPP == 8
+    assert adaln._plan(64, 64, 384, x.device).TPP == 8
     adaln.modulate_bwd(x, shift, scale, torch.empty_like(x))
 specs = {k: s for k, s in recorder.configs.items() if s["kernel"] == "modulate_bwd_kernel"}
 json.dump(list(cc.compile_all(specs, 1, 300, None, progress=lambda line: None).values()), sys.stdout)
@@ -184,7 +238,8 @@ def test_a_preset_call_outside_the_kernel_limits_is_rejected_up_front_not_a_cras
     indexed = [(i, call, labels) for i, (call, labels) in enumerate(calls.items())]
     rejected, errors = cc.replay(indexed, [None], cc.TARGETS[90], cc.LaunchRecorder(), [])
     assert errors == []
-    assert rejected and all("window_attention" in msg and "shared memory" in msg for _, _, msg in rejected)
+    assert rejected and all(msg.startswith("sm_90a: ") and "window_attention" in msg and "shared memory" in msg
+                            for _, _, msg in rejected)
 
 
 BATCH_REPLAYS = """
@@ -216,8 +271,8 @@ def test_the_batch_changes_no_window_attention_or_adaln_compile_input():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     # XSwin-digits' 2x2 windows take the SMALL pair, XSwin-S/2's 8x8 windows the tensor-core one
-    assert {"window_attn_fwd_kernel", "window_attn_bwd_kernel", "window_attn_small_fwd_kernel",
-            "window_attn_small_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
+    assert {"window_attention_fwd_kernel", "window_attention_bwd_kernel", "window_attention_small_fwd_kernel",
+            "window_attention_small_bwd_kernel", "modulate_fwd_kernel", "gated_residual_bwd_kernel",
             "sum_partials_kernel"} <= set(out["kernels"]), out["kernels"]
     assert all(keys == out["keys"]["1"] for keys in out["keys"].values())
 

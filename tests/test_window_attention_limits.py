@@ -5,6 +5,8 @@
 The architecture is emulated by patching ``kernels.device.capability``, the launchers' only
 source of it (under the interpreter it is sm_90).
 """
+import warnings
+
 import pytest
 import torch
 
@@ -57,3 +59,116 @@ def test_older_architectures_are_named():
         mp.setattr(device, "capability", lambda dev: (7, 5))
         why = wa.unsupported_reason(q, k, v, (2, 2))
     assert why is not None and "sm_75" in why and "sm_80" in why
+
+
+# the six targets of kernels.device.ARCHITECTURES, emulated the way the compile check does:
+# capability and SM count, the launchers' only sources of them
+TARGETS = list(device.ARCHITECTURES)
+
+
+@pytest.fixture(params=TARGETS, ids=lambda cap: device.ARCHITECTURES[cap].name)
+def target(request, monkeypatch):
+    facts = device.ARCHITECTURES[request.param]
+    monkeypatch.setattr(device, "capability", lambda dev: request.param)
+    monkeypatch.setattr(device, "multiprocessors", lambda dev: facts.sms)
+    return facts
+
+
+def test_each_target_reads_its_own_limits(target):
+    cpu = torch.device("cpu")
+    assert device.architecture(cpu) is target and device.arch_reason(cpu) is None
+    assert device.shared_memory_per_block(cpu) == target.smem_block
+    assert target.smem_block == (99 if target.warps_sm == 48 else 163 if target.name == "sm_80" else 227) * 1024
+
+
+@pytest.mark.parametrize("cap, limit", [((8, 7), 99), ((12, 1), 99), ((11, 0), 99), ((9, 0), 227), ((10, 3), 227)])
+def test_an_unlisted_architecture_gets_the_least_shared_memory_of_its_family(monkeypatch, cap, limit):
+    monkeypatch.setattr(device, "capability", lambda dev: cap)
+    assert device.shared_memory_per_block(torch.device("cpu")) == limit * 1024
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("window, d", [((8, 8), 32), ((8, 8), 64), ((8, 8), 128), ((2, 2), 32), ((4, 4), 64), ((7, 7), 96)])
+def test_16_bit_preset_windows_take_the_triton_path_on_every_target(target, window, d, dtype):
+    q, k, v = (t.requires_grad_() for t in qkv(window, d, dtype))
+    bias = torch.zeros(2, window[0] * window[1], window[0] * window[1], requires_grad=True)
+    assert wa.unsupported_reason(q, k, v, window, (0, 0), bias, torch.zeros(2, requires_grad=True)) is None
+
+
+def test_an_fp32_backward_over_99_kb_is_named_on_the_small_shared_memory_targets(target):
+    # the fp32 backward of 8x8 windows at head dim 128 holds 128-160 KB (compiled, sm_90a / sm_80)
+    q, k, v = (t.requires_grad_() for t in qkv((8, 8), 128, torch.float32))
+    why = wa.unsupported_reason(q, k, v, (8, 8))
+    if target.smem_block < 160 * 1024:
+        assert why is not None and "backward" in why and "shared memory" in why and target.name[:5] in why
+    else:
+        assert why is None
+    # its forward fits everywhere: inference stays on the Triton path
+    assert wa.unsupported_reason(*(t.detach() for t in (q, k, v)), (8, 8)) is None
+
+
+def test_the_tile_plan_is_the_same_on_every_target_and_the_backward_split_follows_the_sm_count(target):
+    cpu = torch.device("cpu")
+    plan = wa._plan(64, 32, 32, (8, 8), (4, 4), 64)
+    assert plan == wa._plan.__wrapped__(64, 32, 32, (8, 8), (4, 4), 64)
+    assert (plan.BN, plan.BM, plan.num_warps, plan.num_stages) == (64, 64, 8, 1)
+    assert wa.backward_passes(plan, 64, torch.bfloat16, need_dbias=True) == wa.SPLIT_BACKWARD
+    assert wa._num_splits(cpu, plan.num_tiles, 4) == min(plan.num_tiles, 4 * target.sms // 4)
+
+
+def test_nothing_changes_on_sm90a_and_sm80():
+    # the limits and SM counts the kernels were tuned and checked on before the other targets
+    assert device.ARCHITECTURES[(9, 0)][:6] == ("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472)
+    assert device.ARCHITECTURES[(8, 0)][:6] == ("sm_80", "A100, A800, A30", "A100 SXM4", 108, 166912, 167936)
+
+
+class _OnCuda:
+    """What the dispatcher reads of a tensor on a CUDA device (this machine has none)."""
+
+    is_cuda = True
+
+
+def _fallback_messages(caught):
+    from xswin_fast.ops.dispatch import FallbackWarning
+
+    return [str(w.message) for w in caught if issubclass(w.category, FallbackWarning)]
+
+
+def test_a_fallback_on_a_cuda_device_warns_once_per_reason():
+    from xswin_fast.ops.dispatch import use_triton
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            assert use_triton("window_attention", None, [_OnCuda()], lambda: "a 16x16 window needs 116 KB on sm_86") is False
+        assert use_triton("window_attention", None, [_OnCuda()], lambda: "d = 160 exceeds 128 on sm_86") is False
+        assert use_triton("window_attention", None, [_OnCuda()], lambda: None) is True
+        assert use_triton("window_attention", "torch", [_OnCuda()], lambda: "never asked") is False
+    messages = _fallback_messages(caught)
+    assert len(messages) == 2, messages
+    assert "window_attention runs on the PyTorch reference" in messages[0] and "116 KB on sm_86" in messages[0]
+    assert "d = 160" in messages[1]
+
+
+def test_a_fallback_warns_under_torch_compile_without_a_graph_break():
+    from xswin_fast.ops.dispatch import use_triton
+
+    def f(x):
+        return x * 2 if use_triton("modulate", None, [_OnCuda()], lambda: "C = 9000 > 8192 on sm_120") else x + 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        out = torch.compile(f, backend="eager", fullgraph=True)(torch.ones(3))
+    assert torch.equal(out, torch.full((3,), 2.0))
+    assert ["C = 9000 > 8192 on sm_120" in m for m in _fallback_messages(caught)] == [True]
+
+
+def test_cpu_tensors_never_warn(monkeypatch):
+    # under the interpreter (CPU tensors) a call outside the limits runs on the reference silently:
+    # the warning is about a GPU's slow path
+    monkeypatch.setattr(device, "capability", lambda dev: (8, 6))
+    q, k, v = qkv((16, 16), 128, torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ops.window_attention(q, k, v, (16, 16))
+    assert _fallback_messages(caught) == []

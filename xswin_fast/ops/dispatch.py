@@ -5,13 +5,33 @@ interpreter is active (``TRITON_INTERPRET=1``) and the kernel supports the input
 otherwise. ``"triton"`` and ``"torch"`` force one. Forcing ``"triton"`` where it cannot run is an
 error, never a silent fallback: RuntimeError when the environment cannot run Triton (no triton,
 CPU tensors without the interpreter), ValueError naming the kernel's limit when the inputs are
-outside it (its ``unsupported_reason``).
+outside it (its ``unsupported_reason``). Automatic dispatch that leaves a CUDA device's tensors on
+the reference because the kernel cannot run them warns (``FallbackWarning``) with the reason.
 """
+import warnings
 from typing import Callable, Iterable, Optional, Tuple
 
 import torch
 
 BACKENDS = ("torch", "triton")
+
+
+class FallbackWarning(UserWarning):
+    """A call on a CUDA device runs on the PyTorch reference: the Triton kernel cannot run it."""
+
+
+def _warn_fallback(op: str, why: str) -> None:
+    # One warning per distinct message: Python's warning registry dedupes them, and the reason names
+    # the shape class (window, head dim, channels, dtype, architecture). Under torch.compile the
+    # warning is issued once while Dynamo traces (comptime), so it neither breaks the graph nor
+    # keeps module state that a graph would read.
+    message = f"{op} runs on the PyTorch reference on this CUDA device (slower): {why}"
+    if torch.compiler.is_compiling():
+        from torch._dynamo.comptime import comptime
+
+        comptime(lambda ctx: warnings.warn(ctx.get_local("message").as_python_constant(), FallbackWarning))
+    else:
+        warnings.warn(message, FallbackWarning, stacklevel=4)
 
 
 def check_backend(backend: Optional[str]) -> None:
@@ -64,6 +84,7 @@ def use_triton(
     limit; forced ``backend="triton"`` raises with it (RuntimeError for the environment,
     ValueError for the inputs)."""
     check_backend(backend)
+    tensors = tuple(tensors)
     if backend == "torch":
         return False
     why = _environment_reason(tensors)
@@ -75,5 +96,7 @@ def use_triton(
     if why is not None:
         if backend == "triton":
             raise ValueError(f"backend='triton' cannot run {op}: {why}")
+        if any(t is not None and t.is_cuda for t in tensors):
+            _warn_fallback(op, why)
         return False
     return True

@@ -1,0 +1,6 @@
+"""``python -m xswin_fast.compile_check``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
