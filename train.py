@@ -1,4 +1,5 @@
-"""Train a class-conditional diffusion backbone (XSwin, USwin, DiT, UViT).
+"""Train a class-conditional diffusion backbone of any registered family (XSwin, USwin, DiT, UViT,
+DiffiT, LatentDiffiT, ASCEND, IU-ViT) with the eps or the flow objective.
 
     python train.py                      # built-in job: a small XSwin on sklearn's digits, CPU, minutes
     python train.py --help               # every flag; docs/training.md has worked examples

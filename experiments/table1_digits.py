@@ -169,7 +169,7 @@ def training_split(run: Path) -> Tuple[torch.Tensor, List[int]]:
     held = set(int(i) for i in split["eval"])
     train_ids = [i for i in range(len(DigitsDataset().all_targets)) if i not in held]
     ds = DigitsDataset(train_ids, image_size=split["image_size"])
-    images = torch.stack([torch.from_numpy(ds.uint8_image(i)) for i in range(len(ds))]).unsqueeze(1)
+    images = ds.uint8_images()
     return images, ds.targets
 
 

@@ -6,6 +6,7 @@ slow naive twins of the ops in naive.py.
 import contextlib
 import copy
 import functools
+import importlib
 import math
 import sys
 from pathlib import Path
@@ -232,3 +233,28 @@ def strided(t, dim):
     index[dim] = slice(1, None, 2)
     wide[tuple(index)] = t
     return wide[tuple(index)]
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@contextlib.contextmanager
+def experiment_modules(*names: str):
+    """The scripts ``names`` of experiments/ imported as modules, with that folder on sys.path (where
+    a script finds its sibling files) for as long as the context lasts."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        yield tuple(importlib.import_module(name) for name in names)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def counting_checkpoint(calls: list):
+    """A gradient-checkpointing function for diffusers' ``enable_gradient_checkpointing`` that
+    appends each checkpointed block's class name to ``calls``."""
+
+    def checkpoint(block, *args):
+        calls.append(type(block).__name__)
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+
+    return checkpoint

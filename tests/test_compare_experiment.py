@@ -2,15 +2,13 @@
 finished cell (its summary) never redone, a killed cell resumed exactly from its checkpoint,
 the sweep extended until its best scale is interior, and the report's compute matching."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import experiment_modules
 from test_cli_errors import assert_one_line_error, run_cli
 from test_fashion_mnist import write_fashion_mnist
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 MODELS = ["DiT-digits"]
 TINY = [
     "--models", ",".join(MODELS), "--seeds", "1", "--steps", "4", "--eval-every", "2", "--batch-size", "16",
@@ -21,14 +19,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def compare():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import compare_backbones
-        import compare_report
-
-        yield compare_backbones, compare_report
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    with experiment_modules("compare_backbones", "compare_report") as modules:
+        yield modules
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 import xswin_fast
 from families import FAMILIES, tiny
-from helpers import forward_backward, model_inputs, randomize_
+from helpers import counting_checkpoint, forward_backward, model_inputs, randomize_
 from xswin_fast import DiT
 from xswin_fast.pipelines import DiTPipelineTransformer
 
@@ -62,12 +62,7 @@ def test_adapter_passes_gradient_checkpointing_to_the_backbone():
     out, grads = forward_backward(model, (x, t, y))
 
     calls = []
-
-    def counting_checkpoint(block, *args):
-        calls.append(type(block).__name__)
-        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-
-    adapter.enable_gradient_checkpointing(counting_checkpoint)
+    adapter.enable_gradient_checkpointing(counting_checkpoint(calls))
     assert adapter.is_gradient_checkpointing and model.gradient_checkpointing
     out_ckpt, grads_ckpt = forward_backward(model, (x, t, y))
     assert calls and set(calls) == {"DiTBlock"}

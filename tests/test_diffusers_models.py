@@ -9,7 +9,7 @@ import torch
 
 import xswin_fast
 from families import FAMILIES, tiny
-from helpers import forward_backward, model_inputs, randomize_
+from helpers import counting_checkpoint, forward_backward, model_inputs, randomize_
 from xswin_fast import DiT, USwin, create_model
 from xswin_fast.models import PRESETS
 from xswin_fast.models.base import DiffusionBackbone
@@ -121,12 +121,7 @@ def test_diffusers_checkpointing_switches_drive_run_block(cls):
     out, grads = forward_backward(model, inputs)
 
     calls = []
-
-    def counting_checkpoint(block, *args):
-        calls.append(type(block).__name__)
-        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
-
-    model.enable_gradient_checkpointing(counting_checkpoint)
+    model.enable_gradient_checkpointing(counting_checkpoint(calls))
     assert model.is_gradient_checkpointing and model.gradient_checkpointing
     out_ckpt, grads_ckpt = forward_backward(model, inputs)
     assert calls and set(calls) <= set(model._repeated_blocks)

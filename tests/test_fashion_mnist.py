@@ -74,7 +74,7 @@ def test_sizes_pad_keep_or_resample_the_native_images(tiny_root):
     small = FashionMNISTDataset(tiny_root, "test", indices=[3, 1], image_size=16)
     raw = read_idx(tiny_root / FILES["train"][0])
     assert native.images.shape == (64, 1, 28, 28) and padded.images.shape == (64, 1, 32, 32)
-    assert np.array_equal(native.uint8_image(5), raw[5])
+    assert np.array_equal(native.uint8_images()[5, 0].numpy(), raw[5])
     assert torch.equal(padded.images[:, :, 2:30, 2:30], native.images)
     assert (padded.images[:, :, :2] == -1).all() and (padded.images[:, :, :, 30:] == -1).all()
     assert small.images.shape == (2, 1, 16, 16) and small.targets == [3, 1] and -1 <= small.images.min() <= small.images.max() <= 1

@@ -4,14 +4,12 @@ digits presets, and one-line errors for bad arguments."""
 import json
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import experiment_modules
 from xswin_fast import create_model
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 MODELS = ["XSwin-digits", "DiT-digits"]
 TINY = [
     "--models", ",".join(MODELS), "--seeds", "1", "--steps", "2", "--batch-size", "16", "--warmup", "0",
@@ -22,14 +20,8 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def table1():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import table1_digits
-        import table1_report
-
-        yield table1_digits, table1_report
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    with experiment_modules("table1_digits", "table1_report") as modules:
+        yield modules
 
 
 @pytest.fixture(scope="module")

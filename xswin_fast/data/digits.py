@@ -1,16 +1,14 @@
 """scikit-learn's bundled handwritten digits: the built-in dataset (no download)."""
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .sampler import unflip_index
+from .grey_images import GreyImageDataset
 
 DIGITS_LEVELS = 16  # sklearn's digits hold integers 0..16
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(GreyImageDataset):
     """scikit-learn's bundled handwritten digits: 1,797 8x8 grayscale images, 10 classes.
 
     Items are (x, y): x (1, S, S) float32 in [-1, 1] (0..16 mapped linearly), y an int label.
@@ -20,7 +18,6 @@ class DigitsDataset(Dataset):
     """
 
     kind = "digits"
-    channels = 1
 
     def __init__(self, indices: Optional[Sequence[int]] = None, image_size: int = 8):
         from sklearn.datasets import load_digits
@@ -39,18 +36,3 @@ class DigitsDataset(Dataset):
         self.images = images[self.indices].unsqueeze(1).contiguous()
         self.labels = labels[self.indices]
 
-    @property
-    def targets(self) -> List[int]:
-        return self.labels.tolist()
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        i, flip = unflip_index(index, len(self))
-        x = self.images[i]
-        return (x.flip(-1) if flip else x), int(self.labels[i])
-
-    def uint8_image(self, i: int) -> np.ndarray:
-        """Item ``i`` as an (S, S) uint8 image (0..16 scaled to 0..255)."""
-        return np.round((self.images[i, 0].numpy() + 1) / 2 * 255).astype(np.uint8)

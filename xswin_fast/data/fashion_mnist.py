@@ -14,14 +14,13 @@ images bilinearly (antialiased when shrinking).
 import gzip
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from .folders import DataError
-from .sampler import unflip_index
+from .grey_images import GreyImageDataset
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 NATIVE_SIZE = 28
@@ -91,7 +90,7 @@ def to_size(images: torch.Tensor, image_size: int) -> torch.Tensor:
                                            align_corners=False, antialias=image_size < images.shape[-1])
 
 
-class FashionMNISTDataset(Dataset):
+class FashionMNISTDataset(GreyImageDataset):
     """One split of Fashion-MNIST. Items are (x, y): x float32 (1, S, S) in [-1, 1], y an int label.
 
     ``root`` (path or None): the folder of the IDX files (None: :data:`DEFAULT_ROOT`); ``split``:
@@ -101,7 +100,6 @@ class FashionMNISTDataset(Dataset):
     """
 
     kind = "fashion-mnist"
-    channels = 1
 
     def __init__(self, root: Optional[os.PathLike] = None, split: str = "train",
                  indices: Optional[Sequence[int]] = None, image_size: int = DEFAULT_SIZE):
@@ -117,23 +115,3 @@ class FashionMNISTDataset(Dataset):
         self.images = to_size(chosen, image_size).contiguous()
         self.labels = torch.from_numpy(labels[self.indices].copy())
         self.classes = list(CLASSES)
-
-    @property
-    def targets(self) -> List[int]:
-        return self.labels.tolist()
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        i, flip = unflip_index(index, len(self))
-        x = self.images[i]
-        return (x.flip(-1) if flip else x), int(self.labels[i])
-
-    def uint8_image(self, i: int) -> np.ndarray:
-        """Item ``i`` as an (S, S) uint8 image."""
-        return np.round((self.images[i, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
-
-    def uint8_images(self) -> torch.Tensor:
-        """Every item as uint8 (N, 1, S, S)."""
-        return ((self.images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

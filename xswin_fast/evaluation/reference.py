@@ -23,7 +23,7 @@ def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
         return out
     if split["kind"] == "digits":
         ds = DigitsDataset([int(i) for i in split["eval"]], image_size=split["image_size"])
-        imgs = torch.stack([torch.from_numpy(ds.uint8_image(i)) for i in range(len(ds))]).unsqueeze(1)
+        imgs = ds.uint8_images()
         save_pngs(imgs, out, names=[f"{i}_c{lab}.png" for i, lab in zip(split["eval"], ds.targets)])
     else:
         classes, samples = scan_image_folder(split["root"])

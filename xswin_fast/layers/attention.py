@@ -129,6 +129,8 @@ class WindowCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.window_size = checks.int_pair("window_size", window_size)
         eps = checks.positive_float("eps", eps)
+        # the original code's names, kept so that its weights map one to one: mod_x modulates the
+        # decoder features x (the queries), mod_r the encoder skip r ("residual", keys and values)
         self.mod_x = Modulator(c_dim, dim)
         self.mod_r = Modulator(c_dim, dim)
         self.q = nn.Linear(dim, dim)

@@ -158,7 +158,7 @@ class Trainer:
     def _build_objective(self) -> Objective:
         """The run's objective: eps-prediction DDPM, or flow matching (which ignores the variance
         channels of a learned-sigma backbone, see ``xswin_fast.objectives.flow``)."""
-        config, info = self.config, self.data.info
+        config = self.config
         if config.objective == "flow":
             shift = resolution_shift(config.image_size, config.image_size) if config.time_shift == "auto" else config.time_shift
             return FlowMatching(num_train_timesteps=config.num_timesteps, time_shift=shift, t_sampling=config.t_sampling,
