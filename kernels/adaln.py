@@ -55,7 +55,7 @@ OPS = ("modulate", "layernorm_modulate", "gated_residual", "modulate_layernorm",
 # whole rows live in one tile (the LayerNorm forms reduce over C)
 MAX_CHANNELS = 8192
 # inputs of other dtypes are computed in fp32 all the same, but only these are tested
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # computed in float32
 # elements of one [BT, BC] tile; the interpreter pays per program and per op, not per element
 TILE_ELEMENTS = 16384 if INTERPRET else 4096
 
@@ -517,7 +517,8 @@ def unsupported_reason(x: torch.Tensor, *tensors: Optional[torch.Tensor]) -> Opt
         return f"{why} (adaLN, {dtype})"
     for t in (x, *tensors):
         if t is not None and t.dtype not in SUPPORTED_DTYPES:
-            return f"the fused adaLN kernels support float16, bfloat16, float32 and float64, got {t.dtype} on {arch}"
+            return (f"the fused adaLN kernels compute in float32 and support float16, bfloat16 and float32, "
+                    f"got {t.dtype} on {arch} (the reference computes float64 in float64)")
     if x.shape[-1] > MAX_CHANNELS:
         return (
             f"the fused adaLN kernels keep whole rows in one tile and support C <= {MAX_CHANNELS} "

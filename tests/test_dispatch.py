@@ -251,14 +251,12 @@ def test_interpreter_flag_is_the_kernels_one_reading(monkeypatch):
 def test_adaln_float64_is_computed_in_float64(op, monkeypatch):
     """The fused adaLN kernels compute in float32: float64 goes to the reference (float64) on
     automatic dispatch, and backend="triton" refuses it."""
-    fake = _FakeKernel(op)
-    monkeypatch.setattr(kernel_module(op), op, fake)
-    interpreter(monkeypatch, True)
+    fake = fake_kernel(op, monkeypatch, interpreter=True)
     args, kwargs, _ = case(op)
     args = tuple(a.double() if isinstance(a, torch.Tensor) else a for a in args)
     out = call(op, args, kwargs, None)
     assert out.dtype == torch.float64 and fake.calls == []
     torch.testing.assert_close(out, call(op, args, kwargs, "torch"), rtol=0, atol=0)
-    with pytest.raises(ValueError, match=rf"backend='triton' cannot run {op}: .*compute in float32.* is float64"):
+    with pytest.raises(ValueError, match=rf"backend='triton' cannot run {op}: .*compute in float32.*got torch.float64"):
         call(op, args, kwargs, "triton")
     assert fake.calls == []

@@ -48,20 +48,11 @@ def _kernel():
     return kernel
 
 
-def _float64_reason(tensors: dict) -> Optional[str]:
-    """The fused kernels compute in float32: float64 inputs take the reference, which computes in
-    float64 (automatic dispatch), and ``backend="triton"`` refuses them."""
-    for name, t in tensors.items():
-        if t is not None and t.dtype == torch.float64:
-            return f"the fused adaLN kernels compute in float32, and {name} is float64 (the reference computes in float64)"
-    return None
-
-
 def _on_triton(op: str, backend: Optional[str], tensors: dict) -> bool:
     checks.same_device(**tensors)
     return use_triton(
         op, backend, tensors.values(),
-        lambda: _float64_reason(tensors) or _kernel().unsupported_reason(*tensors.values()),
+        lambda: _kernel().unsupported_reason(*tensors.values()),
     )
 
 
