@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary
 
@@ -300,3 +301,16 @@ def test_a_replay_larger_than_memory_allocates_nothing():
     out = json.loads(proc.stdout)
     assert out["errors"] == [] and out["rejected"] == []
     assert {"modulate_fwd_kernel", "modulate_bwd_kernel"} <= set(out["kernels"]), out["kernels"]
+
+
+def test_a_constant_first_built_while_recording_op_calls_holds_real_values():
+    # op_calls' NoCompute gives big ops uninitialised outputs; the shared constant cache must not
+    # keep such an output (LatentDiffiT's forward asks for its sin-cos embedding while recorded)
+    from xswin_fast.layers.embed import _build_sincos_2d, sincos_2d
+    from xswin_fast.op_calls import NoCompute
+
+    dim, H, W = 1024, 9, 8  # 73,728 elements: over NoCompute's small-op limit, a size no model uses
+    assert dim * H * W > NoCompute.SMALL
+    with NoCompute():
+        sincos_2d(dim, H, W)
+    torch.testing.assert_close(sincos_2d(dim, H, W), _build_sincos_2d(dim, H, W), rtol=0, atol=0)

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _disable_current_modes
 
 LOG_MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -33,14 +34,18 @@ def cached_constant(key: tuple, build: Callable[[], T]) -> T:
     * under ``torch.compile`` the cache is neither read nor filled: ``build`` is traced into the
       graph (its tensors depend on no input and become graph constants), since a cache filled
       inside a compiled region changes state that the graph is guarded on and forces a recompile
-      on the next call.
+      on the next call;
+    * ``build`` runs with no ``TorchDispatchMode`` active, so a constant first asked for under one
+      (``op_calls.NoCompute``, whose big ops return uninitialised outputs; a FLOP counter) holds
+      real values for every later caller.
 
     Cached tensors are shared: never modify one in place.
     """
     if torch.compiler.is_compiling():
         return build()
     if key not in _CONSTANTS:
-        _CONSTANTS[key] = build()
+        with _disable_current_modes():
+            _CONSTANTS[key] = build()
     return _CONSTANTS[key]
 
 
