@@ -360,9 +360,7 @@ def run_experiment(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error(PROG):
-        for flag in ("out", "results"):
-            if Path(getattr(args, flag)).exists() and not Path(getattr(args, flag)).is_dir():
-                raise ConfigError(f"--{flag} {getattr(args, flag)} is a file, not a folder")
+        common.check_folders(args, "out", "results")
         args.device = str(resolve_device(args.device))
         if not args.report_only:
             run_experiment(args)

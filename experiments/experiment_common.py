@@ -63,6 +63,14 @@ def check_recipe(folder: Path, recipe: Dict[str, Any]) -> None:
     write_json(path, recipe)
 
 
+def check_folders(args, *flags: str) -> None:
+    """ConfigError if a folder flag (``--out``, ``--results``) names an existing file."""
+    for flag in flags:
+        path = Path(getattr(args, flag))
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--{flag} {path} is a file, not a folder")
+
+
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` as JSON to ``path`` atomically (a reader sees the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)

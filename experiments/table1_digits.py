@@ -247,8 +247,7 @@ def run_experiment(args: argparse.Namespace) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error(PROG):
-        if Path(args.out).exists() and not Path(args.out).is_dir():
-            raise ConfigError(f"--out {args.out} is a file, not a folder")
+        common.check_folders(args, "out")
         args.device = str(resolve_device(args.device))
         if not args.report_only:
             run_experiment(args)
