@@ -3,7 +3,7 @@ trained with one recipe on the digits and on Fashion-MNIST, several seeds each, 
 along training against images seen, training FLOPs and wall-clock, and a guidance sweep at the
 final checkpoint extended until its best scale is interior (docs/comparison.md).
 
-    python experiments/compare_backbones.py --out /work/runs/compare            # the core: 2 x 4 x 3 cells
+    python experiments/compare_backbones.py --out results/compare-backbones            # the core: 2 x 4 x 3 cells
     python experiments/compare_backbones.py --shard 0/2 & python experiments/compare_backbones.py --shard 1/2
     python experiments/compare_backbones.py --device cuda --steps 4000          # a GPU, a longer recipe (new --results)
     python experiments/compare_backbones.py --report-only                       # tables and curves again
