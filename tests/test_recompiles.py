@@ -35,7 +35,8 @@ for cls in FAMILIES:
         except torch._dynamo.exc.RecompileError as exc:
             print(cls.__name__, "recompiled:", str(exc).splitlines()[-1])
             continue
-        torch.testing.assert_close(first, model(*inputs), rtol=1e-5, atol=1e-6)
+        # under compile the CPU attention takes its exact path, not SDPA: fp32 rounding apart
+        torch.testing.assert_close(first, model(*inputs), rtol=1e-4, atol=1e-5)
     assert torch.equal(first, second), cls.__name__
     print(cls.__name__, "compiled once")
 """
