@@ -35,7 +35,8 @@ Modules: ``targets`` (the GPUs and their emulation), ``recording`` (steps 1-3), 
 (step 4), ``report`` (rows, rules, tables), ``cli`` (the command).
 """
 from .cli import DEFAULT_BATCHES, main, parse_args, run_check
-from .compiling import CHECK_VERSION, cache_key, compile_all, compile_config, default_cache_dir, parse_ptxas, sass_summary
+from .compiling import (CHECK_VERSION, cache_key, compile_all, compile_config, default_cache_dir, parse_ptxas, sass_summary,
+                        tensor_core_dots)
 from .recording import (LaunchRecorder, config_key, merge_specializations, model_calls, record_preset, record_presets,
                         replay, replay_all, replay_chunk, sweep_calls)
 from .report import RULES, build_rows, enforced, kernel_summary, markdown, problems, rejected_table, summary, target_summary
@@ -46,5 +47,5 @@ __all__ = [
     "build_rows", "cache_key", "compile_all", "compile_config", "config_key", "default_cache_dir", "emulated_gpu", "enforced",
     "kernel_summary", "main", "markdown", "merge_specializations", "model_calls", "occupancy", "parse_args",
     "parse_ptxas", "problems", "rejected_table", "target_summary", "TENSOR_CORE_OPCODES", "record_preset", "record_presets", "replay", "replay_all", "replay_chunk", "run_check",
-    "sass_summary", "summary", "sweep_calls", "triton_on_cpu",
+    "sass_summary", "summary", "sweep_calls", "tensor_core_dots", "triton_on_cpu",
 ]
