@@ -31,6 +31,10 @@ class Architecture(NamedTuple):
     regs_sm: int = 65536  # 32-bit registers per SM
     warps_sm: int = 64  # resident warps per SM
     blocks_sm: int = 32  # resident blocks per SM
+    # the widest tensor-core instruction Triton emits for it: "mma.sync" (a warp's fragments, in
+    # its registers), "wgmma" (a warpgroup's, operands from shared memory) or "tcgen05" (the
+    # accumulator in tensor memory)
+    mma: str = "mma.sync"
 
 
 ARCHITECTURES = {
@@ -39,8 +43,8 @@ ARCHITECTURES = {
                          warps_sm=48, blocks_sm=16),
     (8, 9): Architecture("sm_89", "RTX 4090, RTX 6000 Ada, L40S, L4", "RTX 4090", 128, 101376, 102400,
                          warps_sm=48, blocks_sm=24),
-    (9, 0): Architecture("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472),
-    (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472),
+    (9, 0): Architecture("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472, mma="wgmma"),
+    (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472, mma="tcgen05"),
     (12, 0): Architecture("sm_120", "RTX 5090, RTX PRO 6000 Blackwell", "RTX 5090", 170, 101376, 102400,
                           warps_sm=48),
 }

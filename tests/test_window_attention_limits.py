@@ -116,6 +116,28 @@ def test_the_tile_plan_is_the_same_on_every_target_and_the_backward_split_follow
     assert wa._num_splits(cpu, plan.num_tiles, 4) == min(plan.num_tiles, 4 * target.sms // 4)
 
 
+def test_the_16_bit_cosine_backward_at_d64_takes_three_passes_with_mma_sync(target):
+    # mma.sync (sm_80, sm_86, sm_89, sm_120): the two-pass split of 16-bit cosine attention at
+    # d = 64 spills at 255 registers, each of three passes does not; wgmma (sm_90a) and tcgen05
+    # (sm_100a) keep the two passes they were checked with
+    cpu = torch.device("cpu")
+    plan = wa._plan(64, 32, 32, (8, 8), (4, 4), 64)
+    assert target.mma == {"sm_90a": "wgmma", "sm_100a": "tcgen05"}.get(target.name, "mma.sync")
+    three = target.mma == "mma.sync"
+    for dtype in (torch.bfloat16, torch.float16):
+        assert wa.backward_passes(plan, 64, dtype, True, True, cpu) == (wa.THREE_PASS_BACKWARD if three else wa.SPLIT_BACKWARD)
+    # fp32, dot-product attention and d = 32 keep the two passes everywhere
+    assert wa.backward_passes(plan, 64, torch.float32, True, True, cpu) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(plan, 64, torch.bfloat16, True, False, cpu) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(plan, 32, torch.bfloat16, True, True, cpu) == wa.SPLIT_BACKWARD
+    assert wa.backward_passes(plan, 64, torch.bfloat16, False, True, cpu) == wa.FUSED_BACKWARD
+    # every gradient is written by exactly one pass
+    for passes in (wa.FUSED_BACKWARD, wa.SPLIT_BACKWARD, wa.THREE_PASS_BACKWARD):
+        assert [sum(p[i] for p in passes) for i in range(5)] == [1] * 5
+    # the SMALL path's backward: 8 warps with mma.sync, the 4 of sm_90a and sm_100a
+    assert wa._small_backward_warps(cpu) == (8 if three else 4)
+
+
 def test_nothing_changes_on_sm90a_and_sm80():
     # the limits and SM counts the kernels were tuned and checked on before the other targets
     assert device.ARCHITECTURES[(9, 0)][:6] == ("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472)
