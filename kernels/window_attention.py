@@ -37,9 +37,7 @@ registers (fp64 for fp64 inputs) and writes one partial, and the partials are su
 in a fixed order. No atomics: gradients are bitwise reproducible. DOT tiles of 64 tokens with a
 bias gradient at d >= 32 (fp16, bf16, fp32) take two such walks (``SPLIT_BACKWARD``,
 chosen by ``backward_passes``): a dq pass with the bias partials and a dk/dv pass with the
-logit-scale partials, so that neither holds more tiles than fit in 255 registers. On the
-mma.sync targets (sm_80, sm_86, sm_89, sm_120) the 16-bit cosine form at d = 64 takes three
-(``THREE_PASS_BACKWARD``): dq; dk; dv with both partials.
+logit-scale partials, so that neither holds more tiles than fit in 255 registers.
 
 Isolation. A masked key contributes exactly nothing, forward and backward: probabilities, dp and
 ds are selected (``tl.where``), never multiplied by a 0 mask, and no product reduces over the
@@ -75,7 +73,6 @@ __all__ = [
     "BackwardPass",
     "FUSED_BACKWARD",
     "SPLIT_BACKWARD",
-    "THREE_PASS_BACKWARD",
     "backward_passes",
     "MAX_HEAD_DIM",
     "MAX_WINDOW_TOKENS",
@@ -281,50 +278,36 @@ def _num_splits(dev: torch.device, num_tiles: int, heads: int) -> int:
 
 
 class BackwardPass(NamedTuple):
-    """What one launch of the backward kernel writes: dq, dk, dv, the bias-gradient partials
-    (``dbias``) and the logit-scale ones (``dtemp``)."""
+    """What one launch of the backward kernel writes: dq with the bias and logit-scale partials
+    (``dq``), dk and dv (``dkv``)."""
 
     dq: bool
-    dk: bool
-    dv: bool
-    dbias: bool
-    dtemp: bool
+    dkv: bool
 
 
-FUSED_BACKWARD = (BackwardPass(dq=True, dk=True, dv=True, dbias=True, dtemp=True),)
+FUSED_BACKWARD = (BackwardPass(dq=True, dkv=True),)
 # two walks over the tiles, each recomputing the scores, probabilities and ds
-SPLIT_BACKWARD = (BackwardPass(dq=True, dk=False, dv=False, dbias=True, dtemp=False),
-                  BackwardPass(dq=False, dk=True, dv=True, dbias=False, dtemp=True))
-# three walks: a dk pass that holds no tile of the cosine scores (its norm term is kn . (ds^T qn),
-# as dq's), and the dv pass with both partials
-THREE_PASS_BACKWARD = (BackwardPass(dq=True, dk=False, dv=False, dbias=False, dtemp=False),
-                       BackwardPass(dq=False, dk=True, dv=False, dbias=False, dtemp=False),
-                       BackwardPass(dq=False, dk=False, dv=True, dbias=True, dtemp=True))
+SPLIT_BACKWARD = (BackwardPass(dq=True, dkv=False), BackwardPass(dq=False, dkv=True))
 
 
-def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool, cosine: bool = False,
-                    dev: Optional[torch.device] = None) -> Tuple[BackwardPass, ...]:
+def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool) -> Tuple[BackwardPass, ...]:
     """The backward launches for this plan at head dim ``d`` and input ``dtype``, with or without a
-    bias gradient, for dot-product or cosine (``cosine``) attention on ``dev`` (None: the current
-    CUDA device)."""
+    bias gradient."""
     # A [64, 64] fp32 tile of scores takes 32 registers per thread: one pass over 64-token tiles
     # that also holds the bias-gradient accumulator and the dk, dv and dq tiles does not fit in
-    # 255 registers from d = 32 on, each half of the split does (docs/gpu_fitness.md). With
-    # mma.sync (sm_80, sm_86, sm_89, sm_120) the 16-bit cosine halves at d = 64 still spill 4-144 B
-    # at 255 registers; each third of THREE_PASS_BACKWARD does not.
+    # 255 registers from d = 32 on, each half of the split does (docs/gpu_fitness.md).
     if plan.path is KernelPath.SMALL or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return FUSED_BACKWARD
     if need_dbias and plan.BN >= 64 and _block_d(d) >= 32:
-        if cosine and dtype != torch.float32 and _block_d(d) >= 64 and device.architecture(dev).mma == "mma.sync":
-            return THREE_PASS_BACKWARD
         return SPLIT_BACKWARD
     return FUSED_BACKWARD
 
 
 def _small_backward_warps(dev: torch.device) -> int:
-    """Warps of the SMALL path's backward: 8 with mma.sync-class code generation, where ptxas
-    holds the 4-warp program with a bias gradient to 96 registers and 8 B of spill (sm_80, d = 32),
-    the 8-warp one to 80 registers without (docs/gpu_fitness.md)."""
+    """Warps of the SMALL path's backward: 8 on the mma.sync targets (sm_80, sm_86, sm_89,
+    sm_120), where ptxas gave sm_80's 4-warp program with a bias gradient (d = 32) 96 registers and
+    8 B of spill and the 8-warp one 80 registers without, on all four; sm_90a and sm_100a keep the
+    4 they were checked with (docs/gpu_fitness.md)."""
     return SMALL_NUM_WARPS if device.architecture(dev).mma != "mma.sync" else 2 * SMALL_NUM_WARPS
 
 
@@ -346,10 +329,9 @@ def window_attention_bwd(
     """Backward launches: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
     dlogit_scale (heads,); the last two are empty tensors when not requested.
 
-    ``num_splits`` (programs per head) and ``passes`` (``FUSED_BACKWARD``, ``SPLIT_BACKWARD`` or
-    ``THREE_PASS_BACKWARD``, for the DOT path; the SMALL path has one pass) override the plan's
-    choices; the gradients do not depend on them (beyond rounding: the three-pass dk's cosine norm
-    term is kn . (ds^T qn), from ds cast to the input dtype).
+    ``num_splits`` (programs per head) and ``passes`` (``FUSED_BACKWARD`` or ``SPLIT_BACKWARD``, for
+    the DOT path; the SMALL path has one pass) override the plan's choices; the gradients do not
+    depend on them.
     """
     B, H, W, nh, d = q.shape
     plan = _plan(B, H, W, tuple(window), tuple(shift), d)
@@ -378,9 +360,9 @@ def window_attention_bwd(
         window_attention_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
                                                    ACC=_precision(q)["ACC"], **args)
     else:
-        for p in passes or backward_passes(plan, d, q.dtype, need_dbias, logit_scale is not None, q.device):
+        for p in passes or backward_passes(plan, d, q.dtype, need_dbias):
             window_attention_bwd_kernel[(splits, nh)](
-                HAS_DBIAS=need_dbias and p.dbias, HAS_DTEMP=need_dlogit_scale and p.dtemp, DQ=p.dq, DK=p.dk, DV=p.dv,
+                HAS_DBIAS=need_dbias and p.dq, HAS_DTEMP=need_dlogit_scale and p.dkv, DQ=p.dq, DKV=p.dkv,
                 **_precision(q), **_register_cap(q), **args,
             )
     dbias = _bias_gradient(dbias_part, plan, bias) if need_dbias else q.new_empty(0)

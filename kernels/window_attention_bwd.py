@@ -1,5 +1,5 @@
 """Backward Triton kernels of the window attention (``kernels/window_attention.py`` plans and
-launches them): ``window_attention_bwd_kernel`` (DOT path; one launch writes any of dq, dk, dv, see
+launches them): ``window_attention_bwd_kernel`` (DOT path; one launch writes dq and/or dk, dv, see
 ``BackwardPass``) and ``window_attention_small_bwd_kernel`` (SMALL path). Both recompute the
 scores and the softmax from q, k, v and do with the forward's tile helpers, and share the
 cosine-attention gradient ``_cosine_grad``.
@@ -37,11 +37,11 @@ def window_attention_bwd_kernel(
     N: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
     NUM_QB: tl.constexpr, MASK_MODE: tl.constexpr,
     COSINE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DBIAS: tl.constexpr, HAS_DTEMP: tl.constexpr,
-    DQ: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    DQ: tl.constexpr, DKV: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
 ):
-    # do has strides s_o*; dq, dk and dv share the strides s_g*. The launch writes dq (DQ), dk (DK)
-    # and/or dv (DV), and the bias- and logit-scale-gradient partials where HAS_DBIAS / HAS_DTEMP.
+    # do has strides s_o*; dq, dk and dv share the strides s_g*. The launch writes dq (DQ) and/or
+    # dk and dv (DKV); the bias-gradient partials go with dq, the logit-scale ones with dk and dv.
     i_p, i_hd, n_hd = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
     SHIFTED: tl.constexpr = (SH > 0) | (SW > 0)
     o_d = tl.arange(0, BD)
@@ -75,14 +75,12 @@ def window_attention_bwd_kernel(
             b_nk, b_rk = _norms(b_k.to(ACC))
         else:
             b_rk = 1.0
-        if DK:
-            # [BN, BD] ds^T q (cosine: ds^T qn) and [BN] colsum(ds * c) (cosine), summed over the
-            # query blocks
+        if DKV:
+            # [BN, BD] ds^T q (cosine: ds^T qn) and p^T do, and [BN] colsum(ds * c) (cosine), summed
+            # over the query blocks
             b_dk = tl.zeros([BN, BD], dtype=ACC)
-            b_dkn = tl.zeros([BN], dtype=ACC)
-        if DV:
-            # [BN, BD] p^T do, summed over the query blocks
             b_dv = tl.zeros([BN, BD], dtype=ACC)
+            b_dkn = tl.zeros([BN], dtype=ACC)
         if COSINE:
             b_kn = (b_k.to(ACC) * b_rk[:, None]).to(b_k.dtype)
         for i_qb in range(NUM_QB):
@@ -101,7 +99,7 @@ def window_attention_bwd_kernel(
             b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
                           m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
                           N, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
-            if DV:
+            if DKV:
                 b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do, ACC, UPCAST, PREC)
             # [BM, BN] dp, then ds = dL/d(score) with delta = rowsum(p * dp) from the tile
             b_dp = _dot(b_do, tl.trans(b_v), ACC, UPCAST, PREC)
@@ -112,15 +110,14 @@ def window_attention_bwd_kernel(
             b_ds = b_p * (b_dp - tl.sum(b_p * b_dp, 1)[:, None])
             if MASK_MODE == _MASK_ALWAYS:
                 b_ds = tl.where(m_a, b_ds, 0.0)
-            if COSINE and ((DK and DV) or HAS_DTEMP):
+            if COSINE and DKV:
                 # [BM, BN] ds * c in fp32: its column sums are the norm term of dk, its row sums the
                 # share of dtau (a sum that cancels, ds summing to 0 over each row: 16-bit products
                 # of ds would lose it)
                 b_dsc = b_ds * b_c
                 if MASK_MODE == _MASK_ALWAYS:
                     b_dsc = tl.where(m_a, b_dsc, 0.0)
-                if DK and DV:
-                    b_dkn += tl.sum(b_dsc, 0)
+                b_dkn += tl.sum(b_dsc, 0)
                 if HAS_DTEMP:
                     b_dt += tl.sum(b_dsc, 1)
             if HAS_DBIAS:
@@ -145,24 +142,17 @@ def window_attention_bwd_kernel(
                     b_dq = _dot(b_dsh, b_k, ACC, UPCAST, PREC) * scale
                 p_dq = dq + _offsets(o_qb, o_qh, o_qw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
                 tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_qd)
-            if DK:
+            if DKV:
                 if COSINE:
                     b_dk += _dot(tl.trans(b_dsh), b_qn.to(b_q.dtype), ACC, UPCAST, PREC)
                 else:
                     b_dk += _dot(tl.trans(b_dsh), b_q, ACC, UPCAST, PREC) * scale
-        if DK:
+        if DKV:
             if COSINE:
-                b_kn = b_k.to(ACC) * b_rk[:, None]
-                if not DV:
-                    # colsum(ds * c) as kn . (ds^T qn), as for dq: a dk pass without dv keeps no
-                    # [BM, BN] tile of c live
-                    b_dkn = tl.sum(b_kn * b_dk, 1)
-                b_dk = _cosine_grad(b_dk, b_kn, b_nk, b_rk, b_dkn, b_scale)
+                b_dk = _cosine_grad(b_dk, b_k.to(ACC) * b_rk[:, None], b_nk, b_rk, b_dkn, b_scale)
             o_kg = _offsets(o_kb, o_kh, o_kw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
             tl.store(dk + o_kg, b_dk.to(dk.dtype.element_ty), mask=m_kd)
-        if DV:
-            o_vg = _offsets(o_kb, o_kh, o_kw, s_gb, s_gh, s_gw)[:, None] + o_gd[None, :]
-            tl.store(dv + o_vg, b_dv.to(dv.dtype.element_ty), mask=m_kd)
+            tl.store(dv + o_kg, b_dv.to(dv.dtype.element_ty), mask=m_kd)
     if HAS_DBIAS:
         if NUM_QB == 1:
             tl.store(p_db + o_m[:, None] * BN + o_tk[None, :], b_db)
