@@ -303,14 +303,6 @@ def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool
     return FUSED_BACKWARD
 
 
-def _small_backward_warps(dev: torch.device) -> int:
-    """Warps of the SMALL path's backward: 8 on the mma.sync targets (sm_80, sm_86, sm_89,
-    sm_120), where ptxas gave sm_80's 4-warp program with a bias gradient (d = 32) 96 registers and
-    8 B of spill and the 8-warp one 80 registers without, on all four; sm_90a and sm_100a keep the
-    4 they were checked with (docs/gpu_fitness.md)."""
-    return SMALL_NUM_WARPS if device.architecture(dev).mma != "mma.sync" else 2 * SMALL_NUM_WARPS
-
-
 def window_attention_bwd(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -356,7 +348,7 @@ def window_attention_bwd(
                 scale=float(scale), D=d, BD=_block_d(d), TILES=tiles, **plan.kernel_args(),
                 num_warps=plan.num_warps, num_stages=plan.num_stages)
     if plan.path is KernelPath.SMALL:
-        args["num_warps"] = _small_backward_warps(q.device)
+        args["num_warps"] = device.architecture(q.device).small_bwd_warps
         window_attention_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
                                                    ACC=_precision(q)["ACC"], **args)
     else:
