@@ -7,6 +7,7 @@ sm_90a (H100, H200), sm_100a (B200) and sm_120 (RTX 5090), with its resource use
     python -m xswin_fast.compile_check --out DIR       # also DIR/compile_check.{md,json}
     python -m xswin_fast.compile_check --quick         # XSwin-S/2, XSwin-B/2, DiT-S/2 at 256 px, batch 64
     python -m xswin_fast.compile_check --list          # count the configurations, compile nothing
+    python -m xswin_fast.compile_check --kernels window_attention_bwd_kernel   # compile one kernel's only
 
 Method (docs/gpu_fitness.md):
  1. Launches are captured where Triton launches them: ``JITFunction.run`` is replaced by a
