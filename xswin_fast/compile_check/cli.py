@@ -110,7 +110,10 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
     if not args.all_specializations:
         configs, sources = merge_specializations(configs, sources)
     if args.kernels:
-        kept = set(args.kernels.split(","))
+        kept, launched = set(args.kernels.split(",")), {spec["kernel"] for spec in configs.values()}
+        if kept - launched:
+            raise SystemExit(f"--kernels: {', '.join(sorted(kept - launched))} launched by no call of this scope; "
+                             f"launched: {', '.join(sorted(launched))}")
         configs = {key: spec for key, spec in configs.items() if spec["kernel"] in kept}
         sources = {key: sources[key] for key in configs}
     progress(f"{len(configs)} kernel configurations; recorded and replayed in {time.time() - start:.0f} s")
