@@ -31,14 +31,17 @@ class Architecture(NamedTuple):
     regs_sm: int = 65536  # 32-bit registers per SM
     warps_sm: int = 64  # resident warps per SM
     blocks_sm: int = 32  # resident blocks per SM
+    # warps of the window attention's SMALL backward, per target where its ptxas allocates
+    # differently: 4 spilled on sm_80 (docs/gpu_fitness.md)
+    small_bwd_warps: int = 4
 
 
 ARCHITECTURES = {
-    (8, 0): Architecture("sm_80", "A100, A800, A30", "A100 SXM4", 108, 166912, 167936),
+    (8, 0): Architecture("sm_80", "A100, A800, A30", "A100 SXM4", 108, 166912, 167936, small_bwd_warps=8),
     (8, 6): Architecture("sm_86", "RTX 3090, RTX 3080, RTX A6000, A40, A10", "RTX 3090", 82, 101376, 102400,
-                         warps_sm=48, blocks_sm=16),
+                         warps_sm=48, blocks_sm=16, small_bwd_warps=8),
     (8, 9): Architecture("sm_89", "RTX 4090, RTX 6000 Ada, L40S, L4", "RTX 4090", 128, 101376, 102400,
-                         warps_sm=48, blocks_sm=24),
+                         warps_sm=48, blocks_sm=24, small_bwd_warps=8),
     (9, 0): Architecture("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472),
     (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472),
     (12, 0): Architecture("sm_120", "RTX 5090, RTX PRO 6000 Blackwell", "RTX 5090", 170, 101376, 102400,

@@ -348,6 +348,7 @@ def window_attention_bwd(
                 scale=float(scale), D=d, BD=_block_d(d), TILES=tiles, **plan.kernel_args(),
                 num_warps=plan.num_warps, num_stages=plan.num_stages)
     if plan.path is KernelPath.SMALL:
+        args["num_warps"] = device.architecture(q.device).small_bwd_warps
         window_attention_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
                                                    ACC=_precision(q)["ACC"], **args)
     else:

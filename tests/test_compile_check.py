@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary
+from xswin_fast.compile_check import TARGETS, config_key, occupancy, parse_ptxas, problems, sass_summary, tensor_core_dots
 
 PTXAS_LOG = """ptxas info    : 0 bytes gmem
 ptxas info    : Compiling entry function 'window_attention_bwd_kernel' for 'sm_90a'
@@ -38,6 +38,25 @@ def test_sass_summary_counts_tensor_cores_and_load_widths():
     s = sass_summary(SASS)
     assert s["mma"] == {"HGMMA": 1, "HMMA": 1}
     assert s["loads"] == {"128": 2, "32": 1, "16": 2}
+
+
+# tt.dot lines as Triton 3.7.1 prints them: the input precision only where it is not IEEE
+TTIR_DOTS = """
+    %z_12 = tt.dot %x_7, %y_11, %z : tensor<16x16xf32> * tensor<16x16xf32> -> tensor<16x16xf32> loc(#loc20)
+    %z_13 = tt.dot %x_7, %y_11, %z, inputPrecision = ieee : tensor<16x16xf32> * tensor<16x16xf32> -> tensor<16x16xf32>
+    %z_14 = tt.dot %x_7, %y_11, %z, inputPrecision = tf32 : tensor<16x16xf32> * tensor<16x16xf32> -> tensor<16x16xf32>
+    %z_15 = tt.dot %x_7, %y_11, %z : tensor<64x32xbf16> * tensor<32x64xbf16> -> tensor<64x64xf32> loc(#loc3)
+    %z_16 = tt.dot %x_7, %y_11, %z, inputPrecision = tf32 : tensor<64x32xf16> * tensor<32x64xf16> -> tensor<64x64xf32>
+    %z_17 = tt.dot %x_7, %y_11, %z : tensor<16x16xf64> * tensor<16x16xf64> -> tensor<16x16xf64>
+"""
+
+
+def test_tensor_core_dots_are_16_bit_or_reduced_precision_fp32_not_ieee_fp32():
+    # the tf32 fp32 dot and the two 16-bit dots; not the IEEE fp32 dots (printed with and without
+    # the attribute) nor the fp64 one
+    assert tensor_core_dots(TTIR_DOTS) == 3
+    assert tensor_core_dots(TTIR_DOTS.splitlines()[1]) == 0
+    assert tensor_core_dots("%r = tt.dot_scaled %a scale %s, %b : tensor<16x16xf8E4M3FN> * tensor<16x16xf8E4M3FN>") == 0
 
 
 def test_occupancy_is_limited_by_registers_then_shared_memory():
@@ -154,20 +173,23 @@ def test_rules_flag_selects_what_check_enforces():
 CAPTURE_AND_COMPILE = """
 import json, sys
 from xswin_fast import compile_check as cc
-window, kernels, arch = tuple(json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3])
-calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([window], [16], ["bf16"]).items())]
+window, kernels, arch, precision = tuple(json.loads(sys.argv[1])), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+calls = [(i, call, labels) for i, (call, labels) in enumerate(cc.sweep_calls([window], [16], [precision]).items())]
 recorder = cc.LaunchRecorder()
 rejected, errors = cc.replay(calls, [1], cc.TARGETS[arch], recorder, [])
 specs = {k: s for k, s in recorder.configs.items() if s["kernel"].endswith(kernels)}
 results = cc.compile_all(specs, 1, 300, None, progress=lambda line: None)
 json.dump(dict(kernels=sorted(s["kernel"] for s in recorder.configs.values()), errors=errors,
-               results=list(results.values())), sys.stdout)
+               params=[{n: str(v) for n, v in s["params"].items()} for s in specs.values()],
+               results=list(results.values()), problems=cc.problems(cc.build_rows(specs, results, {k: set() for k in specs},
+                                                                                    calls))), sys.stdout)
 """
 
 
-def _capture_and_compile(window, kernels, arch=90):
+def _capture_and_compile(window, kernels, arch=90, precision="bf16"):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE, json.dumps(window), kernels, str(arch)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE, json.dumps(window), kernels, str(arch), precision],
+                          capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
@@ -192,6 +214,15 @@ def test_an_8x8_window_attention_forward_runs_on_the_targets_tensor_cores(arch):
     out = _capture_and_compile([8, 8], "fwd_kernel", arch)
     expected = set(TARGETS[arch].tensor_cores)
     assert all(r["tensor_core_dots"] == 2 and set(r["mma"]) & expected for r in out["results"]), out["results"]
+
+
+def test_an_fp32_window_attention_forward_is_an_ieee_cuda_core_product_that_breaks_no_rule():
+    # torch's default fp32 matmul (allow_tf32 False): the kernel's dots are IEEE fp32, FFMA not HMMA
+    assert not torch.backends.cuda.matmul.allow_tf32
+    out = _capture_and_compile([4, 4], "fwd_kernel", 80, "fp32")
+    assert out["params"] and all(p["PREC"] == "ieee" and p["ACC"] == "fp32" for p in out["params"]), out["params"]
+    assert all(r["tensor_core_dots"] == 0 and not r["mma"] for r in out["results"]), out["results"]
+    assert out["problems"] == []
 
 
 def test_small_windows_compile_to_the_small_kernels_for_sm90():

@@ -7,6 +7,7 @@ sm_90a (H100, H200), sm_100a (B200) and sm_120 (RTX 5090), with its resource use
     python -m xswin_fast.compile_check --out DIR       # also DIR/compile_check.{md,json}
     python -m xswin_fast.compile_check --quick         # XSwin-S/2, XSwin-B/2, DiT-S/2 at 256 px, batch 64
     python -m xswin_fast.compile_check --list          # count the configurations, compile nothing
+    python -m xswin_fast.compile_check --kernels window_attention_bwd_kernel   # compile one kernel's only
 
 Method (docs/gpu_fitness.md):
  1. Launches are captured where Triton launches them: ``JITFunction.run`` is replaced by a
@@ -35,7 +36,8 @@ Modules: ``targets`` (the GPUs and their emulation), ``recording`` (steps 1-3), 
 (step 4), ``report`` (rows, rules, tables), ``cli`` (the command).
 """
 from .cli import DEFAULT_BATCHES, main, parse_args, run_check
-from .compiling import CHECK_VERSION, cache_key, compile_all, compile_config, default_cache_dir, parse_ptxas, sass_summary
+from .compiling import (CHECK_VERSION, cache_key, compile_all, compile_config, default_cache_dir, parse_ptxas, sass_summary,
+                        tensor_core_dots)
 from .recording import (LaunchRecorder, config_key, merge_specializations, model_calls, record_preset, record_presets,
                         replay, replay_all, replay_chunk, sweep_calls)
 from .report import RULES, build_rows, enforced, kernel_summary, markdown, problems, rejected_table, summary, target_summary
@@ -46,5 +48,5 @@ __all__ = [
     "build_rows", "cache_key", "compile_all", "compile_config", "config_key", "default_cache_dir", "emulated_gpu", "enforced",
     "kernel_summary", "main", "markdown", "merge_specializations", "model_calls", "occupancy", "parse_args",
     "parse_ptxas", "problems", "rejected_table", "target_summary", "TENSOR_CORE_OPCODES", "record_preset", "record_presets", "replay", "replay_all", "replay_chunk", "run_check",
-    "sass_summary", "summary", "sweep_calls", "triton_on_cpu",
+    "sass_summary", "summary", "sweep_calls", "tensor_core_dots", "triton_on_cpu",
 ]

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep-batch", type=int, default=64, help="batch of the sweep's calls")
     p.add_argument("--quick", action="store_true", help="XSwin-S/2, XSwin-B/2 and DiT-S/2 at their native size, "
                    "fp32 and bf16, batch 64, no sweep")
+    p.add_argument("--kernels", default="", help="compile only the configurations of these kernels (comma-separated "
+                   "names, e.g. window_attention_bwd_kernel); empty for all")
     p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8), help="worker processes")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per compile")
     p.add_argument("--cache-dir", default=default_cache_dir(), help="results by compile input + kernel source "
@@ -107,6 +109,13 @@ def run_check(args: argparse.Namespace, progress=print) -> Tuple[List[dict], Lis
         [(indexed, _ints(args.batches)), (swept, [args.sweep_batch])], [t.arch for t in args.targets], args.jobs)
     if not args.all_specializations:
         configs, sources = merge_specializations(configs, sources)
+    if args.kernels:
+        kept, launched = set(args.kernels.split(",")), {spec["kernel"] for spec in configs.values()}
+        if kept - launched:
+            raise SystemExit(f"--kernels: {', '.join(sorted(kept - launched))} launched by no call of this scope; "
+                             f"launched: {', '.join(sorted(launched))}")
+        configs = {key: spec for key, spec in configs.items() if spec["kernel"] in kept}
+        sources = {key: sources[key] for key in configs}
     progress(f"{len(configs)} kernel configurations; recorded and replayed in {time.time() - start:.0f} s")
     if not consulted:
         progress("note: no launch consulted the emulated GPU (torch.cuda.get_device_properties): launch geometries "

@@ -17,7 +17,8 @@ from typing import Dict, Optional, Sequence
 from .recording import config_key, init_worker
 from .targets import TARGETS, TENSOR_CORE_OPCODES, occupancy
 
-CHECK_VERSION = "2"
+# part of every cached result's key: raised when what a result holds changes meaning
+CHECK_VERSION = "3"
 
 
 class _NoFit(Exception):
@@ -70,10 +71,27 @@ def sass_summary(sass: str) -> dict:
 
 
 
+# a tt.dot in Triton's IR, one per line: its input precision is printed only where it is not the
+# default IEEE ("tt.dot %a, %b, %c, inputPrecision = tf32 : tensor<64x32xf32> * ..." in Triton 3.7),
+# then the type of the first operand
+_TT_DOT = re.compile(r"\btt\.dot\s([^:]*):\s*tensor<(?:\d+x)+(\w+)>")
+_PRECISION = re.compile(r"inputPrecision = (\w+)")
+# operand types a tensor core multiplies in every precision (HMMA on every target from sm_80 on)
+_TENSOR_CORE_TYPES = ("f16", "bf16")
+
+
 def tensor_core_dots(ttir: str) -> int:
-    """``tt.dot`` ops in Triton's IR that a tensor core can run: all but IEEE-precision ones (fp32
-    products without tf32, fp64)."""
-    return sum(1 for line in ttir.splitlines() if re.search(r"\btt\.dot\b", line) and "inputPrecision = ieee" not in line)
+    """``tt.dot`` ops in Triton's IR that a tensor core runs: 16-bit float operands, or fp32
+    operands at a reduced input precision (tf32, tf32x3, bf16x3, ...). An fp32 dot at IEEE
+    precision (the kernels' choice when ``torch.backends.cuda.matmul.allow_tf32`` is False, as
+    PyTorch's fp32 matmul) is a CUDA-core FFMA product on every target and is not counted; nor
+    are fp64, 8-bit and integer dots (no kernel of the package has one)."""
+    count = 0
+    for m in _TT_DOT.finditer(ttir):
+        precision = _PRECISION.search(m.group(1))
+        element = m.group(2)
+        count += element in _TENSOR_CORE_TYPES or (element == "f32" and precision is not None and precision.group(1) != "ieee")
+    return count
 
 
 def _disassemble(cubin: bytes) -> str:
