@@ -11,8 +11,9 @@ Columns: ``detail`` the share of the skip's variance that is within-window (fine
 of what the decoder's first block receives in the skip's place (USwin: the skip itself, so 1);
 ``self`` the mean attention weight of a query on the key at its own position (uniform: 1/N for N
 window tokens); ``rms h`` and ``rms skip`` the root-mean-square of the two halves of the
-concatenation; ``grad`` ||dL/d skip|| through the skip path over ||dL/d h|| of the decoder half,
-for the eps MSE loss (the learned-sigma term left out).
+concatenation; ``branch`` the RMS of the attention branch over the raw skip's; ``grad``
+||dL/d skip|| through the skip path over ||dL/d h|| of the decoder half, for the eps MSE loss
+(the learned-sigma term left out).
 """
 import argparse
 import math
@@ -126,10 +127,11 @@ def stage_rows(model, images: torch.Tensor, labels: torch.Tensor, seed: int) -> 
         h_half, fused = cat[..., :C].detach(), cat[..., C:].detach()
         window = effective_window(cat.shape[1], cat.shape[2], model.window_size, (0, 0))[0]
         if stage.skip_attn is None:
-            skip, grad_skip, weight = fused, cat.grad[..., C:], float("nan")
+            skip, grad_skip, weight, branch_rms = fused, cat.grad[..., C:], float("nan"), float("nan")
         else:
             skip, grad_skip = box["skip"].detach(), box["skip"].grad
             branch = fused - skip if stage.skip_attn.fusion != "replace" else fused
+            branch_rms = float(branch.square().mean().sqrt() / skip.square().mean().sqrt())
             with torch.no_grad():
                 weight = self_weight(stage.skip_attn, box["x"], skip, box["silu_c"], window, branch)
         detail = window_detail(skip, window)
@@ -139,7 +141,7 @@ def stage_rows(model, images: torch.Tensor, labels: torch.Tensor, seed: int) -> 
             detail=float(detail.square().sum() / centred.square().sum()),
             kept=r_squared(window_detail(fused, window).reshape(-1, C), detail.reshape(-1, C)),
             self=weight, rms_h=float(h_half.square().mean().sqrt()), rms_skip=float(fused.square().mean().sqrt()),
-            grad=float(grad_skip.norm() / cat.grad[..., :C].norm()),
+            branch=branch_rms, grad=float(grad_skip.norm() / cat.grad[..., :C].norm()),
         ))
     return rows
 
@@ -165,13 +167,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not args.init and not args.ckpt:
             raise SystemExit(f"{PROG}: nothing to diagnose: pass --init and/or --ckpt RUN")
         images, labels = training_batch(args)
-        print("| model | stage | detail | kept | self | rms h | rms skip | grad |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| model | stage | detail | kept | self | rms h | rms skip | branch | grad |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for label, model in models_of(args):
             for r in stage_rows(model, images, labels, args.seed):
-                self_w = "-" if math.isnan(r["self"]) else f"{r['self']:.3f}"
+                self_w, branch = ("-", "-") if math.isnan(r["self"]) else (f"{r['self']:.3f}", f"{r['branch']:.2f}")
                 print(f"| {label} | {r['stage']} | {r['detail']:.2f} | {r['kept']:.2f} | {self_w} | {r['rms_h']:.2f} | "
-                      f"{r['rms_skip']:.2f} | {r['grad']:.2f} |", flush=True)
+                      f"{r['rms_skip']:.2f} | {branch} | {r['grad']:.2f} |", flush=True)
     return 0
 
 
