@@ -1,12 +1,15 @@
 """XSwin's ``skip_fusion``: the default ("replace") is the original model, parameter for
 parameter; "residual" starts as USwin (the skip passes unchanged, the attention branch zero) and
-can learn the branch; "sum" adds the branch to the skip; wrong values are refused by name."""
+can learn the branch; "sum" adds the branch to the skip; wrong values are refused by name. The
+ablation driver and the diagnostics (experiments/skip_ablation.py, skip_diagnostics.py) on tiny data."""
+import json
+
 import pytest
 import torch
 
 from families import tiny
-from helpers import model_inputs
-from xswin_fast import USwin, XSwin
+from helpers import experiment_modules, model_inputs
+from xswin_fast import USwin, XSwin, create_model
 from xswin_fast.layers.attention import WindowCrossAttention
 
 FP32_ATOL = 1e-6  # float32: the same arithmetic, only the zero branch added
@@ -98,3 +101,54 @@ def test_residual_survives_a_diffusers_round_trip(tmp_path):
     assert loaded.config.skip_fusion == "residual"
     inputs = model_inputs(model)
     assert torch.equal(loaded(*inputs), model(*inputs))
+
+
+@pytest.fixture(scope="module")
+def skip_scripts():
+    with experiment_modules("skip_ablation", "skip_diagnostics") as modules:
+        yield modules
+
+
+def test_diagnostics_see_window_means_in_replace_and_the_raw_skip_in_uswin(skip_scripts):
+    """At init the cross-attention is near uniform, so the replace branch keeps little of the
+    skip's within-window detail; USwin's (and residual's) skip keeps all of it. The diagnostics'
+    own recomputation of the attention is checked against the layer inside stage_rows."""
+    diagnostics = skip_scripts[1]
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(32, 1, 8, 8, generator=g) * 2 - 1, torch.randint(0, 10, (32,), generator=g)
+    digits = dict(input_size=8, in_channels=1, num_classes=10)
+    rows = {}
+    for name, kwargs in (("XSwin-digits", dict(skip_fusion="replace")), ("XSwin-digits", dict(skip_fusion="residual")),
+                         ("USwin-digits", {})):
+        torch.manual_seed(0)
+        model = create_model(name, **digits, **kwargs).set_backend("torch").eval()
+        rows[kwargs.get("skip_fusion", "uswin")] = diagnostics.stage_rows(model, images, labels, seed=0)
+    finest = [r[-1] for r in (rows["replace"], rows["residual"], rows["uswin"])]
+    assert finest[0]["kept"] < 0.5 and abs(finest[0]["self"] - 0.25) < 0.05
+    assert finest[1]["kept"] == pytest.approx(1, abs=1e-6) and finest[1]["branch"] < 1e-4
+    assert finest[2]["kept"] == pytest.approx(1, abs=1e-6)
+
+
+def test_skip_ablation_reuses_the_baselines_recipe_and_names_its_variant_cells(skip_scripts, tmp_path):
+    from xswin_fast.evaluation.digits_extractor import train_digits_extractor
+
+    ablation = skip_scripts[0]
+    base = tmp_path / "base"
+    base.mkdir()
+    recipe = dict(steps=2, eval_every=2, batch_size=8, lr=1e-3, warmup=0, ema_decay=0.9999, sampler="ddim", sample_steps=2,
+                  curve_cfg=1.0, num_samples=10, selection_samples=10, cfg_sweep=[1.0, 2.0], fashion_size=16, fashion_patch=2,
+                  objective="eps", lr_schedule="constant", ema_warmup=True, max_grad_norm=1.0, digits_split_seed=0,
+                  sweep_reference=10000)
+    (base / "recipe.json").write_text(json.dumps(recipe))
+    weights = train_digits_extractor(tmp_path / "digits.pt", epochs=1, verbose=False)
+    argv = ["--out", str(tmp_path / "out"), "--results", str(tmp_path / "res"), "--baselines", str(base), "--threads", "1",
+            "--backend", "torch", "--variants", "residual", "--seeds", "1", "--digits-extractor-weights", str(weights)]
+    assert ablation.main(argv) == 0
+    cell = json.loads((tmp_path / "res" / "cells" / "digits-XSwin-digits-seed0-residual.json").read_text())
+    assert cell["model_kwargs"] == {"skip_fusion": "residual"} and cell["recipe"] == recipe
+    assert json.loads((tmp_path / "res" / "recipe.json").read_text()) == recipe
+    assert "| residual (XSwin, skip_fusion=residual) | 0 |" in (tmp_path / "res" / "table.md").read_text()
+    recipe["lr"] = 2e-3  # the cells here were made with the baselines' old recipe: refused
+    (base / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(SystemExit, match="holds cells of another recipe"):
+        ablation.main([*argv, "--out", str(tmp_path / "out2")])
