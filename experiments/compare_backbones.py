@@ -208,11 +208,12 @@ def wall_clock(sessions: List[Dict[str, Any]], step: int) -> Tuple[float, bool]:
 
 class Cell:
     """One (dataset, model, seed): trains its run folder checkpoint by checkpoint, scores each,
-    sweeps guidance at the last; its state is OUT/<cell>/progress.json."""
+    sweeps guidance at the last; its state is OUT/<cell>/progress.json. ``variant`` (str) names
+    a model variant (``spec.model_kwargs``) in the cell's name: ``<cell>-<variant>``."""
 
-    def __init__(self, spec: DatasetSpec, model: str, seed: int, args: argparse.Namespace, threads: int):
+    def __init__(self, spec: DatasetSpec, model: str, seed: int, args: argparse.Namespace, threads: int, variant: str = ""):
         self.spec, self.model, self.seed, self.args, self.threads = spec, model, seed, args, threads
-        self.name = cell_name(spec.name, model, seed)
+        self.name = cell_name(spec.name, model, seed) + (f"-{variant}" if variant else "")
         self.run = Path(args.out) / self.name
         self.summary_path = Path(args.results) / "cells" / f"{self.name}.json"
         path = self.run / "progress.json"

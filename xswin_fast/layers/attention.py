@@ -119,14 +119,23 @@ class WindowCrossAttention(nn.Module):
     scaled dot-product attention, output projection, then LayerNorm. Both inputs are modulated
     first. The windows are aligned with the Swin grid and padded keys are masked (the original
     code padded a whole extra window and attended to zeros; docs/design.md §4).
+
+    ``fusion`` (str) says what the layer returns: ``"replace"`` the branch alone (the original);
+    ``"sum"`` ``skip + branch``; ``"residual"`` ``skip + branch`` with the branch's LayerNorm scale
+    zero at initialisation (``init_fusion``), so that the layer starts as the identity on the skip
+    (USwin's skip) and the attention only adds to the skip's detail.
     """
 
     backend = None
+    FUSIONS = ("replace", "sum", "residual")
 
-    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, eps: float = 1e-5,
+                 fusion: str = "replace"):
         super().__init__()
         _check_heads(dim, num_heads)
-        self.num_heads = num_heads
+        if fusion not in self.FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(self.FUSIONS)}, got {fusion!r}")
+        self.num_heads, self.fusion = num_heads, fusion
         self.window_size = checks.int_pair("window_size", window_size)
         eps = checks.positive_float("eps", eps)
         # the original code's names, kept so that its weights map one to one: mod_x modulates the
@@ -147,7 +156,14 @@ class WindowCrossAttention(nn.Module):
         q = self.q(self.mod_x(x, silu_c)).view(B, H, W, self.num_heads, d)
         kv = self.kv(self.mod_r(skip, silu_c)).view(B, H, W, 2, self.num_heads, d)
         o = ops.window_attention(q, kv[..., 0, :, :], kv[..., 1, :, :], window, backend=self.backend)
-        return self.norm(self.proj(o))
+        branch = self.norm(self.proj(o))
+        return branch if self.fusion == "replace" else skip + branch
+
+    def init_fusion(self) -> None:
+        """Zero the branch's LayerNorm scale under ``fusion="residual"`` (the identity at init);
+        call after any initialisation that resets LayerNorms."""
+        if self.fusion == "residual":
+            nn.init.zeros_(self.norm.weight)
 
 
 class Attention(nn.Module):

@@ -98,6 +98,9 @@ class XSwin(DiffusionBackbone):
             concatenation skips (USwin). Default: True.
         conv_blocks (bool): the outer modulated conv triplets. Default: True.
         norm_eps (float): LayerNorm eps. Default: 1e-5.
+        skip_fusion (str): what a cross-attention skip passes on: "replace" (the branch alone, the
+            original), "sum" (skip + branch) or "residual" (skip + branch, the branch zero at init:
+            USwin's skip at init). Default: "replace" (docs/comparison.md).
     """
 
     _repeated_blocks = ["SwinBlock", "ViTBlock"]
@@ -128,6 +131,7 @@ class XSwin(DiffusionBackbone):
         cross_attention_skips: bool = True,
         conv_blocks: bool = True,
         norm_eps: float = 1e-5,
+        skip_fusion: str = "replace",
     ):
         super().__init__()
         depths, num_heads = _int_sequence("depths", depths), _int_sequence("num_heads", num_heads)
@@ -146,6 +150,9 @@ class XSwin(DiffusionBackbone):
         checks.probability("class_dropout_prob", class_dropout_prob)
         checks.positive_float("mlp_ratio", mlp_ratio)
         checks.positive_float("norm_eps", norm_eps)
+        if skip_fusion not in WindowCrossAttention.FUSIONS or (skip_fusion != "replace" and not cross_attention_skips):
+            raise ValueError(f"skip_fusion must be one of {', '.join(WindowCrossAttention.FUSIONS)} (replace without "
+                             f"cross-attention skips), got {skip_fusion!r}")
         if len(num_heads) != len(depths):
             raise ValueError(f"num_heads must have one entry per stage ({len(depths)}), got {num_heads}")
         for i, h in enumerate(num_heads):
@@ -201,7 +208,7 @@ class XSwin(DiffusionBackbone):
         for s in reversed(range(len(depths))):
             dim = embed_dim * 2**s
             up = PatchExpanding(2 * dim, c_dim, norm_eps) if s < len(depths) - 1 or final_downsample else None
-            skip = WindowCrossAttention(dim, num_heads[s], window, c_dim, norm_eps) if cross_attention_skips else None
+            skip = WindowCrossAttention(dim, num_heads[s], window, c_dim, norm_eps, skip_fusion) if cross_attention_skips else None
             blocks = [
                 SwinBlock(
                     dim * (2 if i == 0 else 1), num_heads[s] * (2 if i == 0 else 1), window, shift(i),
@@ -234,6 +241,9 @@ class XSwin(DiffusionBackbone):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        for m in self.modules():
+            if isinstance(m, WindowCrossAttention):
+                m.init_fusion()
 
     def check_size(self, H: int, W: int) -> None:
         p = self.patch_size
