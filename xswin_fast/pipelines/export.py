@@ -3,8 +3,9 @@
 ``export_run(run, out_dir)`` writes the EMA model of a run's newest checkpoint as an
 ``XSwinPipeline`` folder (``transformer/``, ``scheduler/`` with the training DDPM schedule,
 ``vae/`` for a latent run, class names as ``id2label``) plus ``xswin_run.json`` (the
-checkpoint's data description, run arguments and step), so that
-``XSwinPipeline.from_pretrained(out_dir)`` samples it and ``read_model_folder(out_dir)`` gives
+checkpoint's data description, run arguments and step) and ``xswin_fast_pipeline.py`` (see
+``make_loadable_by_diffusers``), so that ``XSwinPipeline.from_pretrained(out_dir)`` samples it, as
+does ``DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)``, and ``read_model_folder(out_dir)`` gives
 sample.py / evaluate.py everything they take from a checkpoint. The run's held-out split
 (``split.json``) is copied along, so evaluate.py can score the folder against it.
 
@@ -27,6 +28,28 @@ from ..vae import LatentCodec, load_vae
 from .xswin_pipeline import XSwinPipeline
 
 RUN_FILE = "xswin_run.json"
+PIPELINE_MODULE = "xswin_fast_pipeline"
+PIPELINE_MODULE_TEXT = '''"""Lets diffusers load this folder in a process that has not imported xswin_fast:
+DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) runs this file, which only imports
+the pipeline class of the installed xswin_fast package. XSwinPipeline.from_pretrained(folder) does
+not run it."""
+from xswin_fast.pipelines import XSwinPipeline  # noqa: F401
+'''
+
+
+def make_loadable_by_diffusers(folder: Union[str, Path]) -> None:
+    """Let ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` load a saved
+    XSwinPipeline folder in any process. diffusers looks a string ``_class_name`` up in its own
+    namespace, where ``XSwinPipeline`` is only after ``import xswin_fast.pipelines``; a
+    ``[module, class]`` pair whose ``<module>.py`` is in the folder is imported from there instead,
+    once the caller trusts the folder's code (without ``trust_remote_code=True`` diffusers refuses
+    and names it). ``XSwinPipeline.load_config`` reads the pair back as its own name."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    config = json.loads(index.read_text())
+    config["_class_name"] = [PIPELINE_MODULE, XSwinPipeline.__name__]
+    (folder / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_MODULE_TEXT)
+    index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool = True) -> Path:
@@ -49,6 +72,7 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     pipe = XSwinPipeline(model.eval(), scheduler, vae=vae, id2label=dict(enumerate(ck["data"]["classes"])))
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
+    make_loadable_by_diffusers(out_dir)
     record = {"data": ck["data"], "args": args, "step": int(ck["step"]), "weights": "ema" if use_ema else "model"}
     (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
     run_dir = Path(path).parent
