@@ -109,7 +109,7 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     save_grid(images[:100], out / "grid.png")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.objective.name,
-            "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale,
+            "sampler": args.sampler, "steps": args.steps, "atol": args.atol, "rtol": args.rtol, "cfg_scale": args.cfg_scale,
             "cfg_interval": args.cfg_interval and [args.cfg_interval.lo, args.cfg_interval.hi],
             "cfg_interval_unit": args.cfg_interval and args.cfg_interval.unit, "guided_channels": args.guided_channels,
             "seed": args.seed, "ema": not args.no_ema}
