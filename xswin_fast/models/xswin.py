@@ -147,7 +147,7 @@ class XSwin(DiffusionBackbone):
         checks.positive_float("mlp_ratio", mlp_ratio)
         checks.positive_float("norm_eps", norm_eps)
         if len(num_heads) != len(depths):
-            raise ValueError(f"num_heads must have one entry per stage ({len(depths)}), got {num_heads}")
+            raise ValueError(f"num_heads must have one entry per stage (len(depths) = {len(depths)}), got {num_heads}")
         for i, h in enumerate(num_heads):
             if (embed_dim * 2**i) % h:
                 raise ValueError(f"num_heads[{i}] = {h} must divide the stage width {embed_dim * 2**i}")

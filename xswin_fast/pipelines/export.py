@@ -83,10 +83,14 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     return out_dir
 
 
-def is_model_folder(path: Union[str, Path]) -> bool:
-    """Whether ``path`` is a folder written by ``export_run`` (rather than a run folder or file)."""
-    path = Path(path)
-    return (path / "model_index.json").is_file() and (path / RUN_FILE).is_file()
+MODEL_FOLDER_FILES = ("model_index.json", RUN_FILE)  # what export_run writes beside the components
+
+
+def is_model_folder(path: Union[str, Path], partly: bool = False) -> bool:
+    """Whether ``path`` is a folder written by ``export_run`` (rather than a run folder or file):
+    it holds every file of ``MODEL_FOLDER_FILES``, or with ``partly`` any of them (a damaged one)."""
+    found = [(Path(path) / name).is_file() for name in MODEL_FOLDER_FILES]
+    return any(found) if partly else all(found)
 
 
 @dataclass
@@ -106,12 +110,17 @@ class ModelFolder:
 
 def read_model_folder(path: Union[str, Path], device: Optional[str] = None, backend: Optional[str] = None) -> ModelFolder:
     """Load a folder written by ``export_run`` on ``device`` (default: cuda if available) with op
-    ``backend`` ("torch", "triton" or None for automatic)."""
+    ``backend`` ("torch", "triton" or None for automatic). CheckpointError naming ``path`` for a
+    folder that lacks a file or does not load (a damaged weights file, a bad config)."""
     path = Path(path)
-    if not is_model_folder(path):
-        raise CheckpointError(f"{path} is not a model folder (no model_index.json and {RUN_FILE})")
+    missing = [name for name in MODEL_FOLDER_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a model folder (no {' and no '.join(missing)})")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe = XSwinPipeline.from_pretrained(path)
+    try:
+        pipe = XSwinPipeline.from_pretrained(path)
+    except (ValueError, TypeError) as exc:  # the folder checks' and the config's messages
+        raise CheckpointError(f"the model folder {path} does not load: {exc}") from exc
     model = pipe.transformer.set_backend(backend).to(dev).eval().requires_grad_(False)
     codec = None
     if pipe.vae is not None:

@@ -117,6 +117,9 @@ class XSwinPipeline(DiffusionPipeline):
         """The initial noise: drawn from ``generator``, or the caller's ``latents`` (checked),
         scaled by the scheduler's ``init_noise_sigma``."""
         device, dtype = self._execution_device, self.transformer.dtype
+        each = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in each):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise ValueError(f"generator must be one torch.Generator or a list of {shape[0]} (one per image), "
                              f"got a list of {len(generator)}")

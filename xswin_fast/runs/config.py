@@ -144,7 +144,7 @@ class TrainConfig:
         None, f"folder of the Fashion-MNIST IDX files; default {FASHION_MNIST_ROOT}", resume=Resume.FIXED,
     )
     split_seed: Optional[int] = setting(
-        None, "seed of the stratified held-out split; default --global-seed", resume=Resume.FIXED,
+        None, "seed of the stratified held-out split; default --global-seed", valid=Range(0), resume=Resume.FIXED,
     )
     image_size: int = setting(
         8, "training resolution in pixels (resize + center crop)", data_default=256, valid=Range(1),
