@@ -84,7 +84,7 @@ def _run_probe(probe, tmp: Path, err: io.StringIO, errors: _Errors) -> Tuple[str
     except SystemExit as exc:
         if not probe.cli:
             return "traceback", f"SystemExit({exc.code!r})"
-        message = exc.code if isinstance(exc.code, str) else err.getvalue()
+        message = err.getvalue() + (exc.code if isinstance(exc.code, str) else "")  # what the user's stderr shows
         if exc.code in (0, None):
             return "silent", "exit status 0"
         return _message_outcome(message, probe.names), " ".join(str(message).split())

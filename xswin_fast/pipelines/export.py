@@ -11,14 +11,16 @@ sample.py / evaluate.py everything they take from a checkpoint. The run's held-o
 
 Flow-matching runs are refused: XSwinPipeline samples eps-prediction models only.
 """
-import shutil
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.utils import logging as diffusers_logging
 
 from ..checkpoints import CheckpointError, load_newest_checkpoint
 from ..models import create_model
@@ -93,6 +95,18 @@ def is_model_folder(path: Union[str, Path], partly: bool = False) -> bool:
     return any(found) if partly else all(found)
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """diffusers' "Loading pipeline components" bar off: sample.py's stderr is for its errors."""
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
+
+
 @dataclass
 class ModelFolder:
     """What sampling and evaluation need from a model folder: the backbone (eval mode, no grad),
@@ -118,7 +132,8 @@ def read_model_folder(path: Union[str, Path], device: Optional[str] = None, back
         raise CheckpointError(f"{path} is not a model folder (no {' and no '.join(missing)})")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        pipe = XSwinPipeline.from_pretrained(path)
+        with _no_loading_bar():
+            pipe = XSwinPipeline.from_pretrained(path)
     except (ValueError, TypeError) as exc:  # the folder checks' and the config's messages
         raise CheckpointError(f"the model folder {path} does not load: {exc}") from exc
     model = pipe.transformer.set_backend(backend).to(dev).eval().requires_grad_(False)
