@@ -39,7 +39,13 @@ print(type(pipe).__module__ + "." + type(pipe).__name__)
 def fresh_process(code: str, *args, modules_cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(modules_cache)}
     return subprocess.run([sys.executable, "-c", PRELUDE + code, *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
+
+
+def same_images(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """fp32 images of two processes: the same weights and noise, but the thread counts may differ
+    (an earlier test may have set this process's), so reductions round differently."""
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def test_diffusion_pipeline_loads_it_in_a_fresh_process_when_trusted(exported, t
     done = fresh_process(code, folder, tmp_path / "images.pt", modules_cache=tmp_path / "modules")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "xswin_fast.pipelines.xswin_pipeline.XSwinPipeline"
-    assert torch.equal(torch.load(tmp_path / "images.pt"), images)
+    same_images(torch.load(tmp_path / "images.pt"), images)
 
 
 def test_without_trust_diffusers_refuses_and_names_the_flag(exported, tmp_path):
@@ -88,7 +94,7 @@ def test_xswin_pipeline_loads_it_without_running_the_folders_code(exported, tmp_
     code = "from xswin_fast.pipelines import XSwinPipeline\npipe = XSwinPipeline.from_pretrained(folder)" + SAMPLE
     done = fresh_process(code, folder, tmp_path / "images.pt", modules_cache=tmp_path / "modules")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert torch.equal(torch.load(tmp_path / "images.pt"), images)
+    same_images(torch.load(tmp_path / "images.pt"), images)
     assert not (tmp_path / "modules").exists()  # diffusers copies a module it runs into this cache
 
 
