@@ -176,10 +176,10 @@ def op_cases(fx: Fixtures) -> List[Probe]:
     cases = {
         "modulate_layernorm fp16 weight on fp32": (lambda: ops.modulate_layernorm(x, s, s, weight=torch.ones(8).half(),
                                                                                     backend="torch"), ["weight"]),
-        "residual_layernorm fp16 weight on fp32": (lambda: ops.residual_layernorm(x, x, s, weight=torch.ones(8).half(),
+        "residual_layernorm fp16 weight on fp32": (lambda: ops.residual_layernorm(x, x, weight=torch.ones(8).half(),
                                                                                     backend="torch"), ["weight"]),
         "modulate_layernorm shift of another batch": (lambda: ops.modulate_layernorm(x, s[:1], s, backend="torch"), ["shift"]),
-        "modulate 2-D x": (lambda: ops.modulate(x[0], s, s, backend="torch"), ["x"]),
+        "modulate 1-D x": (lambda: ops.modulate(x[0, 0], s, s, backend="torch"), ["x must"]),
         "modulate int x": (lambda: ops.modulate(x.long(), s, s, backend="torch"), ["x"]),
         "layernorm_modulate eps 0": (lambda: ops.layernorm_modulate(x, s, s, eps=0.0, backend="torch"), ["eps"]),
         "layernorm_modulate eps nan": (lambda: ops.layernorm_modulate(x, s, s, eps=math.nan, backend="torch"), ["eps"]),

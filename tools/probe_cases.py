@@ -65,18 +65,19 @@ SIGNED = ("--cfg-scale", "--sample-cfg", "--logit-mean")
 
 def _generated_flag_values(parser, skip: Sequence[str]) -> List[Tuple[str, str]]:
     """(flag, value) pairs no flag accepts: "abc" for a number, "nan" for a float, -5 for a number
-    that is not ``SIGNED``."""
+    that is not ``SIGNED`` (a value of several words is several arguments)."""
     out = []
     for a in parser._actions:
         if not a.option_strings or a.nargs == 0 or a.choices or a.option_strings[0] in skip:
             continue
         flag, kind = a.option_strings[0], getattr(a.type, "__name__", "")
+        pair = " 1" if a.nargs == 2 else ""  # (LO, HI) flags: the bad value as LO, a valid HI
         if kind in ("int", "float", "positive_int", "non_negative_int", "finite_float", "positive_float", "int_parse"):
-            out.append((flag, "abc"))
+            out.append((flag, "abc" + pair))
             if "float" in kind:
-                out.append((flag, "nan"))
+                out.append((flag, "nan" + pair))
             if flag not in SIGNED:
-                out.append((flag, "-5"))
+                out.append((flag, "-5" + pair))
         elif a.choices is None and kind in ("parse_threads", "parse_time_shift"):
             out.append((flag, "abc"))
     return out
@@ -88,7 +89,7 @@ def train_cases(fx: Fixtures) -> List[Probe]:
 
     parser = build_parser(None)
     skip = ("--logit-mean", "--resume", "--model-kwargs")
-    out = [_cli(f"{flag} {value}", train.main, lambda tmp, f=flag, v=value: train_argv(tmp / "run", f, v), [flag])
+    out = [_cli(f"{flag} {value}", train.main, lambda tmp, f=flag, v=value: train_argv(tmp / "run", f, *v.split()), [flag])
            for flag, value in _generated_flag_values(parser, skip)]
     for flag in ("--model", "--backend", "--objective", "--beta-schedule", "--lr-schedule", "--precision", "--sample-sampler"):
         out.append(_cli(f"{flag} bogus", train.main, lambda tmp, f=flag: train_argv(tmp / "run", f, "bogus"), [flag]))
@@ -128,7 +129,8 @@ def _sample_argv(run: Path, tmp: Path, *extra: str) -> List[str]:
 def sample_cases(fx: Fixtures) -> List[Probe]:
     from xswin_fast.cli import sample
 
-    out = [_cli(f"{flag} {value}", sample.main, lambda tmp, f=flag, v=value: _sample_argv(fx.eps, tmp, "--steps", "2", f, v), [flag])
+    out = [_cli(f"{flag} {value}", sample.main, lambda tmp, f=flag, v=value: _sample_argv(fx.eps, tmp, "--steps", "2", f, *v.split()),
+                [flag])
            for flag, value in _generated_flag_values(sample.build_parser(), ("--ckpt",))]
     eps, flow = fx.eps, fx.flow
     hand = {
@@ -185,7 +187,7 @@ def evaluate_cases(fx: Fixtures) -> List[Probe]:
     from xswin_fast.cli import evaluate
 
     skip = ("--ckpt", "--samples", "--ref", "--inception-weights", "--digits-extractor-weights", "--metrics")
-    out = [_cli(f"{flag} {value}", evaluate.main, lambda tmp, f=flag, v=value: _evaluate_argv(fx.eps, tmp, f, v), [flag])
+    out = [_cli(f"{flag} {value}", evaluate.main, lambda tmp, f=flag, v=value: _evaluate_argv(fx.eps, tmp, f, *v.split()), [flag])
            for flag, value in _generated_flag_values(evaluate.build_parser(), skip)]
     hand = {
         "--sampler euler on eps": (["--sampler", "euler"], ["--sampler"]),
