@@ -172,6 +172,11 @@ SAMPLE_CASES = {
     "guided channels beyond the model": (["--guided-channels", "2"], ["--guided-channels", "1 input channels"]),
     "guided channels without guidance": (["--guided-channels", "1", "--cfg-scale", "1"], ["--guided-channels"]),
     "guided channels 0": (["--guided-channels", "0"], ["--guided-channels"]),
+    "atol for a fixed-step sampler": (["--atol", "1e-4"], ["--atol", "dopri5", "ddpm"]),
+    "rtol for a fixed-step sampler": (["--sampler", "ddim", "--rtol", "1e-2"], ["--rtol", "dopri5", "ddim"]),
+    "atol 0": (["--atol", "0"], ["--atol", "> 0"]),
+    "rtol negative": (["--rtol", "-0.001"], ["--rtol", "> 0"]),
+    "atol nan": (["--atol", "nan"], ["--atol", "finite"]),
 }
 
 
@@ -201,6 +206,8 @@ EVALUATE_CASES = {
     "steps 0": (["--steps", "0"], ["--steps"]),
     "batch size 0": (["--batch-size", "0"], ["--batch-size"]),
     "flow sampler for eps": (["--sampler", "euler"], ["--sampler euler"]),
+    "atol for a fixed-step sampler": (["--atol", "1e-4"], ["--atol", "dopri5"]),
+    "rtol inf": (["--rtol", "inf"], ["--rtol", "finite"]),
     "missing inception weights": (["--feature-extractor", "inception", "--inception-weights", "/nonexistent/w.pth"],
                                   ["/nonexistent/w.pth"]),
     "samples without ref": (["--samples", "x"], ["--samples", "--ref"]),

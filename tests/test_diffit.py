@@ -174,7 +174,7 @@ def test_latent_diffit_runs_at_smaller_and_non_square_sizes_and_rejects_others()
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(depths=(1, 1)), ValueError, r"depths must have one entry per stage \(3\)"),
+    (dict(depths=(1, 1)), ValueError, r"depths must have one entry per stage \(len\(channels\) = 3\)"),
     (dict(num_heads=(3, 2, 4)), ValueError, r"channels\[0\] \(16\) must be divisible by num_heads\[0\] \(3\)"),
     (dict(channels=16), TypeError, "channels must be a non-empty sequence"),
     (dict(window_size=0), ValueError, "window_size must be >= 1"),

@@ -14,7 +14,8 @@ from xswin_fast.runs.run_dir import load_run
 def test_export_run_writes_a_model_folder_that_loads_like_the_run(digits_run, tmp_path):
     out = export_run(digits_run, tmp_path / "model")
     assert is_model_folder(out) and not is_model_folder(digits_run)
-    assert {p.name for p in out.iterdir()} == {"model_index.json", "transformer", "scheduler", "xswin_run.json", "split.json"}
+    assert {p.name for p in out.iterdir()} == {"model_index.json", "transformer", "scheduler", "xswin_run.json", "split.json",
+                                           "xswin_fast_pipeline.py"}
     assert (out / "split.json").read_bytes() == (digits_run / "split.json").read_bytes()
     _, ck = load_newest_checkpoint(digits_run)
 

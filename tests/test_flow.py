@@ -189,10 +189,22 @@ def test_flow_heun_progress_counts_solver_steps():
     assert math.isclose(float(FlowMatching().make_sampler("euler", 5).timesteps[0]), 1000.0)
 
 
-def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path):
-    """sample.py --sampler sde with --guided-channels and a σ interval on a trained flow run (the
-    folder name records each setting); --steps refused for the adaptive dopri5."""
+def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path, monkeypatch):
+    """sample.py --sampler sde with --guided-channels and a σ interval on a trained flow run, and
+    dopri5 with its tolerances given and by default (the folder name records each setting that is
+    not a default; dopri5 receives the tolerances); --steps refused for the adaptive dopri5, and
+    --atol / --rtol for the fixed-step samplers."""
     from xswin_fast.cli import sample, train
+    from xswin_fast.objectives import flow
+    from xswin_fast.objectives.flow_solvers import dopri5
+
+    tolerances = []
+
+    def recording_dopri5(velocity, x, **options):  # the solver itself: test_flow_solvers.py
+        tolerances.append((options["atol"], options["rtol"]))
+        return dopri5(velocity, x, atol=0.1, rtol=0.1)  # at SiT's 1e-6 a 1-step model takes minutes on a CPU
+
+    monkeypatch.setattr(flow, "dopri5", recording_dopri5)
 
     run = tmp_path / "run"
     assert train.main(["--run-dir", str(run), "--objective", "flow", "--model-kwargs", tiny_kwargs(), "--backend", "torch",
@@ -200,10 +212,16 @@ def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path):
                        "--sample-steps", "2", "--no-progress", "--max-steps", "1"]) == 0
     common = ["--ckpt", str(run), "--num-samples", "2", "--cfg-scale", "1.5", "--guided-channels", "1", "--no-progress"]
     assert sample.main([*common, "--sampler", "sde", "--steps", "4", "--cfg-interval-sigma", "0.28", "5.42"]) == 0
-    with pytest.raises(SystemExit, match="--steps does not apply to --sampler dopri5"):  # dopri5 itself: test_flow_solvers.py
+    assert sample.main([*common, "--sampler", "dopri5", "--atol", "1e-4", "--rtol", "0.01"]) == 0
+    assert sample.main([*common, "--sampler", "dopri5"]) == 0
+    assert tolerances == [(1e-4, 0.01), (1e-6, 1e-3)]  # the second: SiT's defaults
+    with pytest.raises(SystemExit, match="--steps does not apply to --sampler dopri5"):
         sample.main([*common, "--sampler", "dopri5", "--steps", "10"])
+    with pytest.raises(SystemExit, match="--atol applies only to the adaptive --sampler dopri5, not to sde"):
+        sample.main([*common, "--sampler", "sde", "--atol", "1e-4"])
     names = sorted(p.name for p in run.glob("samples-*"))
-    assert names == ["samples-0000001-sde4-cfg1.5-gc1-ints0.28-5.42-seed0"], names
+    assert names == ["samples-0000001-dopri5-cfg1.5-gc1-seed0", "samples-0000001-dopri5-tol0.0001-0.01-cfg1.5-gc1-seed0",
+                     "samples-0000001-sde4-cfg1.5-gc1-ints0.28-5.42-seed0"], names
     for name in names:
         assert len(list((run / name / "images").glob("*.png"))) == 2
 

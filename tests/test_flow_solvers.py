@@ -111,6 +111,14 @@ def test_dopri5_solves_a_linear_ode_to_its_tolerance():
         dopri5(lambda x, t: x / 0 * 0, torch.ones(3))
 
 
+@pytest.mark.parametrize("options", [{"atol": 0.0}, {"rtol": -1e-3}, {"atol": math.inf}, {"rtol": math.nan},
+                                     {"atol": True}, {"rtol": "1e-3"}])
+def test_dopri5_refuses_tolerances_that_are_not_finite_positive_floats(options):
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=f"{name} must be a finite float > 0"):
+        dopri5(lambda x, t: -x, torch.ones(3), **options)
+
+
 def test_guidance_interval_in_sigma_is_half_open_for_both_objectives():
     interval = GuidanceInterval(0.28, 5.42, "sigma")
     assert not interval.contains(0.5, 0.28) and interval.contains(0.5, 5.42) and not interval.contains(0.5, 5.43)

@@ -23,6 +23,7 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -137,6 +138,9 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not zipfile.is_zipfile(path):  # random bytes fail the weights-only unpickler too: not code
+            raise CheckpointError(f"checkpoint {path} is unreadable: not a torch.save archive (damaged, or another "
+                                  "kind of file)") from exc
         raise CheckpointError(
             f"refusing to load {path}: it contains pickled objects or code, not only tensors and plain data "
             f"(torch.load(weights_only=True) rejected it: {str(exc).splitlines()[0]}). Checkpoints are data, "
@@ -211,12 +215,17 @@ def load_newest_checkpoint(target: PathLike, map_location="cpu") -> Tuple[Path, 
     if target.is_file():
         return target, load_checkpoint(target, map_location)
     ckpt_dir = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+    errors = []
     for p in reversed(list_checkpoints(ckpt_dir)):
         try:
             return p, load_checkpoint(p, map_location)
         except CheckpointError as exc:
             warnings.warn(f"skipping unloadable checkpoint: {exc}")
-    raise CheckpointError(f"no loadable checkpoint found under {target}")
+            errors.append(exc)
+    if not errors:
+        raise CheckpointError(f"no loadable checkpoint found under {target} (no NNNNNNN.pt file)")
+    raise CheckpointError(f"no loadable checkpoint found under {target}: all {len(errors)} are unloadable, the newest: "
+                          f"{errors[0]}")
 
 
 def prune_checkpoints(checkpoint_dir: PathLike, keep_last: int) -> None:

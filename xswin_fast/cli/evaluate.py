@@ -37,6 +37,8 @@ from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_n
 
 logger = logging.getLogger("xswin_fast.cli.evaluate")
 METRICS = ("fid", "isc", "kid", "prc")
+GENERATION = "generation (with --ckpt)"
+FOLDER_FLAGS = ("device", "threads")  # the generation group's flags that --samples applies too (the metrics')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--ckpt", help="train.py checkpoint (file, run dir = newest, or a model folder from export_run): generate samples from it")
     src.add_argument("--samples", help="instead of --ckpt: a folder of generated images")
     src.add_argument("--ref", help="reference images folder (default: the run's held-out split)")
-    gen = p.add_argument_group("generation (with --ckpt)")
+    gen = p.add_argument_group(GENERATION)
     gen.add_argument("--num-samples", type=positive_int, default=None, help="default: as many as reference images")
     add_sampler_flags(gen)
     gen.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
@@ -109,14 +111,25 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     save_grid(images[:100], out / "grid.png")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.objective.name,
-            "sampler": args.sampler, "steps": args.steps, "cfg_scale": args.cfg_scale,
+            "sampler": args.sampler, "steps": args.steps, "atol": args.atol, "rtol": args.rtol, "cfg_scale": args.cfg_scale,
             "cfg_interval": args.cfg_interval and [args.cfg_interval.lo, args.cfg_interval.hi],
             "cfg_interval_unit": args.cfg_interval and args.cfg_interval.unit, "guided_channels": args.guided_channels,
             "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
 
 
+def _generation_flags_given(args: argparse.Namespace) -> List[str]:
+    """The flags of the generation group, other than ``FOLDER_FLAGS``, given a non-default value."""
+    group = next(g for g in build_parser()._action_groups if g.title == GENERATION)
+    return [a.option_strings[0] for a in group._group_actions
+            if a.dest not in FOLDER_FLAGS and getattr(args, a.dest) != a.default]
+
+
 def _inputs_from_folders(args: argparse.Namespace, prepare_metrics) -> _Inputs:
+    given = _generation_flags_given(args)
+    if given:
+        raise ConfigError(f"with --samples (images already made) the generation flags {', '.join(given)} would be "
+                          "ignored: leave them out, or generate with --ckpt")
     if not args.ref:
         raise ConfigError("--samples needs --ref (a folder of reference images)")
     out = Path(args.out) if args.out else Path(args.samples).parent / "eval"

@@ -5,6 +5,7 @@
         --labels 207,360,387,974 --cfg-scale 4.0 --sampler ddim --steps 50 --seed 1
     python sample.py --ckpt results/002-XSwin-digits --sampler heun --steps 10 --cfg-interval 0 0.7  # a flow run
     python sample.py --ckpt results/003-SiT-run --sampler sde --steps 250 --cfg-scale 1.5 --guided-channels 3  # SiT's FID setting
+    python sample.py --ckpt results/003-SiT-run --sampler dopri5 --atol 1e-6 --rtol 1e-3  # SiT's ODE setting
 
 Writes ``grid.png`` and one PNG per image under ``images/`` (the folder FID tools read) plus
 ``labels.json`` into ``--out`` (default: RUN_DIR/samples-<step>-<sampler><steps>-cfg<scale>-seed<seed>).
@@ -18,6 +19,7 @@ from typing import List, Optional
 from ..objectives.eps import PRECISIONS, autocast_dtype
 from ..objectives import ALL_SAMPLERS
 from ..objectives.flow import ADAPTIVE_SAMPLERS, SDE_DEFAULT_STEPS
+from ..objectives.flow_solvers import DOPRI5_ATOL, DOPRI5_RTOL
 from ..objectives.guidance import GuidanceInterval, as_interval
 from ..ops.dispatch import interpreter_active
 from ..images import save_grid, save_pngs
@@ -25,7 +27,8 @@ from ..runs.config import BACKEND_CHOICES, ConfigError, op_backend, parse_thread
 from ..runs.run_dir import SamplingRun, load_run
 from ..objectives.sampling import DEFAULT_CFG_SCALE, generate
 from .process import apply_threads, log_to_stdout, progress_mode
-from .user_errors import ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_int
+from .user_errors import (ArgumentParser, exit_on_user_error, finite_float, non_negative_int, output_folder, positive_float,
+                          positive_int)
 
 
 def parse_labels(spec: Optional[str], n: int, classes: List[str]) -> List[int]:
@@ -74,15 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_sampler_flags(group) -> None:
-    """--sampler, --steps and --cfg-interval (shared with evaluate.py); their defaults depend on
-    the run's objective and are filled in by :func:`check_generation`."""
+    """--sampler, --steps, --atol/--rtol, --cfg-interval and --guided-channels (shared with
+    evaluate.py); their defaults depend on the run's objective and are filled in by
+    :func:`check_generation`."""
     group.add_argument("--sampler", default=None, choices=ALL_SAMPLERS,
                        help="eps runs: ddpm (respaced, learned variance; default) or ddim (eta 0); flow runs: euler "
                             "(default), heun (2nd order, two model calls per step), sde (SiT's Euler-Maruyama, its FID "
-                            "sampler) or dopri5 (adaptive, atol 1e-6, rtol 1e-3, as SiT's ODE)")
+                            "sampler) or dopri5 (adaptive, --atol and --rtol; SiT's ODE)")
     group.add_argument("--steps", type=positive_int, default=None,
                        help=f"sampling steps; default 250 for eps runs (DiT: 250 DDPM), 25 for flow runs, "
                             f"{SDE_DEFAULT_STEPS} for sde; not for dopri5")
+    group.add_argument("--atol", type=positive_float, default=None,
+                       help=f"dopri5's absolute error tolerance per step (default {DOPRI5_ATOL:g}, SiT's); dopri5 only")
+    group.add_argument("--rtol", type=positive_float, default=None,
+                       help=f"dopri5's relative error tolerance per step (default {DOPRI5_RTOL:g}, SiT's); dopri5 only")
     interval = group.add_mutually_exclusive_group()
     interval.add_argument("--cfg-interval", type=finite_float, nargs=2, metavar=("LO", "HI"), default=None,
                           help="guide only at noise levels t in (LO, HI] (0 = data, 1 = pure noise: t/T for eps, t for "
@@ -95,11 +103,14 @@ def add_sampler_flags(group) -> None:
 
 
 def generation_tag(args: argparse.Namespace) -> str:
-    """"<sampler><steps>-cfg<scale>[-int<lo>-<hi>]-seed<seed>[-raw]" of output folder names."""
+    """"<sampler><steps>[-tol<atol>-<rtol>]-cfg<scale>[-gc<n>][-int<lo>-<hi>]-seed<seed>[-raw]" of
+    output folder names (the tolerances where they are not dopri5's defaults)."""
     i = args.cfg_interval
     interval = f"-int{'s' if i.unit == 'sigma' else ''}{i.lo:g}-{i.hi:g}" if i else ""
     guided = f"-gc{args.guided_channels}" if args.guided_channels else ""
-    return (f"{args.sampler}{args.steps or ''}-cfg{args.cfg_scale:g}{guided}{interval}-seed{args.seed}"
+    tol = args.atol is not None and (args.atol, args.rtol) != (DOPRI5_ATOL, DOPRI5_RTOL)
+    tolerances = f"-tol{args.atol:g}-{args.rtol:g}" if tol else ""
+    return (f"{args.sampler}{args.steps or ''}{tolerances}-cfg{args.cfg_scale:g}{guided}{interval}-seed{args.seed}"
             f"{'-raw' if args.no_ema else ''}")
 
 
@@ -108,14 +119,15 @@ def generate_images(args: argparse.Namespace, run: SamplingRun, labels: List[int
     return generate(
         run.model, run.objective, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
         cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval, guided_channels=args.guided_channels,
+        ode_options={"atol": args.atol, "rtol": args.rtol} if args.sampler in ADAPTIVE_SAMPLERS else None,
         seed=args.seed, batch_size=args.batch_size,
         autocast_dtype=autocast_dtype(args.precision, run.device), progress=progress_mode(args.progress),
     )
 
 
 def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
-    """The generation flags that depend on the checkpoint, checked (and --sampler, --steps
-    defaulted from the run's objective) before any sampling."""
+    """The generation flags that depend on the checkpoint, checked (and --sampler, --steps,
+    --atol, --rtol defaulted from the run's objective and sampler) before any sampling."""
     objective = run.objective
     args.sampler = args.sampler or objective.default_sampler
     if args.sampler not in objective.samplers:
@@ -124,7 +136,13 @@ def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
     if args.sampler in ADAPTIVE_SAMPLERS:
         if args.steps is not None:
             raise ConfigError(f"--steps does not apply to --sampler {args.sampler}: it chooses its own steps (adaptive)")
+        args.atol = DOPRI5_ATOL if args.atol is None else args.atol
+        args.rtol = DOPRI5_RTOL if args.rtol is None else args.rtol
     else:
+        for flag in ("atol", "rtol"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag} applies only to the adaptive --sampler {', '.join(ADAPTIVE_SAMPLERS)}, "
+                                  f"not to {args.sampler} (fixed steps: --steps)")
         args.steps = args.steps or (SDE_DEFAULT_STEPS if args.sampler == "sde" else objective.default_steps)
     check_guidance_flags(args, run)
     if args.steps is not None and args.steps > run.objective.num_timesteps:

@@ -66,6 +66,14 @@ def finite_float(value: str) -> float:
     return x
 
 
+def positive_float(value: str) -> float:
+    """argparse type: a finite number > 0."""
+    x = finite_float(value)
+    if x <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value}")
+    return x
+
+
 def output_folder(path: Optional[str], flag: str = "--out") -> None:
     """Refuse an output folder that is an existing file, before any work is done."""
     if path and os.path.exists(path) and not os.path.isdir(path):

@@ -40,11 +40,12 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 def _stage_sequence(name: str, value, n: int = None) -> Tuple[int, ...]:
-    """A non-empty sequence of ints >= 1, one per stage (``n`` of them when given), as a tuple."""
+    """A non-empty sequence of ints >= 1, one per stage (``n`` of them when given: one per entry of
+    ``channels``), as a tuple."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) == 0:
         raise TypeError(f"{name} must be a non-empty sequence of ints, one per stage, got {value!r}")
     if n is not None and len(value) != n:
-        raise ValueError(f"{name} must have one entry per stage ({n}), got {len(value)}: {value!r}")
+        raise ValueError(f"{name} must have one entry per stage (len(channels) = {n}), got {len(value)}: {value!r}")
     return tuple(checks.integer(f"{name}[{i}]", v) for i, v in enumerate(value))
 
 

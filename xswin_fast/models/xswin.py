@@ -154,7 +154,7 @@ class XSwin(DiffusionBackbone):
             raise ValueError(f"skip_fusion must be one of {', '.join(WindowCrossAttention.FUSIONS)} (replace without "
                              f"cross-attention skips), got {skip_fusion!r}")
         if len(num_heads) != len(depths):
-            raise ValueError(f"num_heads must have one entry per stage ({len(depths)}), got {num_heads}")
+            raise ValueError(f"num_heads must have one entry per stage (len(depths) = {len(depths)}), got {num_heads}")
         for i, h in enumerate(num_heads):
             if (embed_dim * 2**i) % h:
                 raise ValueError(f"num_heads[{i}] = {h} must divide the stage width {embed_dim * 2**i}")

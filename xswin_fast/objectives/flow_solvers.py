@@ -136,10 +136,12 @@ def dopri5(
     on_step: Optional[Callable[[], object]] = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v from t = 1 (``x``, (B, ...) float32) to t = 0 with adaptive Dormand–Prince
-    5(4) steps (see the module docstring). ``on_step`` is called once per accepted step. ValueError
-    for a non-positive tolerance; RuntimeError if ``max_steps`` attempts do not reach t = 0."""
-    if not (atol > 0 and rtol > 0):
-        raise ValueError(f"atol and rtol must be > 0, got {atol}, {rtol}")
+    5(4) steps (see the module docstring). ``atol`` and ``rtol`` (floats) must be finite and > 0.
+    ``on_step`` is called once per accepted step. RuntimeError if ``max_steps`` attempts do not
+    reach t = 0."""
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (0 < tol < math.inf):
+            raise ValueError(f"{name} must be a finite float > 0, got {tol!r}")
     t = 1.0
     k1 = velocity(x, t)
     h = _initial_step(velocity, x, k1, atol, rtol)

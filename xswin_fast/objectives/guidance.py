@@ -39,7 +39,7 @@ Interval = Optional[Union[Tuple[float, float], GuidanceInterval]]
 
 def as_interval(interval: Interval) -> Optional[GuidanceInterval]:
     """``interval`` as a :class:`GuidanceInterval` (a tuple is in t), checked: ValueError unless
-    0 <= lo <= hi, finite, and hi <= 1 in t."""
+    0 <= lo < hi, finite, and hi <= 1 in t (lo = hi would guide no step)."""
     if interval is None:
         return None
     if not isinstance(interval, GuidanceInterval):
@@ -50,9 +50,9 @@ def as_interval(interval: Interval) -> Optional[GuidanceInterval]:
     if unit not in UNITS:
         raise ValueError(f"cfg_interval's unit must be one of {UNITS}, got {unit!r}")
     top = 1 if unit == "t" else math.inf
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi <= top):
-        raise ValueError(f"cfg_interval must be (lo, hi] with 0 <= lo <= hi{' <= 1' if unit == 't' else ''} "
-                         f"in {unit}, got ({lo}, {hi}]")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= top):
+        raise ValueError(f"cfg_interval must be (lo, hi] with 0 <= lo < hi{' <= 1' if unit == 't' else ''} "
+                         f"in {unit} (an empty interval guides no step), got ({lo}, {hi}]")
     return interval
 
 

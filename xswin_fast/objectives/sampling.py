@@ -6,7 +6,7 @@ classifier-free guidance default, :data:`DEFAULT_CFG_SCALE`.
 import logging
 import math
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,7 @@ def generate(
     autocast_dtype: Optional[torch.dtype] = None,
     progress: str = "none",
     guided_channels: Optional[int] = None,
+    ode_options: Optional[Dict[str, float]] = None,
 ) -> torch.Tensor:
     """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels`` (N ints).
 
@@ -86,6 +87,7 @@ def generate(
     none for the adaptive "dopri5", which takes no ``steps``); ``cfg_interval`` (lo, hi] limits
     guidance to those noise levels (see ``xswin_fast.objectives.guidance``); ``guided_channels``
     the channels guided (None: all; SiT and DiT as released guide 3 of 4 latent channels).
+    ``ode_options`` ({"atol": float, "rtol": float}) go to the adaptive "dopri5" only.
     ``codec`` decodes latents to pixels (None: pixel space). One generator seeded with ``seed``
     draws all noise, so a given seed and ``batch_size`` always give the same images.
     ``progress`` over all denoising steps: "none", "bar" (tqdm) or "log" (k/N, elapsed and ETA
@@ -99,6 +101,9 @@ def generate(
             raise ValueError(f"steps does not apply to the adaptive {sampler} sampler, got {steps}")
     else:
         steps = steps or (SDE_DEFAULT_STEPS if sampler == "sde" else objective.default_steps)
+        if ode_options is not None:
+            raise ValueError(f"ode_options apply to the adaptive {ADAPTIVE_SAMPLERS} only, not to sampler {sampler!r}")
+    adaptive = {"ode_options": ode_options} if ode_options is not None else {}
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     total = math.ceil(len(labels) / batch_size) * steps if steps else None
@@ -117,7 +122,7 @@ def generate(
         y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
         x = objective.sample(
             model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, generator=gen,
-            autocast_dtype=autocast_dtype, on_step=on_step, guided_channels=guided_channels,
+            autocast_dtype=autocast_dtype, on_step=on_step, guided_channels=guided_channels, **adaptive,
         )
         if codec is not None:
             x = codec.decode(x)

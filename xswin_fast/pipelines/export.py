@@ -3,21 +3,24 @@
 ``export_run(run, out_dir)`` writes the EMA model of a run's newest checkpoint as an
 ``XSwinPipeline`` folder (``transformer/``, ``scheduler/`` with the training DDPM schedule,
 ``vae/`` for a latent run, class names as ``id2label``) plus ``xswin_run.json`` (the
-checkpoint's data description, run arguments and step), so that
-``XSwinPipeline.from_pretrained(out_dir)`` samples it and ``read_model_folder(out_dir)`` gives
+checkpoint's data description, run arguments and step) and ``xswin_fast_pipeline.py`` (see
+``make_loadable_by_diffusers``), so that ``XSwinPipeline.from_pretrained(out_dir)`` samples it, as
+does ``DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)``, and ``read_model_folder(out_dir)`` gives
 sample.py / evaluate.py everything they take from a checkpoint. The run's held-out split
 (``split.json``) is copied along, so evaluate.py can score the folder against it.
 
 Flow-matching runs are refused: XSwinPipeline samples eps-prediction models only.
 """
-import shutil
 import json
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.utils import logging as diffusers_logging
 
 from ..checkpoints import CheckpointError, load_newest_checkpoint
 from ..models import create_model
@@ -27,6 +30,28 @@ from ..vae import LatentCodec, load_vae
 from .xswin_pipeline import XSwinPipeline
 
 RUN_FILE = "xswin_run.json"
+PIPELINE_MODULE = "xswin_fast_pipeline"
+PIPELINE_MODULE_TEXT = '''"""Lets diffusers load this folder in a process that has not imported xswin_fast:
+DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) runs this file, which only imports
+the pipeline class of the installed xswin_fast package. XSwinPipeline.from_pretrained(folder) does
+not run it."""
+from xswin_fast.pipelines import XSwinPipeline  # noqa: F401
+'''
+
+
+def make_loadable_by_diffusers(folder: Union[str, Path]) -> None:
+    """Let ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` load a saved
+    XSwinPipeline folder in any process. diffusers looks a string ``_class_name`` up in its own
+    namespace, where ``XSwinPipeline`` is only after ``import xswin_fast.pipelines``; a
+    ``[module, class]`` pair whose ``<module>.py`` is in the folder is imported from there instead,
+    once the caller trusts the folder's code (without ``trust_remote_code=True`` diffusers refuses
+    and names it). ``XSwinPipeline.load_config`` reads the pair back as its own name."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    config = json.loads(index.read_text())
+    config["_class_name"] = [PIPELINE_MODULE, XSwinPipeline.__name__]
+    (folder / f"{PIPELINE_MODULE}.py").write_text(PIPELINE_MODULE_TEXT)
+    index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool = True) -> Path:
@@ -49,6 +74,7 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     pipe = XSwinPipeline(model.eval(), scheduler, vae=vae, id2label=dict(enumerate(ck["data"]["classes"])))
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
+    make_loadable_by_diffusers(out_dir)
     record = {"data": ck["data"], "args": args, "step": int(ck["step"]), "weights": "ema" if use_ema else "model"}
     (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
     run_dir = Path(path).parent
@@ -59,10 +85,26 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     return out_dir
 
 
-def is_model_folder(path: Union[str, Path]) -> bool:
-    """Whether ``path`` is a folder written by ``export_run`` (rather than a run folder or file)."""
-    path = Path(path)
-    return (path / "model_index.json").is_file() and (path / RUN_FILE).is_file()
+MODEL_FOLDER_FILES = ("model_index.json", RUN_FILE)  # what export_run writes beside the components
+
+
+def is_model_folder(path: Union[str, Path], partly: bool = False) -> bool:
+    """Whether ``path`` is a folder written by ``export_run`` (rather than a run folder or file):
+    it holds every file of ``MODEL_FOLDER_FILES``, or with ``partly`` any of them (a damaged one)."""
+    found = [(Path(path) / name).is_file() for name in MODEL_FOLDER_FILES]
+    return any(found) if partly else all(found)
+
+
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """diffusers' "Loading pipeline components" bar off: sample.py's stderr is for its errors."""
+    was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            diffusers_logging.enable_progress_bar()
 
 
 @dataclass
@@ -82,12 +124,18 @@ class ModelFolder:
 
 def read_model_folder(path: Union[str, Path], device: Optional[str] = None, backend: Optional[str] = None) -> ModelFolder:
     """Load a folder written by ``export_run`` on ``device`` (default: cuda if available) with op
-    ``backend`` ("torch", "triton" or None for automatic)."""
+    ``backend`` ("torch", "triton" or None for automatic). CheckpointError naming ``path`` for a
+    folder that lacks a file or does not load (a damaged weights file, a bad config)."""
     path = Path(path)
-    if not is_model_folder(path):
-        raise CheckpointError(f"{path} is not a model folder (no model_index.json and {RUN_FILE})")
+    missing = [name for name in MODEL_FOLDER_FILES if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{path} is not a model folder (no {' and no '.join(missing)})")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe = XSwinPipeline.from_pretrained(path)
+    try:
+        with _no_loading_bar():
+            pipe = XSwinPipeline.from_pretrained(path)
+    except (ValueError, TypeError) as exc:  # the folder checks' and the config's messages
+        raise CheckpointError(f"the model folder {path} does not load: {exc}") from exc
     model = pipe.transformer.set_backend(backend).to(dev).eval().requires_grad_(False)
     codec = None
     if pipe.vae is not None:

@@ -39,6 +39,18 @@ class XSwinPipeline(DiffusionPipeline):
         self.register_to_config(id2label=id2label or None)
         self.labels = {name.strip(): k for k, v in id2label.items() for name in v.split(",")}
 
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' ``load_config``, with the ``[module, "XSwinPipeline"]`` class name of a folder
+        made by ``make_loadable_by_diffusers`` read as ``"XSwinPipeline"``: that module is for
+        ``DiffusionPipeline.from_pretrained``; this class loads the folder without running it."""
+        out = super().load_config(*args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        name = config.get("_class_name")
+        if isinstance(name, list) and len(name) == 2 and name[1] == cls.__name__:
+            config["_class_name"] = name[1]
+        return out
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent along each axis (1 without a VAE)."""
@@ -105,6 +117,9 @@ class XSwinPipeline(DiffusionPipeline):
         """The initial noise: drawn from ``generator``, or the caller's ``latents`` (checked),
         scaled by the scheduler's ``init_noise_sigma``."""
         device, dtype = self._execution_device, self.transformer.dtype
+        each = generator if isinstance(generator, list) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in each):
+            raise TypeError(f"generator must be a torch.Generator or a list of them, got {generator!r}")
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise ValueError(f"generator must be one torch.Generator or a list of {shape[0]} (one per image), "
                              f"got a list of {len(generator)}")

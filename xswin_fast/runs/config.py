@@ -115,8 +115,12 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
+        if self.low is None and self.high is None:
+            return ""
         if self.high is None:
             return f"{'>' if self.open_low else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {self.high}"
         return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
 
 
@@ -144,7 +148,7 @@ class TrainConfig:
         None, f"folder of the Fashion-MNIST IDX files; default {FASHION_MNIST_ROOT}", resume=Resume.FIXED,
     )
     split_seed: Optional[int] = setting(
-        None, "seed of the stratified held-out split; default --global-seed", resume=Resume.FIXED,
+        None, "seed of the stratified held-out split; default --global-seed", valid=Range(0), resume=Resume.FIXED,
     )
     image_size: int = setting(
         8, "training resolution in pixels (resize + center crop)", data_default=256, valid=Range(1),
@@ -276,7 +280,7 @@ class TrainConfig:
             value, valid = getattr(self, f.name), f.metadata["valid"]
             if valid is not None and (isinstance(value, bool) or value not in valid):
                 kind = "a finite number " if _scalar_type(f) is float else ""
-                raise ConfigError(f"{_flag(f.name)} must be {kind}{valid}, got {_show(value)}")
+                raise ConfigError(f"{_flag(f.name)} must be {(kind + str(valid)).strip()}, got {_show(value)}")
         if self.time_shift != "auto" and not (type(self.time_shift) in (int, float) and 0 < self.time_shift < math.inf):
             raise ConfigError(f"--time-shift must be a finite number > 0 or auto, got {_show(self.time_shift)}")
         allowed = FLOW_SAMPLERS if self.objective == "flow" else SAMPLERS

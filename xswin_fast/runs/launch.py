@@ -10,7 +10,8 @@ from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 
-from .config import TrainConfig
+from ..ops.dispatch import interpreter_active
+from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, cleanup, setup
 from .run_dir import open_run_dir
 from .trainer import Trainer
@@ -75,6 +76,9 @@ def train(config: TrainConfig, resume: Optional[Dict[str, Any]] = None) -> int:
     one of many. Returns the exit status (see :meth:`Trainer.fit`)."""
     dist = setup(config.device)
     try:
+        if config.backend == "triton" and dist.device.type != "cuda" and not interpreter_active():
+            raise ConfigError(f"--backend triton needs a CUDA device, and the run trains on {dist.device} (use --backend "
+                              "auto or torch, or set TRITON_INTERPRET=1 to interpret the kernels on the CPU)")
         with open_run_dir(config, dist) as run_dir, run_logging(run_dir, dist):
             config = configure_torch(config, dist)
             logger.info(

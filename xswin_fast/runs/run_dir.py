@@ -134,7 +134,7 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
     (see ``resolve_device``; default: cuda if available), with the EMA weights unless ``use_ema`` is False, on op
     ``backend`` ("torch", "triton" or None for automatic)."""
     dev = resolve_device(device)
-    if is_model_folder(ckpt):  # written by export_run: one set of weights (use_ema has no effect)
+    if is_model_folder(ckpt, partly=True):  # by export_run (use_ema has no effect); a damaged one is named
         f = read_model_folder(ckpt, dev, backend)
         return SamplingRun(f.model, objective_from_config(f.objective), f.codec, f.data, f.args, f.step,
                            Path(ckpt) / "model_index.json", f.device)
