@@ -247,6 +247,35 @@ def test_a_text_model_round_trips_through_a_diffusers_folder(cls, tmp_path):
     torch.testing.assert_close(loaded(x, t, None, ehs, mask), model(x, t, None, ehs, mask), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cls", FAMILIES, ids=lambda c: c.__name__)
+@torch.no_grad()
+def test_text_models_keep_diffusers_memory_hooks_exact(cls):
+    """No parameter of the text modules is read outside its own module: sequential offload
+    (parameters on the meta device outside their forward) gives the plain model's output, and
+    layerwise casting (fp8 storage, bf16 compute) equals the plain model with rounded weights."""
+    import copy
+
+    from test_memory_hooks import STORAGE, sequential_offload
+
+    torch.manual_seed(0)
+    plain = text_model(cls, num_classes=0)
+    x, t = image_inputs(plain)
+    ehs, mask = text_inputs()
+    offloaded = sequential_offload(copy.deepcopy(plain))
+    torch.testing.assert_close(offloaded(x, t, None, ehs, mask), plain(x, t, None, ehs, mask), rtol=0, atol=0)
+
+    plain = plain.to(torch.bfloat16)
+    cast = copy.deepcopy(plain)
+    cast.enable_layerwise_casting(storage_dtype=STORAGE, compute_dtype=torch.bfloat16)
+    stored = {n for n, p in cast.named_parameters() if p.dtype == STORAGE}
+    assert any("text" in n or "cross_attn" in n for n in stored)
+    got = cast(x.bfloat16(), t, None, ehs, mask)
+    for n, p in plain.named_parameters():
+        if n in stored:
+            p.copy_(p.to(STORAGE).to(torch.bfloat16))
+    torch.testing.assert_close(got, plain(x.bfloat16(), t, None, ehs, mask), rtol=0, atol=0)
+
+
 def _bad_inputs():
     ehs, mask = text_inputs(B=2)
     return {

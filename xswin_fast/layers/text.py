@@ -129,8 +129,10 @@ class TextEmbedder(nn.Module):
                 pooled_text: Optional[torch.Tensor] = None) -> TextInputs:
         """encoder_hidden_states (B, L, text_dim) any float dtype, keep (B, L) bool or None,
         pooled_text (B, text_dim) or None (the mean of the kept tokens) -> ``TextInputs``, in the
-        dtype of this module's weights (the model's compute dtype)."""
-        dtype = self.context_proj.weight.dtype
+        model's compute dtype."""
+        # null_text is this module's own parameter (its Linears' weights may hold a storage dtype
+        # outside their forward under diffusers' layerwise casting): the model's compute dtype
+        dtype = self.null_text.dtype
         ehs = masked_context(encoder_hidden_states, keep, dtype)
         if pooled_text is None:
             count = ehs.shape[1] if keep is None else keep.sum(1, keepdim=True).clamp(min=1).to(dtype)
