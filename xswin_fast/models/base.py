@@ -212,7 +212,7 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
         x: torch.Tensor,
         t: torch.Tensor,
         y: Optional[torch.Tensor] = None,
-        cfg_scale: float = None,
+        cfg_scale: Optional[float] = None,
         guided_channels: Optional[int] = None,
         encoder_hidden_states: Optional[torch.Tensor] = None,
         encoder_attention_mask: Optional[torch.Tensor] = None,

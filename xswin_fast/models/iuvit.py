@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from ..layers import checks
 from ..layers.attention import Attention
+from ..layers.blocks import self_attention, text_branch
 from ..layers.embed import sincos_2d
 from ..layers.mlp import Mlp, mlp_hidden_dim
 from ..layers.text import TextCrossAttention, zero_init_text
-from .dit import UViT, _cross_attention, _self_attention
+from .dit import UViT
 
 
 class DWConvMlp(Mlp):
@@ -80,8 +81,8 @@ class IUViTBlock(nn.Module):
     ) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + _self_attention(self, self.norm1(x), context, keep)
-        x = _cross_attention(self, x, context, keep)
+        x = x + self_attention(self, self.norm1(x), context, keep)
+        x = text_branch(self, x, context, keep)
         return x + self.mlp(self.norm2(x))
 
 
