@@ -5,7 +5,7 @@ multi-head self-attention of the ViT bottleneck and of DiT, with timm's paramete
 proj) so that DiT checkpoints load unchanged.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -153,6 +153,11 @@ class WindowCrossAttention(nn.Module):
 class Attention(nn.Module):
     """Global multi-head self-attention over a token sequence: (B, L, C) -> (B, L, C).
 
+    With ``context_dim`` > 0 it is GLIDE's fused "self"-attention for text: ``text_kv`` projects
+    the text context (B, L_text, context_dim) to keys and values that are concatenated after the
+    image tokens' own, and masked text tokens are excluded (``masked_attention``); a caption that
+    keeps no token leaves exactly the self-attention over the image tokens.
+
     Runs through ``scaled_dot_product_attention`` (flash / memory-efficient backends on GPU).
     On the CPU only, where a query holds Inf or NaN, SDPA's CPU kernel returns a finite row for
     such a query where softmax attention gives NaN, so CPU inputs with a non-finite query (and
@@ -161,24 +166,54 @@ class Attention(nn.Module):
     a device sync per layer and, under ``torch.compile``, an L x L score matrix.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, context_dim: int = 0):
         super().__init__()
         _check_heads(dim, num_heads)
         checks.flag("qkv_bias", qkv_bias)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        if checks.integer("context_dim", context_dim, minimum=0):
+            self.text_kv = nn.Linear(context_dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """x (B, L, C); context (B, L_text, context_dim) and keep (B, L_text) bool or None, only
+        with ``context_dim`` > 0 -> (B, L, C)."""
         B, L, C = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, L, d)
-        if q.device.type != "cpu" or _finite(q):
-            o = F.scaled_dot_product_attention(q, k, v)
-        else:
-            o = _softmax_attention(q, k, v)
+        if context is not None:
+            Lt = context.shape[1]
+            tkv = self.text_kv(context.to(x.dtype)).view(B, Lt, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = torch.cat([k, tkv[0]], dim=2), torch.cat([v, tkv[1]], dim=2)
+            if keep is not None:
+                keep = torch.cat([keep.new_ones(B, L), keep], dim=1)
+        o = masked_attention(q, k, v, keep)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+def masked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d) queries and (B, heads, L, d) keys, values,
+    with the key-padding mask ``keep`` (B, L) bool (True: attended to; None: all) -> (B, heads, N, d).
+
+    A masked key and value are replaced by zeros (``torch.where``) before the attention, so that
+    not even an Inf or NaN there reaches an output or a gradient; a row of ``keep`` with no True
+    attends uniformly to those zeros and gives exactly 0, not NaN. SDPA on the whole, except on
+    the CPU for a query holding Inf or NaN (see ``Attention``).
+    """
+    mask = None
+    if keep is not None:
+        sel = keep[:, None, :, None]
+        k, v = torch.where(sel, k, 0.0), torch.where(sel, v, 0.0)
+        mask = (keep | ~keep.any(1, keepdim=True))[:, None, None, :]
+    if q.device.type != "cpu" or _finite(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _softmax_attention(q, k, v, mask)
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -191,12 +226,18 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum(dtype=torch.float32)))
 
 
-def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d), spelled out (in float32 for half inputs)."""
+def _softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, heads, L, d), spelled out (in float32 for half inputs);
+    ``mask`` (B, 1, 1, L) bool excludes the keys where it is False."""
     dtype = q.dtype
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     q, k, v = q.to(compute), k.to(compute), v.to(compute)
-    p = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1), dim=-1)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = torch.where(mask, scores, float("-inf"))
+    p = torch.softmax(scores, dim=-1)
     return (p @ v).to(dtype)
 
 

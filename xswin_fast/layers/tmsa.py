@@ -4,7 +4,7 @@ TMSA (DiffiT, Eqs. 3-6) makes q, k and v linear in the spatial token x_s *and* t
 x_t: ``q_s = x_s W_qs + x_t W_qt`` (likewise k, v), then ``Softmax(Q K^T / sqrt(d) + B) V``
 inside non-shifted windows, with B a learned (Swin-style) relative position bias table.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,6 +14,7 @@ from ..ops.reference import cached_constant
 from . import checks
 from .attention import effective_window
 from .mlp import Mlp, mlp_hidden_dim
+from .text import TextCrossAttention
 
 
 def _relative_position_index(window: Tuple[int, int], table_window: Tuple[int, int], device: torch.device):
@@ -83,16 +84,24 @@ class DiffiTBlock(nn.Module):
     """DiffiT transformer block (Eqs. 7-8): ``x + TMSA(LN(x), x_t)``, then ``x + MLP(LN(x))``.
 
     x (B, H, W, dim), time_token (B, time_dim) -> (B, H, W, dim). The LayerNorms carry no
-    affine parameters (as the released latent model's; the next linear absorbs them).
+    affine parameters (as the released latent model's; the next linear absorbs them). With
+    ``text_width`` > 0, ``x + cross_attn(x, context)`` (the separate MHCA sub-block) follows the
+    TMSA: context (B, L_text, text_width), keep (B, L_text) bool or None.
     """
 
-    def __init__(self, dim: int, time_dim: int, num_heads: int, window_size, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, time_dim: int, num_heads: int, window_size, mlp_ratio: float = 4.0,
+                 text_width: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = TMSA(dim, time_dim, num_heads, window_size)
+        if checks.integer("text_width", text_width, minimum=0):
+            self.cross_attn = TextCrossAttention(dim, num_heads, text_width)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, mlp_hidden_dim(dim, mlp_ratio), approximate="tanh")
 
-    def forward(self, x: torch.Tensor, time_token: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time_token: torch.Tensor, context: Optional[torch.Tensor] = None,
+                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), time_token)
+        if hasattr(self, "cross_attn"):
+            x = x + self.cross_attn(x, context, keep)
         return x + self.mlp(self.norm2(x))

@@ -28,6 +28,7 @@ from ..layers import checks
 from ..layers.adaln import Modulator
 from ..layers.blocks import SwinBlock
 from ..layers.embed import LabelEmbedder, TimestepEmbedder
+from ..layers.text import TextEmbedder, text_settings
 from .base import DiffusionBackbone
 
 GROUPS = 32  # ADM's GroupNorm32
@@ -111,17 +112,24 @@ class UpBlock(ResBlock):
 
 class SwinPair(nn.Module):
     """The paper's "SwinBlock": a regular then a shifted window layer (two modulated SwinV2
-    ``SwinBlock`` layers, shift half the window): (B, C, H, W), silu_c (B, c_dim) -> (B, C, H, W)."""
+    ``SwinBlock`` layers, shift half the window): (B, C, H, W), silu_c (B, c_dim) -> (B, C, H, W).
 
-    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, mlp_ratio: float = 4.0):
+    With ``text_width`` > 0 the pair has one MHCA sub-block, in its shifted layer after the
+    window attention: W-MSA, MLP, SW-MSA, MHCA, MLP; context (B, L_text, text_width) and keep
+    (B, L_text) bool or None as ``SwinBlock``'s.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: Tuple[int, int], c_dim: int, mlp_ratio: float = 4.0,
+                 text_width: int = 0):
         super().__init__()
         half = (window_size[0] // 2, window_size[1] // 2)
         self.regular = SwinBlock(dim, num_heads, window_size, (0, 0), c_dim, mlp_ratio)
-        self.shifted = SwinBlock(dim, num_heads, window_size, half, c_dim, mlp_ratio)
+        self.shifted = SwinBlock(dim, num_heads, window_size, half, c_dim, mlp_ratio, text_width=text_width)
 
-    def forward(self, x: torch.Tensor, silu_c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu_c: torch.Tensor, context: Optional[torch.Tensor] = None,
+                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = x.permute(0, 2, 3, 1)  # channels-last tokens for the window layers
-        h = self.shifted(self.regular(h, silu_c), silu_c)
+        h = self.shifted(self.regular(h, silu_c), silu_c, context, keep)
         return h.permute(0, 3, 1, 2)
 
 
@@ -167,10 +175,19 @@ class ASCEND(DiffusionBackbone):
         num_classes (int): classes (1: unconditional); label ``num_classes`` is the null class.
             Default: 1.
         learn_sigma (bool): output 2 * in_channels (eps and variance). Default: False.
+        text_dim (int): width of the text encoder's outputs; 0 (default) builds the class-only
+            model. With text, ``model(x, t, y, encoder_hidden_states, encoder_attention_mask,
+            pooled_text)``: the pooled text is added to c and every SwinPair of the encoder and
+            the middle block has one MHCA sub-block (the decoder stays convolutional).
+        text_width (int, Optional): width of the projected text sequence (Table 6's "text
+            encoder width"). Default: 4 * channels.
+        text_fusion (str): "separate" only; "fused" (GLIDE) is refused: the Swin layers attend
+            within windows.
+        num_classes may be 0 with text (a text-only model; y must be None).
     """
 
     _repeated_blocks = ["ResBlock", "DownBlock", "UpBlock", "SwinPair"]
-    _no_split_modules = ["ResBlock", "DownBlock", "UpBlock", "SwinPair", "TimestepEmbedder", "LabelEmbedder"]
+    _no_split_modules = ["ResBlock", "DownBlock", "UpBlock", "SwinPair", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder"]
 
     def __init__(
         self,
@@ -187,11 +204,16 @@ class ASCEND(DiffusionBackbone):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1,
         learn_sigma: bool = False,
+        text_dim: int = 0,
+        text_width: Optional[int] = None,
+        text_fusion: str = "separate",
     ):
         super().__init__()
         for name, value in (("input_size", input_size), ("in_channels", in_channels), ("channels", channels),
-                            ("depth", depth), ("head_channels", head_channels), ("num_classes", num_classes)):
+                            ("depth", depth), ("head_channels", head_channels)):
             checks.integer(name, value)
+        num_classes, text_dim, text_width, text_fusion = text_settings(
+            num_classes, text_dim, text_width, text_fusion, 4 * channels, False, type(self).__name__)
         channel_mult = _int_sequence("channel_mult", channel_mult)
         factors = [2**lvl for lvl in range(len(channel_mult))]
         attention_downsample = _int_sequence("attention_downsample", attention_downsample, allow_empty=True)
@@ -211,15 +233,17 @@ class ASCEND(DiffusionBackbone):
         self.learn_sigma = learn_sigma
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_classes = num_classes
+        self.text_dim, self.text_width, self.text_fusion = text_dim, text_width, text_fusion
         c_dim = 4 * channels  # ADM's time-embedding width
         self.t_embedder = TimestepEmbedder(c_dim)
-        self.y_embedder = LabelEmbedder(num_classes, c_dim, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, c_dim, class_dropout_prob) if num_classes else None
+        self.text_embedder = TextEmbedder(text_dim, c_dim, text_width) if text_dim else None
 
         def res(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, c_dim, dropout)
 
         def swin(width: int) -> SwinPair:
-            return SwinPair(width, width // head_channels, window, c_dim, mlp_ratio)
+            return SwinPair(width, width // head_channels, window, c_dim, mlp_ratio, text_width if text_dim else 0)
 
         widths = [channels * m for m in channel_mult]
         swin_levels = [f in attention_downsample for f in factors]
@@ -248,11 +272,21 @@ class ASCEND(DiffusionBackbone):
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
-        """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
-        self.check_inputs(x, t, y)
-        y_emb = self.label_embedding(x, y)
-        silu_c = F.silu(self.t_embedder(t, x.dtype) + y_emb)  # (B, 4 ch)
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """x (B, in_channels, H, W), t (B,), y (B,) int labels or None, text inputs
+        (``layers.text.check_text``) -> (B, out_channels, H, W)."""
+        c, text = self.condition_vector(x, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
+        silu_c = F.silu(c)  # (B, 4 ch)
+        ctx = () if text is None else (text.context, text.keep)  # what every SwinPair reads
 
         h = self.input_conv(x)
         skips = [h]
@@ -260,14 +294,14 @@ class ASCEND(DiffusionBackbone):
             for unit in level.blocks:
                 h = self.run_block(unit.res, h, silu_c)
                 if unit.swin is not None:
-                    h = self.run_block(unit.swin, h, silu_c)
+                    h = self.run_block(unit.swin, h, silu_c, *ctx)
                 skips.append(h)
             if level.resample is not None:
                 h = self.run_block(level.resample, h, silu_c)
                 skips.append(h)
 
         for block in self.middle:
-            h = self.run_block(block, h, silu_c)
+            h = self.run_block(block, h, silu_c, *(ctx if isinstance(block, SwinPair) else ()))
 
         for level in self.decoder:
             for block in level.blocks:

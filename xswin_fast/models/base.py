@@ -6,7 +6,7 @@ import inspect
 import math
 import sys
 from numbers import Real
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import checks
 from ..layers.embed import check_labels
+from ..layers.text import TextInputs, check_text
 from ..ops.dispatch import check_backend
 from .verified_weights import VerifiedWeights
 
@@ -40,11 +41,14 @@ def _register_outermost(init):
 class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
     """Base class of every backbone: XSwin, USwin, DiT, UViT, DiffiT, LatentDiffiT, ASCEND and IUViT.
 
-    Subclasses set ``in_channels``, ``out_channels``, ``learn_sigma``, ``num_classes`` and
-    ``y_embedder`` and implement ``forward(x, t, y)`` with x (B, in_channels, H, W) latents,
-    t (B,) timesteps and y (B,) integer labels (``num_classes`` is the null class); the output
-    is (B, out_channels, H, W) with ``out_channels = 2 * in_channels`` under learned sigma.
-    ``forward`` also takes diffusers' ``return_dict`` and returns through ``_output``.
+    Subclasses set ``in_channels``, ``out_channels``, ``learn_sigma``, ``num_classes``,
+    ``y_embedder`` (None when ``num_classes`` is 0), ``text_dim`` and ``text_embedder`` (None when
+    ``text_dim`` is 0) and implement ``forward(x, t, y=None, encoder_hidden_states=None,
+    encoder_attention_mask=None, pooled_text=None, return_dict=None)`` with x (B, in_channels,
+    H, W) latents, t (B,) timesteps, y (B,) integer labels (``num_classes`` is the null class)
+    and the text inputs of ``check_text``; the output is (B, out_channels, H, W) with
+    ``out_channels = 2 * in_channels`` under learned sigma. ``conditions`` checks the inputs and
+    embeds them; ``forward`` returns through ``_output``.
 
     Every subclass is a diffusers model without further code: its ``__init__`` is wrapped in
     ``register_to_config`` when the class is defined (so its constructor arguments are its
@@ -98,10 +102,11 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
             return self._gradient_checkpointing_func(block, *args)
         return block(*args)
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> None:
         """Raise TypeError/ValueError naming the argument unless x is a (B >= 1, in_channels, H, W)
-        floating tensor, t (B,) real timesteps >= 0 and y (B,) int64/int32 labels, both on x's
-        device. x's dtype and device are checked against the model's by ``label_embedding``.
+        floating tensor, t (B,) real timesteps >= 0 and y (B,) int64/int32 labels (None, and only
+        None, for a model with ``num_classes`` 0), both on x's device. x's dtype and device are
+        checked against the model's by ``conditions``.
 
         Values (finite t >= 0, labels in range) are checked on the CPU only: reading them back
         from an accelerator would synchronise every forward.
@@ -117,34 +122,67 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
             raise ValueError(f"t must be a tensor of shape (B,) = ({B},), got {getattr(t, 'shape', t)}")
         if t.is_complex() or t.dtype == torch.bool:
             raise TypeError(f"t must be a real-valued tensor of timesteps, got dtype {t.dtype}")
-        if not isinstance(y, torch.Tensor) or y.shape != (B,):
+        if self.num_classes == 0:
+            if y is not None:
+                raise ValueError("y must be None: the model was built with num_classes=0 (text-only, no label embedder)")
+        elif not isinstance(y, torch.Tensor) or y.shape != (B,):
             raise ValueError(f"y must be a tensor of shape (B,) = ({B},), got {getattr(y, 'shape', y)}")
         for name, v in (("t", t), ("y", y)):
-            if v.device != x.device:
+            if v is not None and v.device != x.device:
                 raise ValueError(f"{name} must be on x's device {x.device}, got {v.device}")
         if t.device.type == "cpu" and not torch.compiler.is_compiling():
             if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
                 raise ValueError(f"t must hold finite timesteps >= 0, got values in [{t.min().item()}, {t.max().item()}]")
-        check_labels(y, self.num_classes, self.y_embedder.dropout_prob > 0)
+        if y is not None:
+            check_labels(y, self.num_classes, self.y_embedder.dropout_prob > 0)
         self.check_size(x.shape[-2], x.shape[-1])
 
-    def label_embedding(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``y_embedder(y)`` (B, hidden) after ``check_inputs``, with x checked against it: x must
-        be on its device and of its dtype (any dtype under ``torch.autocast``).
+    def label_embedding(self, x: torch.Tensor, y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """``y_embedder(y)`` (B, hidden) after ``check_inputs``, with x checked against it; None for
+        a model without labels (``num_classes`` 0)."""
+        if self.y_embedder is None:
+            return None
+        return _checked_against(x, self.y_embedder(y, self.training))
 
-        The embedding comes out in the dtype and on the device the model computes in, also under
-        diffusers' layerwise-casting and offloading hooks (they act when the embedder runs), so
-        no parameter is read outside its own module.
+    def conditions(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor],
+        encoder_hidden_states: Optional[torch.Tensor],
+        encoder_attention_mask: Optional[torch.Tensor],
+        pooled_text: Optional[torch.Tensor],
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[TextInputs]]:
+        """Check every input, then embed them: (t_emb (B, c_dim), y_emb (B, c_dim) or None,
+        ``TextInputs`` or None), in the model's compute dtype.
+
+        x must be on the model's device and of its dtype (any dtype under ``torch.autocast``),
+        read from the output of its label or text embedder: the embeddings come out in the dtype
+        and on the device the model computes in, also under diffusers' layerwise-casting and
+        offloading hooks (they act when the embedder runs), so no parameter is read outside its
+        own module.
         """
-        emb = self.y_embedder(y, self.training)
-        if x.device != emb.device:
-            raise ValueError(f"x must be on the model's device {emb.device}, got {x.device}")
-        if x.dtype != emb.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(
-                f"x must have the model's dtype {emb.dtype}, got {x.dtype}: cast x, or the model with "
-                f"model.to(dtype), or run under torch.autocast"
-            )
-        return emb
+        self.check_inputs(x, t, y)
+        keep = check_text(self.text_dim, x.shape[0], x.device, encoder_hidden_states, encoder_attention_mask,
+                          pooled_text)
+        y_emb = self.label_embedding(x, y)
+        text = None
+        if self.text_embedder is not None:
+            text = self.text_embedder(encoder_hidden_states, keep, pooled_text)
+            _checked_against(x, text.pooled)
+        return self.t_embedder(t, x.dtype), y_emb, text
+
+    def condition_vector(self, *inputs) -> Tuple[torch.Tensor, Optional[TextInputs]]:
+        """``conditions(*inputs)`` summed into one vector: (t_emb + y_emb + pooled text (B, c_dim),
+        ``TextInputs`` or None). The paper concatenates the pooled text with the timestep
+        embedding; the adaLN projections that read this vector are linear, so the sum is the same
+        function class with the existing parameters unchanged (docs/backbones.md)."""
+        c, y_emb, text = self.conditions(*inputs)
+        if y_emb is not None:
+            c = c + y_emb
+        if text is not None:
+            c = c + text.pooled
+        return c, text
 
     @staticmethod
     def _output(sample: torch.Tensor, return_dict: Optional[bool]):
@@ -163,18 +201,22 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
         self,
         x: torch.Tensor,
         t: torch.Tensor,
-        y: torch.Tensor,
-        cfg_scale: float,
+        y: Optional[torch.Tensor] = None,
+        cfg_scale: float = None,
         guided_channels: Optional[int] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Classifier-free guidance in one batched forward.
 
-        x, t, y hold the conditional half followed by the unconditional half (labels
-        ``num_classes``, checked on the CPU); only the first half of x is used, duplicated. The guided
-        ``eps = uncond + cfg_scale * (cond - uncond)`` is returned for both halves.
-        ``guided_channels`` defaults to all ``in_channels`` eps channels (DiT guided only 3,
-        "for exact reproducibility"; pass 3 to reproduce that); learned-sigma channels are
-        passed through unguided.
+        x, t, y and the text inputs hold the conditional half followed by the unconditional half:
+        null labels ``num_classes`` (checked on the CPU) and, for a text model, whatever the caller
+        puts there (the null caption: mask rows that keep no token; or a negative prompt). Only the
+        first half of x is used, duplicated. The guided ``eps = uncond + cfg_scale * (cond - uncond)``
+        is returned for both halves. ``cfg_scale`` (float) is required. ``guided_channels``
+        defaults to all ``in_channels`` eps channels (DiT guided only 3, "for exact
+        reproducibility"; pass 3 to reproduce that); learned-sigma channels pass through unguided.
         """
         if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, Real):
             raise TypeError(f"cfg_scale must be a float, got {cfg_scale!r}")
@@ -185,17 +227,31 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
         n = self.in_channels if guided_channels is None else checks.integer("guided_channels", guided_channels)
         if not 0 < n <= self.in_channels:
             raise ValueError(f"guided_channels must be in [1, {self.in_channels}], got {guided_channels}")
-        uncond = y[len(y) // 2:]
-        if y.device.type == "cpu" and not torch.compiler.is_compiling() and bool((uncond != self.num_classes).any()):
-            raise ValueError(
-                f"y's second half must hold the null label {self.num_classes} (the unconditional half), "
-                f"got labels {sorted(set(uncond.tolist()))} there"
-            )
+        if isinstance(y, torch.Tensor) and self.num_classes:
+            uncond = y[len(y) // 2:]
+            if y.device.type == "cpu" and not torch.compiler.is_compiling() and bool((uncond != self.num_classes).any()):
+                raise ValueError(
+                    f"y's second half must hold the null label {self.num_classes} (the unconditional half), "
+                    f"got labels {sorted(set(uncond.tolist()))} there"
+                )
         half = x[: len(x) // 2]
         combined = torch.cat([half, half], dim=0)
-        model_out = self(combined, t, y)
+        model_out = self(combined, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
         eps, rest = model_out[:, :n], model_out[:, n:]
         cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
         half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
         eps = torch.cat([half_eps, half_eps], dim=0)
         return torch.cat([eps, rest], dim=1)
+
+
+def _checked_against(x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """``emb`` (an embedder's output, in the model's compute dtype and on its device), after
+    checking that x is on that device and of that dtype (any dtype under ``torch.autocast``)."""
+    if x.device != emb.device:
+        raise ValueError(f"x must be on the model's device {emb.device}, got {x.device}")
+    if x.dtype != emb.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"x must have the model's dtype {emb.dtype}, got {x.dtype}: cast x, or the model with "
+            f"model.to(dtype), or run under torch.autocast"
+        )
+    return emb

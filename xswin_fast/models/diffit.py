@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..layers import checks
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
+from ..layers.text import TextEmbedder, text_settings, zero_init_text
 from ..layers.tmsa import DiffiTBlock
 from .base import DiffusionBackbone
 from .dit import PatchEmbed
@@ -57,16 +58,17 @@ class DiffiTResBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, time_dim: int, num_heads: int, window_size,
-                 mlp_ratio: float):
+                 mlp_ratio: float, text_width: int = 0):
         super().__init__()
         self.norm = _group_norm(in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.block = DiffiTBlock(out_channels, time_dim, num_heads, window_size, mlp_ratio)
+        self.block = DiffiTBlock(out_channels, time_dim, num_heads, window_size, mlp_ratio, text_width)
         self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor, time_token: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time_token: torch.Tensor, context: Optional[torch.Tensor] = None,
+                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         h = self.conv(F.silu(self.norm(x))).permute(0, 2, 3, 1)  # (B, H, W, C_out): tokens
-        h = self.block(h, time_token).permute(0, 3, 1, 2)
+        h = self.block(h, time_token, context, keep).permute(0, 3, 1, 2)
         return h + self.shortcut(x)
 
 
@@ -97,10 +99,17 @@ class DiffiT(DiffusionBackbone):
         class_dropout_prob (float): label dropout for classifier-free guidance. Default: 0.1.
         num_classes (int): classes (1: unconditional); label ``num_classes`` is the null class.
         learn_sigma (bool): output 2 * in_channels (eps and variance). Default: False (EDM).
+        text_dim (int): width of the text encoder's outputs; 0 (default) builds the class-only
+            model. With text, ``model(x, t, y, encoder_hidden_states, encoder_attention_mask,
+            pooled_text)``: the pooled text is added to the time token and every DiffiT block
+            (the windowed stages, encoder and decoder) has the separate MHCA sub-block.
+        text_width (int, Optional): width of the projected text sequence. Default: time_dim.
+        text_fusion (str): "separate" only; "fused" (GLIDE) is refused: TMSA attends within windows.
+        num_classes may be 0 with text (a text-only model; y must be None).
     """
 
     _repeated_blocks = ["DiffiTResBlock"]
-    _no_split_modules = ["DiffiTResBlock", "Upsample", "TimestepEmbedder", "LabelEmbedder"]
+    _no_split_modules = ["DiffiTResBlock", "Upsample", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder"]
 
     def __init__(
         self,
@@ -115,6 +124,9 @@ class DiffiT(DiffusionBackbone):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1,
         learn_sigma: bool = False,
+        text_dim: int = 0,
+        text_width: Optional[int] = None,
+        text_fusion: str = "separate",
     ):
         super().__init__()
         channels = _stage_sequence("channels", channels)
@@ -122,9 +134,10 @@ class DiffiT(DiffusionBackbone):
         num_heads = _stage_sequence("num_heads", num_heads, len(channels))
         for i, (c, h) in enumerate(zip(channels, num_heads)):
             checks.divisible(f"channels[{i}]", c, f"num_heads[{i}]", h)
-        for name, value in (("input_size", input_size), ("in_channels", in_channels), ("time_dim", time_dim),
-                            ("num_classes", num_classes)):
+        for name, value in (("input_size", input_size), ("in_channels", in_channels), ("time_dim", time_dim)):
             checks.integer(name, value)
+        num_classes, text_dim, text_width, text_fusion = text_settings(
+            num_classes, text_dim, text_width, text_fusion, time_dim, False, type(self).__name__)
         window = checks.int_pair("window_size", window_size)
         checks.positive_float("mlp_ratio", mlp_ratio)
         checks.probability("class_dropout_prob", class_dropout_prob)
@@ -133,15 +146,18 @@ class DiffiT(DiffusionBackbone):
         self.learn_sigma = checks.flag("learn_sigma", learn_sigma)
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_classes = num_classes
+        self.text_dim, self.text_width, self.text_fusion = text_dim, text_width, text_fusion
+        tw = text_width if text_dim else 0  # what the blocks read: 0 builds no text module
 
         self.t_embedder = TimestepEmbedder(time_dim)
-        self.y_embedder = LabelEmbedder(num_classes, time_dim, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, time_dim, class_dropout_prob) if num_classes else None
+        self.text_embedder = TextEmbedder(text_dim, time_dim, text_width) if text_dim else None
         self.tokenizer = nn.Conv2d(in_channels, channels[0], 3, padding=1)
 
         def res_blocks(i: int, first_in: int) -> nn.ModuleList:
             ins = [first_in] + [channels[i]] * (depths[i] - 1)
             return nn.ModuleList(
-                DiffiTResBlock(c, channels[i], time_dim, num_heads[i], window, mlp_ratio) for c in ins
+                DiffiTResBlock(c, channels[i], time_dim, num_heads[i], window, mlp_ratio, tw) for c in ins
             )
 
         n = len(channels)
@@ -163,29 +179,40 @@ class DiffiT(DiffusionBackbone):
                     nn.init.zeros_(m.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        zero_init_text(self)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
-        """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
-        self.check_inputs(x, t, y)
-        y_emb = self.label_embedding(x, y)
-        time_token = self.t_embedder(t, x.dtype) + y_emb  # (B, time_dim)
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """x (B, in_channels, H, W), t (B,), y (B,) int labels or None, text inputs
+        (``layers.text.check_text``) -> (B, out_channels, H, W)."""
+        time_token, text = self.condition_vector(x, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
+        ctx = () if text is None else (text.context, text.keep)  # what every DiffiT block reads
         h = self.tokenizer(x)
         skips = []
         for i, stage in enumerate(self.encoder):
             if i:
                 h = self.downsamplers[i - 1](h)
             for block in stage:
-                h = self.run_block(block, h, time_token)
+                h = self.run_block(block, h, time_token, *ctx)
             skips.append(h)
         skips.pop()  # the deepest stage's output is the decoder's input
         for i in reversed(range(len(self.decoder))):
             skip = skips.pop()
             h = torch.cat([self.upsamplers[i](h, skip.shape[-2:]), skip], dim=1)
             for block in self.decoder[i]:
-                h = self.run_block(block, h, time_token)
+                h = self.run_block(block, h, time_token, *ctx)
         return self._output(self.head(F.silu(self.head_norm(h))), return_dict)
 
 
@@ -196,11 +223,13 @@ class LatentDiffiT(DiffusionBackbone):
     at most ``input_size`` (the relative position bias table spans the ``input_size`` token grid,
     so attention stays global), t (B,), y (B,) labels in [0, num_classes] ->
     (B, out_channels, H, W). A frozen 2-D sin-cos position embedding of the actual grid is added
-    to the patch tokens (as in DiT); the decoder is LayerNorm then a linear layer.
+    to the patch tokens (as in DiT); the decoder is LayerNorm then a linear layer. Text
+    (``text_dim``, ``text_width`` default hidden_size, ``text_fusion`` "separate" only) as
+    ``DiffiT``'s, with the MHCA sub-block in every block.
     """
 
     _repeated_blocks = ["DiffiTBlock"]
-    _no_split_modules = ["DiffiTBlock", "PatchEmbed", "TimestepEmbedder", "LabelEmbedder"]
+    _no_split_modules = ["DiffiTBlock", "PatchEmbed", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder"]
 
     def __init__(
         self,
@@ -214,11 +243,16 @@ class LatentDiffiT(DiffusionBackbone):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1000,
         learn_sigma: bool = True,
+        text_dim: int = 0,
+        text_width: Optional[int] = None,
+        text_fusion: str = "separate",
     ):
         super().__init__()
         for name, value in (("input_size", input_size), ("patch_size", patch_size), ("in_channels", in_channels),
-                            ("hidden_size", hidden_size), ("depth", depth), ("num_classes", num_classes)):
+                            ("hidden_size", hidden_size), ("depth", depth)):
             checks.integer(name, value)
+        num_classes, text_dim, text_width, text_fusion = text_settings(
+            num_classes, text_dim, text_width, text_fusion, hidden_size, False, type(self).__name__)
         checks.divisible("input_size", input_size, "patch_size", patch_size)
         if hidden_size % 4:
             raise ValueError(f"hidden_size must be divisible by 4 (2-D sin-cos embedding), got {hidden_size}")
@@ -230,13 +264,16 @@ class LatentDiffiT(DiffusionBackbone):
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.num_classes = num_classes
         self.hidden_size = hidden_size
+        self.text_dim, self.text_width, self.text_fusion = text_dim, text_width, text_fusion
 
         grid = input_size // patch_size
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes else None
+        self.text_embedder = TextEmbedder(text_dim, hidden_size, text_width) if text_dim else None
         self.blocks = nn.ModuleList(
-            DiffiTBlock(hidden_size, hidden_size, num_heads, grid, mlp_ratio) for _ in range(depth)
+            DiffiTBlock(hidden_size, hidden_size, num_heads, grid, mlp_ratio, text_width if text_dim else 0)
+            for _ in range(depth)
         )
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
@@ -255,9 +292,11 @@ class LatentDiffiT(DiffusionBackbone):
         nn.init.zeros_(self.x_embedder.proj.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        zero_init_text(self)
 
     def check_size(self, H: int, W: int) -> None:
         p, n = self.patch_size, self.input_size
@@ -267,18 +306,27 @@ class LatentDiffiT(DiffusionBackbone):
                 f"(the relative position bias spans the input_size grid); build the model with a larger input_size"
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
-        """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
-        self.check_inputs(x, t, y)
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """x (B, C_in, H, W), t (B,), y (B,) or None, text inputs (``layers.text.check_text``)
+        -> (B, C_out, H, W)."""
+        time_token, text = self.condition_vector(x, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
+        ctx = () if text is None else (text.context, text.keep)  # what every DiffiT block reads
         B, _, H, W = x.shape
         p = self.patch_size
         h, w = H // p, W // p
-        y_emb = self.label_embedding(x, y)
-        time_token = self.t_embedder(t, x.dtype) + y_emb  # (B, D)
         tokens = self.x_embedder(x) + sincos_2d(self.hidden_size, h, w, device=x.device, dtype=x.dtype)
         tokens = tokens.view(B, h, w, self.hidden_size)
         for block in self.blocks:
-            tokens = self.run_block(block, tokens, time_token)
+            tokens = self.run_block(block, tokens, time_token, *ctx)
         out = self.linear(self.norm_final(tokens))  # (B, h, w, p*p*C_out)
         out = out.view(B, h, w, p, p, self.out_channels)
         return self._output(torch.einsum("nhwpqc->nchpwq", out).reshape(B, self.out_channels, H, W), return_dict)

@@ -20,6 +20,7 @@ from ..layers import checks
 from ..layers.attention import Attention
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
 from ..layers.mlp import Mlp, mlp_hidden_dim
+from ..layers.text import TextCrossAttention, TextEmbedder, TextInputs, text_settings, zero_init_text
 from .base import DiffusionBackbone
 
 __all__ = ["PatchEmbed", "DiTBlock", "UViTBlock", "FinalLayer", "DiT", "UViT", "DIT_PRESETS"]
@@ -47,44 +48,71 @@ class DiTBlock(nn.Module):
 
     ``x += gate_msa * attn(modulate(LN(x), shift_msa, scale_msa))``, then the same for the MLP;
     the six (B, D) modulation vectors come from ``adaLN_modulation(c)``.
+
+    With ``text_width`` > 0 the block also reads the text context (B, L_text, text_width) and its
+    key-padding mask keep (B, L_text) bool or None: ``text_fusion="separate"`` adds the MHCA
+    sub-block ``x += cross_attn(x, context)`` after the self-attention; ``"fused"`` gives the
+    self-attention the text tokens' keys and values (GLIDE).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, mlp_norm_eps: float = 1e-6):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, mlp_norm_eps: float = 1e-6,
+                 text_width: int = 0, text_fusion: str = "separate"):
         super().__init__()
         self.backend: Optional[str] = None
+        fused = text_width if text_fusion == "fused" else 0
         # The norms have no parameters; they are kept as modules so the structure (and repr)
         # matches DiT, while the forward normalises inside ops.layernorm_modulate.
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
+        self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True, context_dim=fused)
+        if text_width and not fused:
+            self.cross_attn = TextCrossAttention(hidden_size, num_heads, text_width)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=mlp_norm_eps)
         self.mlp = Mlp(hidden_size, mlp_hidden_dim(hidden_size, mlp_ratio), approximate="tanh")
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: Optional[torch.Tensor] = None,
+                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         h = ops.layernorm_modulate(x, shift_msa, scale_msa, eps=self.norm1.eps, backend=self.backend)
-        x = ops.gated_residual(x, self.attn(h), gate_msa, backend=self.backend)
+        x = ops.gated_residual(x, _self_attention(self, h, context, keep), gate_msa, backend=self.backend)
+        x = _cross_attention(self, x, context, keep)
         h = ops.layernorm_modulate(x, shift_mlp, scale_mlp, eps=self.norm2.eps, backend=self.backend)
         x = ops.gated_residual(x, self.mlp(h), gate_mlp, backend=self.backend)
         return x
 
 
+def _self_attention(block: nn.Module, h: torch.Tensor, context: Optional[torch.Tensor], keep) -> torch.Tensor:
+    """``block.attn(h)``, with the text context when the block fuses it (GLIDE's fused attention)."""
+    if hasattr(block.attn, "text_kv"):
+        return block.attn(h, context, keep)
+    return block.attn(h)
+
+
+def _cross_attention(block: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor], keep) -> torch.Tensor:
+    """``x + block.cross_attn(x, context, keep)`` for a block with the separate MHCA sub-block, else x."""
+    if not hasattr(block, "cross_attn"):
+        return x
+    return x + block.cross_attn(x, context, keep)
+
+
 class UViTBlock(DiTBlock):
     """A DiT block that, with ``skip=True``, first fuses a long skip: x = skip_linear(cat([x, skip])).
 
-    x, skip: (B, L, D); c: (B, D) -> (B, L, D).
+    x, skip: (B, L, D); c: (B, D); context, keep as ``DiTBlock``'s -> (B, L, D).
     """
 
     def __init__(
-        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, skip: bool = False, mlp_norm_eps: float = 1e-6
+        self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, skip: bool = False, mlp_norm_eps: float = 1e-6,
+        text_width: int = 0, text_fusion: str = "separate",
     ):
-        super().__init__(hidden_size, num_heads, mlp_ratio, mlp_norm_eps)
+        super().__init__(hidden_size, num_heads, mlp_ratio, mlp_norm_eps, text_width, text_fusion)
         self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if checks.flag("skip", skip) else None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, skip: Optional[torch.Tensor] = None,
+                context: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        return super().forward(x, c)
+        return super().forward(x, c, context, keep)
 
 
 class FinalLayer(nn.Module):
@@ -116,13 +144,19 @@ class DiT(DiffusionBackbone):
     The frozen sin-cos ``pos_embed`` (1, L, D) is built for ``input_size`` at construction, as
     in DiT, so the model runs at that latent size only.
 
+    Text (``text_dim`` > 0, the text encoder's width): ``model(x, t, y, encoder_hidden_states,
+    encoder_attention_mask, pooled_text)``; the pooled text is added to c, the sequence
+    (projected to ``text_width``, default ``hidden_size``) enters every block through
+    ``text_fusion`` ("separate" MHCA or "fused"). ``num_classes=0`` builds a text-only model
+    (y must be None). ``text_dim=0`` is exactly the class-only DiT (same modules and keys).
+
     ``timestep_freq_shift`` (int) and ``mlp_norm_eps`` (float) default to DiT's arithmetic (0 and
     1e-6); diffusers' ``DiTTransformer2DModel`` computes with 1 and its ``norm_eps`` (1e-5 by
     default), and ``dit_from_diffusers`` sets them so that a converted model matches it exactly.
     """
 
     _repeated_blocks = ["DiTBlock"]
-    _no_split_modules = ["DiTBlock", "PatchEmbed", "FinalLayer", "TimestepEmbedder", "LabelEmbedder"]
+    _no_split_modules = ["DiTBlock", "PatchEmbed", "FinalLayer", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder"]
 
     def __init__(
         self,
@@ -138,12 +172,16 @@ class DiT(DiffusionBackbone):
         learn_sigma: bool = True,
         timestep_freq_shift: int = 0,
         mlp_norm_eps: float = 1e-6,
+        text_dim: int = 0,
+        text_width: Optional[int] = None,
+        text_fusion: str = "separate",
     ):
         super().__init__()
         for name, value in (("input_size", input_size), ("patch_size", patch_size), ("in_channels", in_channels),
-                            ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads),
-                            ("num_classes", num_classes)):
+                            ("hidden_size", hidden_size), ("depth", depth), ("num_heads", num_heads)):
             checks.integer(name, value)
+        num_classes, text_dim, text_width, text_fusion = text_settings(
+            num_classes, text_dim, text_width, text_fusion, hidden_size, True, type(self).__name__)
         checks.positive_float("mlp_ratio", mlp_ratio)
         checks.probability("class_dropout_prob", class_dropout_prob)
         checks.flag("learn_sigma", learn_sigma)
@@ -162,22 +200,31 @@ class DiT(DiffusionBackbone):
         self.hidden_size = hidden_size
         self.num_heads = num_heads
         self.depth = depth
+        self.text_dim, self.text_width, self.text_fusion = text_dim, text_width, text_fusion
+        text_width = text_width if text_dim else 0  # what the blocks read: 0 builds no text module
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes else None
+        self.text_embedder = TextEmbedder(text_dim, self._text_pooled_width(), text_width) if text_dim else None
         self.grid_size = input_size // patch_size
         num_patches = self.grid_size**2
         # A frozen Parameter rather than a buffer, so that the state dict is exactly DiT's.
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList(self._make_blocks(depth, hidden_size, num_heads, mlp_ratio, mlp_norm_eps))
+        self.blocks = nn.ModuleList(self._make_blocks(depth, hidden_size, num_heads, mlp_ratio, mlp_norm_eps,
+                                                      text_width, text_fusion))
         self.final_layer = self._make_final_layer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
+    def _text_pooled_width(self) -> int:
+        """The width the pooled text is projected to: the conditioning vector c's."""
+        return self.hidden_size
+
     def _make_blocks(
-        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
+        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float,
+        text_width: int, text_fusion: str,
     ) -> List[nn.Module]:
-        return [DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps) for _ in range(depth)]
+        return [DiTBlock(hidden_size, num_heads, mlp_ratio, mlp_norm_eps, text_width, text_fusion) for _ in range(depth)]
 
     def _make_final_layer(self, hidden_size: int, patch_size: int, out_channels: int) -> nn.Module:
         return FinalLayer(hidden_size, patch_size, out_channels)
@@ -202,9 +249,11 @@ class DiT(DiffusionBackbone):
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.constant_(self.x_embedder.proj.bias, 0)
 
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        zero_init_text(self)
 
         for block in self.blocks:
             nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
@@ -229,18 +278,27 @@ class DiT(DiffusionBackbone):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, h * p)
 
-    def _run_blocks(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _run_blocks(self, x: torch.Tensor, c: torch.Tensor, text: Optional[TextInputs]) -> torch.Tensor:
+        context, keep = (None, None) if text is None else (text.context, text.keep)
         for block in self.blocks:
-            x = self.run_block(block, x, c)
+            x = self.run_block(block, x, c, context, keep)
         return x
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
-        """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
-        self.check_inputs(x, t, y)
-        y_emb = self.label_embedding(x, y)
-        c = self.t_embedder(t, x.dtype) + y_emb  # (B, D)
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """x (B, C_in, H, W), t (B,), y (B,) or None, text inputs (``layers.text.check_text``)
+        -> (B, C_out, H, W)."""
+        c, text = self.condition_vector(x, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D), L = H * W / p**2
-        x = self._run_blocks(x, c)
+        x = self._run_blocks(x, c, text)
         x = self.final_layer(x, c)  # (B, L, p*p*C_out)
         return self._output(self.unpatchify(x), return_dict)
 
@@ -255,7 +313,7 @@ class UViT(DiT):
     """
 
     _repeated_blocks = ["UViTBlock"]
-    _no_split_modules = ["UViTBlock", "PatchEmbed", "FinalLayer", "TimestepEmbedder", "LabelEmbedder"]
+    _no_split_modules = ["UViTBlock", "PatchEmbed", "FinalLayer", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder"]
 
     @staticmethod
     def skip_pairing(depth: int) -> Tuple[int, int]:
@@ -264,21 +322,21 @@ class UViT(DiT):
         return encoders_n, encoders_n + (depth + 1) % 2
 
     def _make_blocks(
-        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
+        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float,
+        text_width: int, text_fusion: str,
     ) -> List[nn.Module]:
         self.encoders_n, self.decoders_n = self.skip_pairing(depth)
         return [
-            UViTBlock(hidden_size, num_heads, mlp_ratio, skip=i > self.decoders_n, mlp_norm_eps=mlp_norm_eps)
+            UViTBlock(hidden_size, num_heads, mlp_ratio, skip=i > self.decoders_n, mlp_norm_eps=mlp_norm_eps,
+                      text_width=text_width, text_fusion=text_fusion)
             for i in range(depth)
         ]
 
-    def _run_blocks(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _run_blocks(self, x: torch.Tensor, c: Optional[torch.Tensor], text: Optional[TextInputs]) -> torch.Tensor:
+        context, keep = (None, None) if text is None else (text.context, text.keep)
         skips: List[torch.Tensor] = []
         for i, block in enumerate(self.blocks):
-            if i > self.decoders_n:
-                x = self.run_block(block, x, c, skips.pop())
-            else:
-                x = self.run_block(block, x, c)
+            x = self.run_block(block, x, c, skips.pop() if i > self.decoders_n else None, context, keep)
             if i < self.encoders_n:
                 skips.append(x)
         return x

@@ -23,7 +23,8 @@ from ..layers import checks
 from ..layers.attention import Attention
 from ..layers.embed import sincos_2d
 from ..layers.mlp import Mlp, mlp_hidden_dim
-from .dit import UViT
+from ..layers.text import TextCrossAttention, zero_init_text
+from .dit import UViT, _cross_attention, _self_attention
 
 
 class DWConvMlp(Mlp):
@@ -56,23 +57,31 @@ class IUViTBlock(nn.Module):
         x = x + attn(LN(x));  x = x + dwconv_ffn(LN(x))
 
     ``c`` is accepted and ignored: IU-ViT's conditioning is in its tokens, and UViT's block loop
-    passes one to every block.
+    passes one to every block. With ``text_width`` > 0 the text context (B, L_text, text_width)
+    and its mask keep (B, L_text) bool or None enter as in ``DiTBlock`` (Figure 8's MHCA after
+    the MHSA for "separate", GLIDE's fused attention for "fused").
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, grid_size: int, skip: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, grid_size: int, skip: bool = False,
+                 text_width: int = 0, text_fusion: str = "separate"):
         super().__init__()
+        fused = text_width if text_fusion == "fused" else 0
         self.skip_linear = nn.Linear(2 * hidden_size, hidden_size) if checks.flag("skip", skip) else None
         self.norm1 = nn.LayerNorm(hidden_size)
-        self.attn = Attention(hidden_size, num_heads, qkv_bias=False)
+        self.attn = Attention(hidden_size, num_heads, qkv_bias=False, context_dim=fused)
+        if text_width and not fused:
+            self.cross_attn = TextCrossAttention(hidden_size, num_heads, text_width, eps=1e-5)
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = DWConvMlp(hidden_size, mlp_hidden_dim(hidden_size, mlp_ratio), grid_size)
 
     def forward(
-        self, x: torch.Tensor, c: Optional[torch.Tensor] = None, skip: Optional[torch.Tensor] = None
+        self, x: torch.Tensor, c: Optional[torch.Tensor] = None, skip: Optional[torch.Tensor] = None,
+        context: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + self.attn(self.norm1(x))
+        x = x + _self_attention(self, self.norm1(x), context, keep)
+        x = _cross_attention(self, x, context, keep)
         return x + self.mlp(self.norm2(x))
 
 
@@ -102,14 +111,15 @@ class IUViT(UViT):
     """Improved U-ViT: ``model(x, t, y)`` -> (B, out_channels, input_size, input_size).
 
     Args as ``UViT``'s (input_size, patch_size, in_channels, hidden_size, depth, num_heads,
-    mlp_ratio, class_dropout_prob, num_classes, learn_sigma); ``hidden_size`` must be divisible
-    by 4 and by ``patch_size ** 2`` (the head's rearrangement). Defaults are the paper's CIFAR-10
-    column: 32 px, 3 channels, patch 2, 13 blocks of width 512 with 8 heads, unconditional
-    (``num_classes=1``), no learned sigma.
+    mlp_ratio, class_dropout_prob, num_classes, learn_sigma, text_dim, text_width, text_fusion);
+    ``hidden_size`` must be divisible by 4 and by ``patch_size ** 2`` (the head's rearrangement).
+    Defaults are the paper's CIFAR-10 column: 32 px, 3 channels, patch 2, 13 blocks of width 512
+    with 8 heads, unconditional (``num_classes=1``), no learned sigma. A text model's pooled
+    text is one more conditioning token after the time (and label) token.
     """
 
     _repeated_blocks = ["IUViTBlock"]
-    _no_split_modules = ["IUViTBlock", "PatchEmbed", "RearrangeFirstHead", "TimestepEmbedder", "LabelEmbedder"]
+    _no_split_modules = ["IUViTBlock", "PatchEmbed", "RearrangeFirstHead", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder"]
 
     def __init__(
         self,
@@ -123,19 +133,25 @@ class IUViT(UViT):
         class_dropout_prob: float = 0.1,
         num_classes: int = 1,
         learn_sigma: bool = False,
+        text_dim: int = 0,
+        text_width: Optional[int] = None,
+        text_fusion: str = "separate",
     ):
         super().__init__(
             input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden_size=hidden_size,
             depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_dropout_prob=class_dropout_prob,
-            num_classes=num_classes, learn_sigma=learn_sigma,
+            num_classes=num_classes, learn_sigma=learn_sigma, text_dim=text_dim, text_width=text_width,
+            text_fusion=text_fusion,
         )
 
     def _make_blocks(
-        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float
+        self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float,
+        text_width: int, text_fusion: str,
     ) -> List[nn.Module]:
         self.encoders_n, self.decoders_n = self.skip_pairing(depth)
         return [
-            IUViTBlock(hidden_size, num_heads, mlp_ratio, self.grid_size, skip=i > self.decoders_n)
+            IUViTBlock(hidden_size, num_heads, mlp_ratio, self.grid_size, skip=i > self.decoders_n,
+                       text_width=text_width, text_fusion=text_fusion)
             for i in range(depth)
         ]
 
@@ -152,18 +168,29 @@ class IUViT(UViT):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         self.pos_embed.data.copy_(sincos_2d(self.hidden_size, self.grid_size, self.grid_size).unsqueeze(0))
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        zero_init_text(self)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
-        """x (B, C_in, H, W), t (B,), y (B,) -> (B, C_out, H, W)."""
-        self.check_inputs(x, t, y)
-        y_emb = self.label_embedding(x, y)
-        tokens = [self.t_embedder(t, x.dtype)[:, None], y_emb[:, None]]
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """x (B, C_in, H, W), t (B,), y (B,) or None, text inputs (``layers.text.check_text``)
+        -> (B, C_out, H, W)."""
+        t_emb, y_emb, text = self.conditions(x, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
+        tokens = [e[:, None] for e in (t_emb, y_emb, None if text is None else text.pooled) if e is not None]
         x = self.x_embedder(x) + self.pos_embed  # (B, L, D)
-        h = torch.cat([*tokens, x], dim=1)  # (B, 2 + L, D)
-        h = self._run_blocks(h, None)
+        h = torch.cat([*tokens, x], dim=1)  # (B, len(tokens) + L, D)
+        h = self._run_blocks(h, None, text)
         return self._output(self.final_layer(h[:, len(tokens):], self.grid_size), return_dict)
 
 

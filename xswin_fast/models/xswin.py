@@ -27,6 +27,7 @@ from ..layers.adaln import Modulator
 from ..layers.conv import ConvTriplet, OutputHead
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
 from ..layers.patching import PatchExpanding, PatchMerging, Patching, UnPatching
+from ..layers.text import TextEmbedder, text_settings, zero_init_text
 from .base import DiffusionBackbone
 
 MAX_WINDOW = 16
@@ -98,6 +99,14 @@ class XSwin(DiffusionBackbone):
             concatenation skips (USwin). Default: True.
         conv_blocks (bool): the outer modulated conv triplets. Default: True.
         norm_eps (float): LayerNorm eps. Default: 1e-5.
+        text_dim (int): width of the text encoder's outputs; 0 (default) builds the class-only
+            model. With text, ``model(x, t, y, encoder_hidden_states, encoder_attention_mask,
+            pooled_text)``: the pooled text is added to the conditioning vector and every Swin
+            block (stages) and ViT block (bottleneck) has the separate MHCA sub-block.
+        text_width (int, Optional): width of the projected text sequence. Default: embed_dim.
+        text_fusion (str): "separate" only; "fused" (GLIDE) is refused: the Swin stages attend
+            within windows.
+        num_classes may be 0 with text (a text-only model; y must be None).
     """
 
     _repeated_blocks = ["SwinBlock", "ViTBlock"]
@@ -105,7 +114,7 @@ class XSwin(DiffusionBackbone):
     # combines its children's outputs
     _no_split_modules = [
         "SwinBlock", "ViTBlock", "ConvTriplet", "Patching", "PatchMerging", "PatchExpanding", "PointwiseProjection",
-        "WindowCrossAttention", "UnPatching", "OutputHead", "TimestepEmbedder", "LabelEmbedder",
+        "WindowCrossAttention", "UnPatching", "OutputHead", "TimestepEmbedder", "LabelEmbedder", "TextEmbedder",
     ]
 
     def __init__(
@@ -128,6 +137,9 @@ class XSwin(DiffusionBackbone):
         cross_attention_skips: bool = True,
         conv_blocks: bool = True,
         norm_eps: float = 1e-5,
+        text_dim: int = 0,
+        text_width: Optional[int] = None,
+        text_fusion: str = "separate",
     ):
         super().__init__()
         depths, num_heads = _int_sequence("depths", depths), _int_sequence("num_heads", num_heads)
@@ -135,8 +147,10 @@ class XSwin(DiffusionBackbone):
         if not all(w <= MAX_WINDOW for w in window):
             raise ValueError(f"window_size must be in [1, {MAX_WINDOW}] per axis, got {window}")
         for name, value in (("input_size", input_size), ("patch_size", patch_size), ("in_channels", in_channels),
-                            ("embed_dim", embed_dim), ("num_classes", num_classes)):
+                            ("embed_dim", embed_dim)):
             checks.integer(name, value)
+        num_classes, text_dim, text_width, text_fusion = text_settings(
+            num_classes, text_dim, text_width, text_fusion, embed_dim, False, type(self).__name__)
         checks.divisible("input_size", input_size, "patch_size", patch_size)
         checks.integer("bottleneck_depth", bottleneck_depth, minimum=0)
         for name, value in (("final_downsample", final_downsample), ("learn_sigma", learn_sigma),
@@ -169,10 +183,13 @@ class XSwin(DiffusionBackbone):
         self.final_downsample = final_downsample
         self.cross_attention_skips = cross_attention_skips
         self.conv_blocks = conv_blocks
+        self.text_dim, self.text_width, self.text_fusion = text_dim, text_width, text_fusion
+        tw = text_width if text_dim else 0  # what the blocks read: 0 builds no text module
         c_dim = embed_dim
 
         self.t_embedder = TimestepEmbedder(c_dim)
-        self.y_embedder = LabelEmbedder(num_classes, c_dim, class_dropout_prob)
+        self.y_embedder = LabelEmbedder(num_classes, c_dim, class_dropout_prob) if num_classes else None
+        self.text_embedder = TextEmbedder(text_dim, c_dim, text_width) if text_dim else None
 
         if conv_blocks:
             self.conv_in = ConvTriplet(in_channels, embed_dim, c_dim)
@@ -187,14 +204,14 @@ class XSwin(DiffusionBackbone):
         for s, depth in enumerate(depths):
             dim = embed_dim * 2**s
             blocks = [
-                SwinBlock(dim, num_heads[s], window, shift(i), c_dim, mlp_ratio, next(rates), norm_eps)
+                SwinBlock(dim, num_heads[s], window, shift(i), c_dim, mlp_ratio, next(rates), norm_eps, tw)
                 for i in range(depth)
             ]
             down = PatchMerging(dim, c_dim, norm_eps) if s < len(depths) - 1 or final_downsample else None
             self.encoder.append(EncoderStage(blocks, down))
 
         self.bottleneck = nn.ModuleList(
-            [ViTBlock(mid_dim, bottleneck_heads, c_dim, mlp_ratio, norm_eps) for _ in range(bottleneck_depth)]
+            [ViTBlock(mid_dim, bottleneck_heads, c_dim, mlp_ratio, norm_eps, tw) for _ in range(bottleneck_depth)]
         )
 
         self.decoder = nn.ModuleList()
@@ -205,7 +222,7 @@ class XSwin(DiffusionBackbone):
             blocks = [
                 SwinBlock(
                     dim * (2 if i == 0 else 1), num_heads[s] * (2 if i == 0 else 1), window, shift(i),
-                    c_dim, mlp_ratio, next(rates), norm_eps,
+                    c_dim, mlp_ratio, next(rates), norm_eps, tw,
                 )
                 for i in range(depths[s])
             ]
@@ -233,19 +250,30 @@ class XSwin(DiffusionBackbone):
                 nn.init.zeros_(m.linear.bias)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        zero_init_text(self)
 
     def check_size(self, H: int, W: int) -> None:
         p = self.patch_size
         if H % p or W % p:
             raise ValueError(f"latent size {(H, W)} must be divisible by patch_size {p}")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_dict: Optional[bool] = None):
-        """x (B, in_channels, H, W), t (B,), y (B,) int labels -> (B, out_channels, H, W)."""
-        self.check_inputs(x, t, y)
-        y_emb = self.label_embedding(x, y)
-        c = self.t_embedder(t, x.dtype) + y_emb  # (B, C)
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: Optional[torch.Tensor] = None,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        encoder_attention_mask: Optional[torch.Tensor] = None,
+        pooled_text: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+    ):
+        """x (B, in_channels, H, W), t (B,), y (B,) int labels or None, text inputs
+        (``layers.text.check_text``) -> (B, out_channels, H, W)."""
+        c, text = self.condition_vector(x, t, y, encoder_hidden_states, encoder_attention_mask, pooled_text)
         silu_c = F.silu(c)  # (B, C): every modulator projects its own (shift, scale) from it
+        ctx = () if text is None else (text.context, text.keep)  # what every transformer block reads
 
         if self.conv_blocks:
             x = self.conv_in(x, silu_c)  # (B, C, H, W)
@@ -255,7 +283,7 @@ class XSwin(DiffusionBackbone):
         skips = []
         for stage in self.encoder:
             for block in stage.blocks:
-                h = self.run_block(block, h, silu_c)
+                h = self.run_block(block, h, silu_c, *ctx)
             skips.append(h)
             if stage.downsample is not None:
                 h = stage.downsample(h, silu_c)
@@ -263,7 +291,7 @@ class XSwin(DiffusionBackbone):
         B, Hb, Wb, Cb = h.shape
         h = h.reshape(B, Hb * Wb, Cb) + sincos_2d(Cb, Hb, Wb, device=h.device, dtype=h.dtype)
         for block in self.bottleneck:
-            h = self.run_block(block, h, silu_c)
+            h = self.run_block(block, h, silu_c, *ctx)
         h = h.view(B, Hb, Wb, Cb)
 
         for stage in self.decoder:
@@ -275,10 +303,10 @@ class XSwin(DiffusionBackbone):
             # the skip branch ends in proj + LayerNorm (as the original), so the attention kernel's
             # out= cannot write this half in place (docs/window_attention.md)
             h = torch.cat([h, skip], dim=-1)  # (B, H_s, W_s, 2 C_s)
-            h = self.run_block(stage.blocks[0], h, silu_c)
+            h = self.run_block(stage.blocks[0], h, silu_c, *ctx)
             h = stage.reduce(h, silu_c)
             for block in stage.blocks[1:]:
-                h = self.run_block(block, h, silu_c)
+                h = self.run_block(block, h, silu_c, *ctx)
 
         h = self.unpatching(h, silu_c)  # (B, C, H, W)
         if self.conv_blocks:
