@@ -23,6 +23,7 @@ from ..checkpoints import CheckpointError, load_newest_checkpoint
 from ..models import create_model
 from ..models.base import DiffusionBackbone
 from ..objectives import saved_objective_config
+from ..text import TextEncoder
 from ..vae import LatentCodec, load_vae
 from .xswin_pipeline import XSwinPipeline
 
@@ -78,6 +79,7 @@ class ModelFolder:
     args: Dict[str, Any]
     step: int
     device: torch.device
+    text_encoder: Optional[TextEncoder] = None
 
 
 def read_model_folder(path: Union[str, Path], device: Optional[str] = None, backend: Optional[str] = None) -> ModelFolder:
