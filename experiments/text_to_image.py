@@ -20,6 +20,7 @@ and scored for prompt alignment (docs/text_to_image.md).
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,12 @@ def train_run(out: Path, data: Path, fusion: str, args) -> Tuple[Path, Dict]:
     return run, session
 
 
+def training_seconds(run_dir: Path) -> Dict:
+    """Steps and seconds of every training session in the run's log (a resumed run has several)."""
+    sessions = [(int(m.group(1)), float(m.group(2))) for m in re.finditer(r"(\d+) steps in ([\d.]+) s", (run_dir / "log.txt").read_text())]
+    return dict(steps=sum(n for n, _ in sessions), seconds=sum(s for _, s in sessions), sessions=len(sessions))
+
+
 def evaluate_run(run_dir: Path, fusion: str, args, classifier, results: Path) -> Dict:
     run = load_run(str(run_dir), "cpu")
     held_prompts, held_labels = prompts_for(HELD_OUT_TEMPLATES[KIND], args.samples_per_class, args.seed)
@@ -162,7 +169,8 @@ def main(argv=None) -> int:
             if session is None and path.is_file():  # a finished run keeps the record of its training
                 session = json.loads(path.read_text())["training_session"]
             scores = evaluate_run(run_dir, fusion, args, classifier, results)
-            write_json(path, dict(report, fusion=fusion, run=run_dir.name, training_session=session, **scores))
+            write_json(path, dict(report, fusion=fusion, run=run_dir.name, training_session=session,
+                                  training=training_seconds(run_dir), **scores))
             print(f"{fusion}: held-out prompt alignment " + ", ".join(
                 f"cfg {p['cfg']:g}: {p['accuracy']:.3f}" for p in scores["held_out_prompts"])
                 + f" (null caption {scores['null_caption']['accuracy']:.3f})")

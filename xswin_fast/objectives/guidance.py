@@ -16,7 +16,7 @@ model runs once, conditionally, on the undoubled batch. The interval is given in
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -94,6 +94,22 @@ class TextCondition:
             return self.negative
         p = self.prompts
         return TextEmbeddings.null(len(p), p.dim, 1, p.hidden.dtype, p.device)
+
+
+def encode_prompts(encoder, prompts: Sequence[str], negative_prompt: Union[None, str, Sequence[str]] = None,
+                   device: Optional[torch.device] = None) -> TextCondition:
+    """The :class:`TextCondition` of ``prompts`` (str each) by ``encoder`` (a
+    ``xswin_fast.text.TextEncoder``), in float32 on ``device``; ``negative_prompt``: one str for
+    every prompt, one per prompt, or None (guidance against the null caption)."""
+    n = len(prompts)
+    emb = encoder.encode(list(prompts)).to(device, torch.float32)
+    if negative_prompt is None:
+        return TextCondition(emb)
+    negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) not in (1, n):
+        raise ValueError(f"negative_prompt must be one str or one per prompt ({n}), got {len(negatives)}")
+    neg = encoder.encode(negatives).to(device, torch.float32)
+    return TextCondition(emb, neg[[0] * n] if len(negatives) == 1 else neg)
 
 
 def conditions_text(model) -> bool:
