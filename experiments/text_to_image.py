@@ -51,7 +51,7 @@ def parse_args(argv):
     p.add_argument("--model", default="DiT-digits", help="a family with both fusions (DiT, UViT, IU-ViT)")
     p.add_argument("--fusions", nargs="+", default=["separate", "fused"], choices=("separate", "fused"))
     p.add_argument("--per-class", type=positive_int, default=600, help="training images per class")
-    p.add_argument("--steps", type=positive_int, default=1500)
+    p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=finite_float, default=1e-3)
     p.add_argument("--caption-dropout", type=finite_float, default=0.1)
@@ -61,6 +61,7 @@ def parse_args(argv):
     p.add_argument("--sample-steps", type=positive_int, default=25)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--write-data-only", action="store_true", help="write the captioned folder and stop (before two processes)")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST's IDX files (default: Debian's dataset-fashion-mnist)")
     return p.parse_args(argv)
 
@@ -158,6 +159,9 @@ def main(argv=None) -> int:
         out, results = Path(args.out), Path(args.results)
         torch.set_num_threads(args.threads)
         data = write_data(out, args)
+        if args.write_data_only:
+            print(f"wrote {data}")
+            return 0
         classifier = load_fashion_cnn(data_dir=args.data_dir)
         report = dict(command="python experiments/text_to_image.py " + " ".join(sys.argv[1:] if argv is None else argv),
                       commit=git_commit(), machine=machine_description("cpu"), data=dict(folder=data.name, per_class=args.per_class,
