@@ -24,18 +24,18 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = True) -> int
 
 def forward_flops(model: torch.nn.Module, latent_size: int, batch: int = 2) -> float:
     """Forward FLOPs per image (multiply-add = 2 FLOPs) at a square ``latent_size`` latent, with
-    ``batch`` images in the model's dtype."""
+    ``batch`` images in the model's dtype (a text model with ``example_conditions``' 256 text tokens)."""
     latent_size, batch = checks.integer("latent_size", latent_size), checks.integer("batch", batch)
     weight = next(model.parameters())
     device = weight.device
     x = torch.randn(batch, model.in_channels, latent_size, latent_size, device=device, dtype=weight.dtype)
     t = torch.zeros(batch, device=device)
-    y = torch.zeros(batch, dtype=torch.long, device=device)
+    conditions = model.example_conditions(batch, device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model(x, t, y)
+            model(x, t, **conditions)
     finally:
         model.train(was_training)
     return counter.get_total_flops() / batch

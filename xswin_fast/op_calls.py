@@ -218,9 +218,9 @@ def drive_model(preset: str, latent: int, precision: str, calls: Dict[OpCall, se
         model = create_model(preset, input_size=latent)
     model = model.to_empty(device="cpu").set_backend(backend).train()
     x = torch.empty(MODEL_BATCH, model.in_channels, latent, latent)
-    t, y = torch.zeros(MODEL_BATCH), torch.zeros(MODEL_BATCH, dtype=torch.long)
+    t, conditions = torch.zeros(MODEL_BATCH), model.example_conditions(MODEL_BATCH)
     dtype = PRECISIONS[precision]
     with recording_op_calls(calls, ("preset", preset, latent, precision)), NoCompute():
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model(x, t, y)
+            out = model(x, t, **conditions)
         out.backward(torch.empty_like(out))

@@ -186,13 +186,20 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, heads, L, d)
         if context is not None:
-            Lt = context.shape[1]
-            tkv = self.text_kv(context.to(x.dtype)).view(B, Lt, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            tkv = self.text_kv(masked_context(context, keep, x.dtype))  # (B, L_text, 2C)
+            tkv = tkv.view(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             k, v = torch.cat([k, tkv[0]], dim=2), torch.cat([v, tkv[1]], dim=2)
             if keep is not None:
                 keep = torch.cat([keep.new_ones(B, L), keep], dim=1)
         o = masked_attention(q, k, v, keep)
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
+
+
+def masked_context(context: torch.Tensor, keep: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """context (B, L, C) in ``dtype`` with the masked tokens (keep (B, L) False) replaced by zeros:
+    what a projection may read, so that a non-finite masked token reaches no gradient either."""
+    context = context.to(dtype)
+    return context if keep is None else torch.where(keep[..., None], context, 0.0)
 
 
 def masked_attention(

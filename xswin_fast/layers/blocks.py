@@ -1,4 +1,6 @@
-"""Transformer blocks of XSwin: the modulated SwinV2 block and the modulated ViT bottleneck block."""
+"""Transformer blocks of XSwin (the modulated SwinV2 block and the modulated ViT bottleneck block) and
+the two text steps every family's blocks share: the (possibly fused) self-attention call and the
+separate MHCA branch."""
 from typing import Optional, Tuple
 
 import torch
@@ -11,10 +13,20 @@ from .mlp import Mlp, mlp_hidden_dim
 from .text import TextCrossAttention
 
 
-def _text_branch(block: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor], keep: Optional[torch.Tensor],
-                 drop_path: float = 0.0) -> torch.Tensor:
-    """``x + DropPath(block.cross_attn(x, context, keep))`` for a block with the MHCA sub-block, else x
-    (drawing no random number: a class-only model's stochastic depth stays as it was)."""
+def self_attention(block: nn.Module, h: torch.Tensor, context: Optional[torch.Tensor],
+                   keep: Optional[torch.Tensor]) -> torch.Tensor:
+    """``block.attn(h)``, given the text context and its mask when the block's ``Attention`` fuses
+    them (GLIDE's fused attention, ``text_fusion="fused"``)."""
+    if hasattr(block.attn, "text_kv"):
+        return block.attn(h, context, keep)
+    return block.attn(h)
+
+
+def text_branch(block: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+                drop_path: float = 0.0) -> torch.Tensor:
+    """``x + DropPath(block.cross_attn(x, context, keep))`` for a block with the separate MHCA
+    sub-block, else x (drawing no random number: a class-only model's stochastic depth stays as
+    it was). x (B, ..., C), context (B, L, text_width), keep (B, L) bool or None."""
     if not hasattr(block, "cross_attn"):
         return x
     branch = block.cross_attn(x, context, keep)
@@ -73,7 +85,7 @@ class SwinBlock(nn.Module):
                 keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         a = self.attn(self.mod1(x, silu_c))
         x = self.norm1(x, a, drop_path_keep(x, self.drop_path, self.training))
-        x = _text_branch(self, x, context, keep, self.drop_path)
+        x = text_branch(self, x, context, keep, self.drop_path)
         m = self.mlp(self.mod2(x, silu_c))
         return self.norm2(x, m, drop_path_keep(x, self.drop_path, self.training))
 
@@ -107,7 +119,7 @@ class ViTBlock(nn.Module):
     def forward(self, x: torch.Tensor, silu_c: torch.Tensor, context: Optional[torch.Tensor] = None,
                 keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x, *self.mod1.shift_scale(silu_c)))
-        x = _text_branch(self, x, context, keep)
+        x = text_branch(self, x, context, keep)
         return x + self.mlp(self.norm2(x, *self.mod2.shift_scale(silu_c)))
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import checks
-from .attention import masked_attention
+from .attention import masked_attention, masked_context
 
 FUSIONS = ("separate", "fused")
 
@@ -129,11 +129,11 @@ class TextEmbedder(nn.Module):
                 pooled_text: Optional[torch.Tensor] = None) -> TextInputs:
         """encoder_hidden_states (B, L, text_dim) any float dtype, keep (B, L) bool or None,
         pooled_text (B, text_dim) or None (the mean of the kept tokens) -> ``TextInputs``, in the
-        dtype of this module's weights (the model's compute dtype)."""
-        dtype = self.context_proj.weight.dtype
-        ehs = encoder_hidden_states.to(dtype)
-        if keep is not None:
-            ehs = torch.where(keep[..., None], ehs, 0.0)
+        model's compute dtype."""
+        # null_text is this module's own parameter (its Linears' weights may hold a storage dtype
+        # outside their forward under diffusers' layerwise casting): the model's compute dtype
+        dtype = self.null_text.dtype
+        ehs = masked_context(encoder_hidden_states, keep, dtype)
         if pooled_text is None:
             count = ehs.shape[1] if keep is None else keep.sum(1, keepdim=True).clamp(min=1).to(dtype)
             pooled_text = ehs.sum(1) / count
@@ -175,7 +175,7 @@ class TextCrossAttention(nn.Module):
         B, L = context.shape[:2]
         h, d = self.num_heads, C // self.num_heads
         q = self.q(self.norm(x.reshape(B, -1, C))).view(B, -1, h, d).transpose(1, 2)  # (B, h, N, d)
-        kv = self.kv(context.to(x.dtype)).view(B, L, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, h, L, d)
+        kv = self.kv(masked_context(context, keep, x.dtype)).view(B, L, 2, h, d).permute(2, 0, 3, 1, 4)
         o = masked_attention(q, kv[0], kv[1], keep)
         out = self.proj(o.transpose(1, 2).reshape(B, -1, C))
         if keep is not None:

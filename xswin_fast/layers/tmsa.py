@@ -13,6 +13,7 @@ from .. import ops
 from ..ops.reference import cached_constant
 from . import checks
 from .attention import effective_window
+from .blocks import text_branch
 from .mlp import Mlp, mlp_hidden_dim
 from .text import TextCrossAttention
 
@@ -102,6 +103,5 @@ class DiffiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, time_token: torch.Tensor, context: Optional[torch.Tensor] = None,
                 keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), time_token)
-        if hasattr(self, "cross_attn"):
-            x = x + self.cross_attn(x, context, keep)
+        x = text_branch(self, x, context, keep)
         return x + self.mlp(self.norm2(x))

@@ -327,4 +327,9 @@ ASCEND_PRESETS: Dict[str, Tuple[type, dict]] = {
     "ASCEND-32": (ASCEND, _table6(32, 128, (1, 2, 2, 2), 3, (16, 8), 0.1)),
     "ASCEND-64": (ASCEND, _table6(64, 192, (1, 2, 3, 4), 2, (32, 16, 8), 0.1)),
     "ASCEND-256": (ASCEND, _table6(256, 256, (1, 1, 2, 2, 3, 4), 2, (32, 16, 8), 0.0)),
+    # the T2I-128 column: T5-XXL encodings (4096 wide) projected to the table's "text encoder
+    # width" 1024, text-only (no labels); 615.2M parameters against the paper's ~590M without the
+    # text encoder (docs/backbones.md)
+    "ASCEND-T2I-128": (ASCEND, dict(_table6(128, 192, (1, 2, 3, 4, 4), 3, (64, 32, 16, 8), 0.0),
+                                    num_classes=0, text_dim=4096, text_width=1024)),
 }

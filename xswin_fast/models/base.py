@@ -172,6 +172,16 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
             _checked_against(x, text.pooled)
         return self.t_embedder(t, x.dtype), y_emb, text
 
+    def example_conditions(self, batch: int, device=None, text_tokens: int = 256) -> dict:
+        """Keyword inputs that condition a forward of ``batch`` (int) samples on ``device``, for
+        tools that run any preset (FLOP counts, op recording): ``y`` zeros (None without labels)
+        and, for a text model, zero ``encoder_hidden_states`` of ``text_tokens`` tokens (the
+        papers' text context, 256), all kept."""
+        y = None if self.num_classes == 0 else torch.zeros(batch, dtype=torch.long, device=device)
+        if not self.text_dim:
+            return {"y": y}
+        return {"y": y, "encoder_hidden_states": torch.zeros(batch, text_tokens, self.text_dim, device=device)}
+
     def condition_vector(self, *inputs) -> Tuple[torch.Tensor, Optional[TextInputs]]:
         """``conditions(*inputs)`` summed into one vector: (t_emb + y_emb + pooled text (B, c_dim),
         ``TextInputs`` or None). The paper concatenates the pooled text with the timestep
@@ -202,7 +212,7 @@ class DiffusionBackbone(VerifiedWeights, ModelMixin, ConfigMixin):
         x: torch.Tensor,
         t: torch.Tensor,
         y: Optional[torch.Tensor] = None,
-        cfg_scale: float = None,
+        cfg_scale: Optional[float] = None,
         guided_channels: Optional[int] = None,
         encoder_hidden_states: Optional[torch.Tensor] = None,
         encoder_attention_mask: Optional[torch.Tensor] = None,

@@ -18,6 +18,7 @@ import torch.nn as nn
 from .. import ops
 from ..layers import checks
 from ..layers.attention import Attention
+from ..layers.blocks import self_attention, text_branch
 from ..layers.embed import LabelEmbedder, TimestepEmbedder, sincos_2d
 from ..layers.mlp import Mlp, mlp_hidden_dim
 from ..layers.text import TextCrossAttention, TextEmbedder, TextInputs, text_settings, zero_init_text
@@ -74,25 +75,11 @@ class DiTBlock(nn.Module):
                 keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         h = ops.layernorm_modulate(x, shift_msa, scale_msa, eps=self.norm1.eps, backend=self.backend)
-        x = ops.gated_residual(x, _self_attention(self, h, context, keep), gate_msa, backend=self.backend)
-        x = _cross_attention(self, x, context, keep)
+        x = ops.gated_residual(x, self_attention(self, h, context, keep), gate_msa, backend=self.backend)
+        x = text_branch(self, x, context, keep)
         h = ops.layernorm_modulate(x, shift_mlp, scale_mlp, eps=self.norm2.eps, backend=self.backend)
         x = ops.gated_residual(x, self.mlp(h), gate_mlp, backend=self.backend)
         return x
-
-
-def _self_attention(block: nn.Module, h: torch.Tensor, context: Optional[torch.Tensor], keep) -> torch.Tensor:
-    """``block.attn(h)``, with the text context when the block fuses it (GLIDE's fused attention)."""
-    if hasattr(block.attn, "text_kv"):
-        return block.attn(h, context, keep)
-    return block.attn(h)
-
-
-def _cross_attention(block: nn.Module, x: torch.Tensor, context: Optional[torch.Tensor], keep) -> torch.Tensor:
-    """``x + block.cross_attn(x, context, keep)`` for a block with the separate MHCA sub-block, else x."""
-    if not hasattr(block, "cross_attn"):
-        return x
-    return x + block.cross_attn(x, context, keep)
 
 
 class UViTBlock(DiTBlock):
@@ -206,7 +193,7 @@ class DiT(DiffusionBackbone):
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, freq_shift=timestep_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes else None
-        self.text_embedder = TextEmbedder(text_dim, self._text_pooled_width(), text_width) if text_dim else None
+        self.text_embedder = TextEmbedder(text_dim, hidden_size, text_width) if text_dim else None
         self.grid_size = input_size // patch_size
         num_patches = self.grid_size**2
         # A frozen Parameter rather than a buffer, so that the state dict is exactly DiT's.
@@ -215,10 +202,6 @@ class DiT(DiffusionBackbone):
                                                       text_width, text_fusion))
         self.final_layer = self._make_final_layer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
-
-    def _text_pooled_width(self) -> int:
-        """The width the pooled text is projected to: the conditioning vector c's."""
-        return self.hidden_size
 
     def _make_blocks(
         self, depth: int, hidden_size: int, num_heads: int, mlp_ratio: float, mlp_norm_eps: float,

@@ -21,10 +21,11 @@ import torch.nn.functional as F
 
 from ..layers import checks
 from ..layers.attention import Attention
+from ..layers.blocks import self_attention, text_branch
 from ..layers.embed import sincos_2d
 from ..layers.mlp import Mlp, mlp_hidden_dim
 from ..layers.text import TextCrossAttention, zero_init_text
-from .dit import UViT, _cross_attention, _self_attention
+from .dit import UViT
 
 
 class DWConvMlp(Mlp):
@@ -80,8 +81,8 @@ class IUViTBlock(nn.Module):
     ) -> torch.Tensor:
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + _self_attention(self, self.norm1(x), context, keep)
-        x = _cross_attention(self, x, context, keep)
+        x = x + self_attention(self, self.norm1(x), context, keep)
+        x = text_branch(self, x, context, keep)
         return x + self.mlp(self.norm2(x))
 
 
@@ -196,7 +197,12 @@ class IUViT(UViT):
 
 # Table 5's CIFAR-10 and CelebA 64x64 columns (both 45M): 13 blocks, width 512, 8 heads, patch 2
 # and 4; unconditional pixel-space models (train.py overrides input_size, in_channels, num_classes)
+# Table 5's CC12M 64x64 column: the text-to-image model on T5-XXL encodings (4096 wide), projected
+# to the table's "text encoder width" 1024; text-only (no labels), 313.0M parameters against the
+# paper's 307M without the text encoder (docs/backbones.md)
 IUVIT_PRESETS: Dict[str, Tuple[type, dict]] = {
     "IUViT-CIFAR10": (IUViT, dict(input_size=32, patch_size=2, hidden_size=512, depth=13, num_heads=8)),
     "IUViT-CelebA64": (IUViT, dict(input_size=64, patch_size=4, hidden_size=512, depth=13, num_heads=8)),
+    "IUViT-T2I-CC12M64": (IUViT, dict(input_size=64, patch_size=4, hidden_size=1024, depth=17, num_heads=16,
+                                      num_classes=0, text_dim=4096, text_width=1024)),
 }
