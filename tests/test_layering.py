@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "xswin_fast"
 
 # module (a file or a sub-package of xswin_fast) -> the xswin_fast modules it must never import
-LIBRARY = ["data", "objectives", "checkpoints", "vae", "images", "compat",
+LIBRARY = ["data", "objectives", "checkpoints", "vae", "images", "compat", "text",
            "evaluation", "dit_formats", "pipelines"]
 FORBIDDEN = {
     **{name: ["runs", "cli"] for name in LIBRARY},

@@ -6,8 +6,12 @@ IU-ViT) with Triton kernels.
     out = model(x, t, y)   # x (B, 4, H, W) latents, t (B,) timesteps, y (B,) labels
     model.save_pretrained("my-model"); model = xswin_fast.from_pretrained("my-model")
 """
-from . import ops
-from .models import (
+from .installed_kernels import import_installed_kernels
+
+import_installed_kernels()  # before diffusers imports transformers (see installed_kernels)
+
+from . import ops  # noqa: E402
+from .models import (  # noqa: E402
     ASCEND, DiffiT, DiT, IUViT, LatentDiffiT, USwin, UViT, XSwin, create_model, from_pretrained, list_models,
 )
 

@@ -6,21 +6,23 @@
     python sample.py --ckpt results/002-XSwin-digits --sampler heun --steps 10 --cfg-interval 0 0.7  # a flow run
     python sample.py --ckpt results/003-SiT-run --sampler sde --steps 250 --cfg-scale 1.5 --guided-channels 3  # SiT's FID setting
     python sample.py --ckpt results/003-SiT-run --sampler dopri5 --atol 1e-6 --rtol 1e-3  # SiT's ODE setting
+    python sample.py --ckpt results/004-DiT-digits --prompt "a pair of trousers" --prompt "a sneaker" \
+        --negative-prompt "a blurry picture" --cfg-scale 3 --num-samples 16    # a text-to-image (--captions) run
 
 Writes ``grid.png`` and one PNG per image under ``images/`` (the folder FID tools read) plus
-``labels.json`` into ``--out`` (default: RUN_DIR/samples-<step>-<sampler><steps>-cfg<scale>-seed<seed>).
+``labels.json`` (``prompts.json`` for a text-to-image run) into ``--out`` (default: RUN_DIR/samples-<step>-<sampler><steps>-cfg<scale>-seed<seed>).
 The sampler follows the run's saved objective: DDPM/DDIM for eps runs, Euler/Heun/SDE/dopri5 for flow runs.
 """
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from ..objectives.eps import PRECISIONS, autocast_dtype
 from ..objectives import ALL_SAMPLERS
 from ..objectives.flow import ADAPTIVE_SAMPLERS, SDE_DEFAULT_STEPS
 from ..objectives.flow_solvers import DOPRI5_ATOL, DOPRI5_RTOL
-from ..objectives.guidance import GuidanceInterval, as_interval
+from ..objectives.guidance import GuidanceInterval, TextCondition, as_interval, encode_prompts
 from ..ops.dispatch import interpreter_active
 from ..images import save_grid, save_pngs
 from ..runs.config import BACKEND_CHOICES, ConfigError, op_backend, parse_threads
@@ -58,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint file, a run / checkpoints dir (newest checkpoint), or a model folder (export_run)")
     p.add_argument("--num-samples", type=positive_int, default=100, help="images to generate")
     p.add_argument("--labels", help="comma-separated class indices or names, repeated to --num-samples; default: all classes in turn")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text-to-image runs: a prompt; repeat the flag for several, cycled to --num-samples")
+    p.add_argument("--negative-prompt", default=None,
+                   help="text-to-image runs: guidance pushes away from this prompt instead of the null caption")
     p.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
                    help=f"classifier-free guidance scale (1 = off; default {DEFAULT_CFG_SCALE}, as evaluate.py and train.py's grids)")
     add_sampler_flags(p)
@@ -114,7 +120,7 @@ def generation_tag(args: argparse.Namespace) -> str:
             f"{'-raw' if args.no_ema else ''}")
 
 
-def generate_images(args: argparse.Namespace, run: SamplingRun, labels: List[int]):
+def generate_images(args: argparse.Namespace, run: SamplingRun, labels: Union[List[int], TextCondition]):
     """``generate`` with the generation flags (shared with evaluate.py): (N, C, H, W) uint8 images."""
     return generate(
         run.model, run.objective, labels, run.latent_shape, codec=run.codec, sampler=args.sampler, steps=args.steps,
@@ -147,7 +153,11 @@ def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
     check_guidance_flags(args, run)
     if args.steps is not None and args.steps > run.objective.num_timesteps:
         raise ConfigError(f"--steps must be at most the run's {run.objective.num_timesteps} training timesteps, got {args.steps}")
-    if args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
+    if run.text_encoder is not None:
+        if args.cfg_scale != 1 and not run.args.get("caption_dropout"):
+            raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with --caption-dropout above 0; "
+                              "use --cfg-scale 1")
+    elif args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
         raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with class dropout; use --cfg-scale 1")
 
 
@@ -190,15 +200,45 @@ def _sample(args: argparse.Namespace) -> int:
     run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
     check_backend(args, run)
     check_generation(args, run)
+    if run.text_encoder is not None:
+        return _sample_prompts(args, run)
+    if args.prompt or args.negative_prompt is not None:
+        raise ConfigError(f"--{'prompt' if args.prompt else 'negative-prompt'} needs a text-to-image run (trained with "
+                          "--captions); this run is class-conditional: use --labels")
     classes = run.data["classes"]
     labels = parse_labels(args.labels, args.num_samples, classes)
     images = generate_images(args, run, labels)
-    tag = f"samples-{run.step:07d}-{generation_tag(args)}"
-    out = Path(args.out) if args.out else run.run_dir / tag
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_folder(args, run)
     nrow = args.nrow or (len(classes) if len(classes) <= 32 else None)
     grid = save_grid(images, out / "grid.png", nrow=nrow)
     save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     (out / "labels.json").write_text(json.dumps({"labels": labels, "classes": classes}))
     print(f"wrote {len(labels)} images to {out / 'images'} and the grid {grid}")
+    return 0
+
+
+def _out_folder(args: argparse.Namespace, run: SamplingRun) -> Path:
+    out = Path(args.out) if args.out else run.run_dir / f"samples-{run.step:07d}-{generation_tag(args)}"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _sample_prompts(args: argparse.Namespace, run: SamplingRun) -> int:
+    """sample.py of a text-to-image run: --prompt (cycled to --num-samples) and --negative-prompt."""
+    if args.labels is not None:
+        raise ConfigError("--labels needs a class-conditional run; this run is text-to-image: use --prompt")
+    if not args.prompt or any(not p.strip() for p in args.prompt):
+        raise ConfigError("this run is text-to-image (trained with --captions): give --prompt \"...\" (non-empty; repeat "
+                          "the flag for several prompts)")
+    if args.negative_prompt is not None and args.cfg_scale == 1:
+        raise ConfigError("--negative-prompt acts through guidance: give a --cfg-scale other than 1")
+    prompts = [args.prompt[i % len(args.prompt)] for i in range(args.num_samples)]
+    condition = encode_prompts(run.text_encoder, prompts, args.negative_prompt, run.device)
+    images = generate_images(args, run, condition)
+    out = _out_folder(args, run)
+    nrow = args.nrow or (len(args.prompt) if len(args.prompt) <= 32 else None)
+    grid = save_grid(images, out / "grid.png", nrow=nrow)
+    save_pngs(images, out / "images", names=[f"{i:06d}_p{i % len(args.prompt)}.png" for i in range(len(prompts))])
+    (out / "prompts.json").write_text(json.dumps({"prompts": prompts, "negative_prompt": args.negative_prompt}))
+    print(f"wrote {len(prompts)} images to {out / 'images'} and the grid {grid}")
     return 0

@@ -1,4 +1,6 @@
-"""Classifier-free guidance with an optional guidance interval, shared by every objective's sampler.
+"""Classifier-free guidance with an optional guidance interval, shared by every objective's sampler,
+for class labels and for text (:class:`TextCondition`: prompts, and a negative prompt or the null
+caption as the unconditional half).
 
 Guidance is applied only at the noise levels inside an interval (Kynkäänniemi et al. 2024,
 "Applying guidance in a limited interval"), half-open ``(lo, hi]`` as in the paper; elsewhere the
@@ -14,9 +16,11 @@ model runs once, conditionally, on the undoubled batch. The interval is given in
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
+
+from ..text.embeddings import TextEmbeddings
 
 UNITS = ("t", "sigma")
 
@@ -56,12 +60,71 @@ def as_interval(interval: Interval) -> Optional[GuidanceInterval]:
     return interval
 
 
+@dataclass
+class TextCondition:
+    """What a text model samples from: ``prompts`` (B rows of :class:`TextEmbeddings`) and the
+    unconditional half of guidance, ``negative`` (B rows: the negative prompt's embeddings) or
+    None (the null caption, a mask row that keeps no token). ``shape`` and ``device`` are those of
+    a (B,) labels tensor, so the objectives' samplers take either."""
+
+    prompts: TextEmbeddings
+    negative: Optional[TextEmbeddings] = None
+
+    def __post_init__(self):
+        if self.negative is not None and len(self.negative) != len(self.prompts):
+            raise ValueError(f"negative must hold one row per prompt ({len(self.prompts)}), got {len(self.negative)}")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: slice) -> "TextCondition":
+        return TextCondition(self.prompts[index], None if self.negative is None else self.negative[index])
+
+    @property
+    def shape(self) -> Tuple[int]:
+        return (len(self.prompts),)
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompts.device
+
+    def unconditional(self) -> TextEmbeddings:
+        """The unconditional half: the negative prompts, or null captions."""
+        if self.negative is not None:
+            return self.negative
+        p = self.prompts
+        return TextEmbeddings.null(len(p), p.dim, 1, p.hidden.dtype, p.device)
+
+
+def encode_prompts(encoder, prompts: Sequence[str], negative_prompt: Union[None, str, Sequence[str]] = None,
+                   device: Optional[torch.device] = None) -> TextCondition:
+    """The :class:`TextCondition` of ``prompts`` (str each) by ``encoder`` (a
+    ``xswin_fast.text.TextEncoder``), in float32 on ``device``; ``negative_prompt``: one str for
+    every prompt, one per prompt, or None (guidance against the null caption)."""
+    n = len(prompts)
+    emb = encoder.encode(list(prompts)).to(device, torch.float32)
+    if negative_prompt is None:
+        return TextCondition(emb)
+    negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) not in (1, n):
+        raise ValueError(f"negative_prompt must be one str or one per prompt ({n}), got {len(negatives)}")
+    neg = encoder.encode(negatives).to(device, torch.float32)
+    return TextCondition(emb, neg[[0] * n] if len(negatives) == 1 else neg)
+
+
+def conditions_text(model) -> bool:
+    """Whether ``model`` is a text model (built with ``text_dim`` > 0)."""
+    return getattr(model, "text_dim", 0) > 0
+
+
 def check_guidance(model, cfg_scale: float, interval: Interval) -> Optional[GuidanceInterval]:
-    """ValueError for a guidance that cannot run: a non-finite ``cfg_scale``, guidance of a model
-    without a null class, or a bad ``interval`` (see :func:`as_interval`); returns the interval."""
+    """ValueError for a guidance that cannot run: a non-finite ``cfg_scale``, guidance of a class
+    model without a null class, or a bad ``interval`` (see :func:`as_interval`); returns the
+    interval. A text model always has its null caption (learned as well as caption dropout
+    trained it: train.py refuses grids with guidance when --caption-dropout is 0)."""
     if not math.isfinite(cfg_scale):
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
-    if cfg_scale != 1.0 and getattr(getattr(model, "y_embedder", None), "dropout_prob", 0) <= 0:
+    if cfg_scale != 1.0 and not conditions_text(model) and getattr(getattr(model, "y_embedder", None), "dropout_prob", 0) <= 0:
         raise ValueError("classifier-free guidance needs a model trained with class dropout (a null class)")
     return as_interval(interval)
 
@@ -72,15 +135,26 @@ def guided_at(level: float, cfg_scale: float, interval: Optional[GuidanceInterva
     return cfg_scale != 1.0 and (interval is None or interval.contains(level, sigma))
 
 
-def model_output(model, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, cfg_scale: float, guided: bool,
-                 guided_channels: Optional[int] = None) -> torch.Tensor:
+def model_output(model, x: torch.Tensor, t: torch.Tensor, labels: Union[torch.Tensor, TextCondition], cfg_scale: float,
+                 guided: bool, guided_channels: Optional[int] = None) -> torch.Tensor:
     """The model's output (B, out_channels, H, W) for x (B, C, H, W), timesteps t (B,) and integer
-    labels (B,): guided with ``cfg_scale`` through ``model.forward_with_cfg`` (the batch doubled
-    with the null label ``model.num_classes``; the first ``guided_channels`` channels guided, None:
+    labels (B,) or a :class:`TextCondition` of B prompts: guided with ``cfg_scale`` through
+    ``model.forward_with_cfg`` (the batch doubled with the null label ``model.num_classes``, or
+    with the condition's unconditional half; the first ``guided_channels`` channels guided, None:
     all) when ``guided``, a plain conditional call otherwise."""
+    if isinstance(labels, TextCondition):
+        return _text_output(model, x, t, labels, cfg_scale, guided, guided_channels)
     if not guided:
         return model(x, t, labels)
     null = torch.full_like(labels, model.num_classes)
     args = (torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]), cfg_scale)
     out = model.forward_with_cfg(*args) if guided_channels is None else model.forward_with_cfg(*args, guided_channels)
+    return out[: x.shape[0]]
+
+
+def _text_output(model, x, t, cond: TextCondition, cfg_scale, guided, guided_channels) -> torch.Tensor:
+    if not guided:
+        return model(x, t, **cond.prompts.model_kwargs())
+    text = TextEmbeddings.cat([cond.prompts, cond.unconditional()]).model_kwargs()
+    out = model.forward_with_cfg(torch.cat([x, x]), torch.cat([t, t]), None, cfg_scale, guided_channels, **text)
     return out[: x.shape[0]]

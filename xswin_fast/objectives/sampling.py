@@ -1,4 +1,4 @@
-"""Generate images from a trained backbone: batches of class labels -> uint8 pixels.
+"""Generate images from a trained backbone: batches of class labels or prompts -> uint8 pixels.
 
 Used by the trainer's sample grids, ``sample.py`` and ``evaluate.py``, which share one
 classifier-free guidance default, :data:`DEFAULT_CFG_SCALE`.
@@ -6,7 +6,7 @@ classifier-free guidance default, :data:`DEFAULT_CFG_SCALE`.
 import logging
 import math
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from ..images import to_uint8
 from ..vae import LatentCodec
 from .base import Objective
 from .flow import ADAPTIVE_SAMPLERS, SDE_DEFAULT_STEPS
-from .guidance import Interval
+from .guidance import Interval, TextCondition
 
 # the guidance scale of train.py's grids, sample.py and evaluate.py: DiT's FID setting, and the
 # best FID of the digits job (docs/training.md)
@@ -64,7 +64,7 @@ class ProgressLines:
 def generate(
     model: nn.Module,
     objective: Objective,
-    labels: Sequence[int],
+    labels: Union[Sequence[int], TextCondition],
     shape: Tuple[int, int, int],
     *,
     codec: Optional[LatentCodec] = None,
@@ -79,7 +79,9 @@ def generate(
     guided_channels: Optional[int] = None,
     ode_options: Optional[Dict[str, float]] = None,
 ) -> torch.Tensor:
-    """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels`` (N ints).
+    """uint8 images (N, C, H, W) on the CPU, one per entry of ``labels``: N ints, or for a text
+    model a :class:`TextCondition` of N prompts (with their negative prompts or the null caption
+    as guidance's unconditional half).
 
     ``model`` (eval mode) samples ``shape`` = (C, H, W) of its input space on its own device;
     ``objective`` is the run's (``Diffusion`` or ``FlowMatching``); ``sampler`` and
@@ -119,7 +121,11 @@ def generate(
         on_step = None
     out = []
     for i in range(0, len(labels), batch_size):
-        y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
+        if isinstance(labels, TextCondition):
+            y = labels[i : i + batch_size]
+            y = TextCondition(y.prompts.to(device), None if y.negative is None else y.negative.to(device))
+        else:
+            y = torch.tensor(list(labels[i : i + batch_size]), device=device, dtype=torch.long)
         x = objective.sample(
             model, y, shape, sampler=sampler, steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, generator=gen,
             autocast_dtype=autocast_dtype, on_step=on_step, guided_channels=guided_channels, **adaptive,

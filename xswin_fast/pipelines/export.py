@@ -2,10 +2,11 @@
 
 ``export_run(run, out_dir)`` writes the EMA model of a run's newest checkpoint as an
 ``XSwinPipeline`` folder (``transformer/``, ``scheduler/`` with the training DDPM schedule,
-``vae/`` for a latent run, class names as ``id2label``) plus ``xswin_run.json`` (the
-checkpoint's data description, run arguments and step) and ``xswin_fast_pipeline.py`` (see
-``make_loadable_by_diffusers``), so that ``XSwinPipeline.from_pretrained(out_dir)`` samples it, as
-does ``DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)``, and ``read_model_folder(out_dir)`` gives
+``vae/`` for a latent run, class names as ``id2label``; ``text_encoder/`` and ``tokenizer/`` for
+a text-to-image run) plus ``xswin_run.json`` (the checkpoint's data description, run arguments and
+step) and ``xswin_fast_pipeline.py`` (see ``make_loadable_by_diffusers``), so that
+``XSwinPipeline.from_pretrained(out_dir)`` samples it, as does
+``DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)``, and ``read_model_folder(out_dir)`` gives
 sample.py / evaluate.py everything they take from a checkpoint. The run's held-out split
 (``split.json``) is copied along, so evaluate.py can score the folder against it.
 
@@ -26,6 +27,7 @@ from ..checkpoints import CheckpointError, load_newest_checkpoint
 from ..models import create_model
 from ..models.base import DiffusionBackbone
 from ..objectives import saved_objective_config
+from ..text import TextEncoder
 from ..vae import LatentCodec, load_vae
 from .xswin_pipeline import XSwinPipeline
 
@@ -71,7 +73,11 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     args = ck["args"]
     vae = load_vae(args["vae"], torch.device("cpu"), args.get("vae_subfolder")).vae if args.get("vae") else None
     scheduler = DDPMScheduler.from_config(objective)
-    pipe = XSwinPipeline(model.eval(), scheduler, vae=vae, id2label=dict(enumerate(ck["data"]["classes"])))
+    text = {}
+    if args.get("text_encoder"):
+        encoder = TextEncoder.from_pretrained(args["text_encoder"], args["text_encoder_dtype"], "cpu", args["text_max_length"])
+        text = dict(text_encoder=encoder.model, tokenizer=encoder.tokenizer, text_max_length=encoder.max_length)
+    pipe = XSwinPipeline(model.eval(), scheduler, vae=vae, id2label=dict(enumerate(ck["data"]["classes"])), **text)
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
     make_loadable_by_diffusers(out_dir)
@@ -120,6 +126,7 @@ class ModelFolder:
     args: Dict[str, Any]
     step: int
     device: torch.device
+    text_encoder: Optional[TextEncoder] = None
 
 
 def read_model_folder(path: Union[str, Path], device: Optional[str] = None, backend: Optional[str] = None) -> ModelFolder:
@@ -141,4 +148,7 @@ def read_model_folder(path: Union[str, Path], device: Optional[str] = None, back
     if pipe.vae is not None:
         codec = LatentCodec(pipe.vae.to(dev).eval().requires_grad_(False), str(path / "vae"))
     record = json.loads((path / RUN_FILE).read_text())
-    return ModelFolder(model, dict(pipe.scheduler.config), codec, record["data"], record["args"], record["step"], dev)
+    text = pipe.text
+    if text is not None:
+        text.model.to(dev)
+    return ModelFolder(model, dict(pipe.scheduler.config), codec, record["data"], record["args"], record["step"], dev, text)

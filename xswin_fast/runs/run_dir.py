@@ -17,6 +17,7 @@ from ..checkpoints import check_train_checkpoint, list_checkpoints, load_newest_
 from ..models import create_model
 from ..objectives import Objective, objective_from_config, saved_objective_config
 from ..pipelines.export import is_model_folder, read_model_folder
+from ..text import TextEncoder
 from ..vae import LatentCodec, load_vae
 from .config import ConfigError, TrainConfig
 from .distributed import DistInfo, barrier, broadcast_object, resolve_device
@@ -105,7 +106,8 @@ class SamplingRun:
     """A trained model ready to sample: backbone (eval mode), objective (the eps ``Diffusion`` or
     ``FlowMatching``, from the checkpoint's saved config), optional VAE.
 
-    ``data``: the checkpoint's data description (classes, sizes, channels); ``args``: its run config.
+    ``data``: the checkpoint's data description (classes, sizes, channels); ``args``: its run config;
+    ``text_encoder``: the frozen encoder of a text-to-image run (None for a class run).
     """
 
     model: torch.nn.Module
@@ -116,6 +118,7 @@ class SamplingRun:
     step: int
     checkpoint: Path
     device: torch.device
+    text_encoder: Optional[TextEncoder] = None
 
     @property
     def run_dir(self) -> Path:
@@ -137,7 +140,7 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
     if is_model_folder(ckpt, partly=True):  # by export_run (use_ema has no effect); a damaged one is named
         f = read_model_folder(ckpt, dev, backend)
         return SamplingRun(f.model, objective_from_config(f.objective), f.codec, f.data, f.args, f.step,
-                           Path(ckpt) / "model_index.json", f.device)
+                           Path(ckpt) / "model_index.json", f.device, f.text_encoder)
     path, ck = load_newest_checkpoint(ckpt)
     check_train_checkpoint(ck, path, ("model_name", "model_kwargs", "ema", "model", "data", "args", "step"))
     model = create_model(ck["model_name"], **ck["model_kwargs"])
@@ -149,4 +152,16 @@ def load_run(ckpt: str, device: Optional[str] = None, use_ema: bool = True, back
         codec = load_vae(args["vae"], dev, args.get("vae_subfolder")) if args.get("vae") else None
     except RuntimeError as exc:  # load_vae's message says where a VAE can come from
         raise ConfigError(f"the run's VAE cannot be loaded: {exc}") from exc
-    return SamplingRun(model, objective_from_config(saved_objective_config(ck)), codec, ck["data"], args, int(ck["step"]), Path(path), dev)
+    return SamplingRun(model, objective_from_config(saved_objective_config(ck)), codec, ck["data"], args, int(ck["step"]),
+                       Path(path), dev, run_text_encoder(args, dev))
+
+
+def run_text_encoder(args: Dict[str, Any], device: torch.device) -> Optional[TextEncoder]:
+    """The text encoder a run's settings ``args`` name (name or folder, dtype, token limit), on
+    ``device``; None for a class run. ConfigError when it cannot be loaded."""
+    if not args.get("text_encoder"):
+        return None
+    try:
+        return TextEncoder.from_pretrained(args["text_encoder"], args["text_encoder_dtype"], device, args["text_max_length"])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"the run's text encoder {args['text_encoder']} cannot be loaded: {exc}") from exc

@@ -5,7 +5,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ..images import save_grid
 from ..models import create_model
 from ..objectives import Objective, saved_objective_config
 from ..pipelines.export import export_run
+from ..objectives.guidance import TextCondition
 from ..objectives.sampling import generate
 from .config import ConfigError, TrainConfig, op_backend
 from .distributed import DistInfo, all_gather_object, all_reduce_max, barrier
@@ -123,6 +124,8 @@ class Trainer:
         self.total_steps = min(steps, config.max_steps) if config.max_steps is not None else steps
         info = self.data.info
         self.model_kwargs = dict(input_size=info.latent_size, in_channels=info.latent_channels, num_classes=info.num_classes)
+        if info.text_dim:
+            self.model_kwargs["text_dim"] = info.text_dim
         for key, value in self.model_kwargs.items():
             if key in config.model_kwargs and config.model_kwargs[key] != value:
                 raise ConfigError(f"--model-kwargs {key}={config.model_kwargs[key]!r} contradicts the data, which has "
@@ -133,7 +136,10 @@ class Trainer:
             self.model = create_model(config.model, **self.model_kwargs)
         except (TypeError, ValueError) as exc:  # a typo in --model-kwargs, a size the model cannot take
             raise ConfigError(f"--model {config.model} cannot be built with {self.model_kwargs}: {exc}") from exc
-        if config.sample_cfg != 1 and getattr(getattr(self.model, "y_embedder", None), "dropout_prob", 0) <= 0:
+        if config.sample_cfg != 1 and config.captions and not config.caption_dropout:
+            raise ConfigError(f"--sample-cfg {config.sample_cfg:g} needs a model trained with --caption-dropout above 0; "
+                              "use --sample-cfg 1")
+        if config.sample_cfg != 1 and not config.captions and getattr(getattr(self.model, "y_embedder", None), "dropout_prob", 0) <= 0:
             raise ConfigError(f"--sample-cfg {config.sample_cfg:g} needs a model trained with class dropout; use --sample-cfg 1")
         self.model.set_backend(op_backend(config.backend))
         if config.grad_checkpointing:
@@ -209,29 +215,38 @@ class Trainer:
         np.random.seed(s % 2**32)
         random.seed(s)
 
-    def clean_inputs(self, batch, sample_posterior: bool = True):
-        """(x0, labels) on the device from ``batch``: (images, labels), or a :class:`LatentBatch`
-        (a posterior sample, or its mean without ``sample_posterior``). TypeError for anything else."""
+    def clean_inputs(self, batch, sample_posterior: bool = True, caption_dropout: Optional[float] = None):
+        """(x0, conditions) on the device from ``batch``: (images, labels), or a :class:`LatentBatch`
+        (a posterior sample, or its mean without ``sample_posterior``). ``conditions`` are the
+        model's keyword arguments: ``y`` (the labels), or in a --captions run the text inputs of
+        one caption per image, dropped to the null caption with probability ``caption_dropout``
+        (default: the run's --caption-dropout). TypeError for anything else."""
         dev, codec = self.dist.device, self.data.codec
         if isinstance(batch, LatentBatch):
             mean, std, y = (b.to(dev, non_blocking=True) for b in batch)
-            return codec.to_latent(mean + std * torch.randn_like(mean) if sample_posterior else mean), y
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            x0 = codec.to_latent(mean + std * torch.randn_like(mean) if sample_posterior else mean)
+        elif not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError(f"a batch must be (images, labels) or a LatentBatch, got a {type(batch).__name__}"
                             f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}")
-        x, y = (b.to(dev, non_blocking=True) for b in batch)
-        return (codec.encode(x) if codec is not None else x), y
+        else:
+            x, y = (b.to(dev, non_blocking=True) for b in batch)
+            x0 = codec.encode(x) if codec is not None else x
+        table = self.data.captions
+        if table is None:
+            return x0, {"y": y}
+        dropout = self.config.caption_dropout if caption_dropout is None else caption_dropout
+        return x0, table.draw(y, dropout, dev, x0.dtype).model_kwargs()
 
     def train_step(self, batch) -> torch.Tensor:
         """One optimizer step on ``batch`` ((images, labels), or a :class:`LatentBatch` of cached
         posteriors); EMA updated. Returns the (4,) detached loss, mse, vb and gradient norm."""
         dev = self.dist.device
-        x0, y = self.clean_inputs(batch)
+        x0, cond = self.clean_inputs(batch)
         t = self.objective.sample_timesteps(x0.shape[0], dev)
         noise = torch.randn_like(x0)
         x_t = self.objective.add_noise(x0, noise, t)
         with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            out = self.train_model(x_t, t, y)
+            out = self.train_model(x_t, t, **cond)
         terms = self.objective.training_losses(out, x0, x_t, t, noise)
         loss = terms["loss"].mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -417,7 +432,7 @@ class Trainer:
         statistics move, no class is dropped and no global random number is drawn."""
         dev, objective = self.dist.device, self.objective
         items = [self.data.train_set[i] for i in range(min(4, len(self.data.train_set)))]
-        x0, y = self.clean_inputs(torch.utils.data.default_collate(items), sample_posterior=False)
+        x0, cond = self.clean_inputs(torch.utils.data.default_collate(items), sample_posterior=False, caption_dropout=0.0)
         n, g = x0.shape[0], torch.Generator().manual_seed(0)
         noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
         t = torch.linspace(0, 1, n) * (objective.num_timesteps - 1)
@@ -426,7 +441,7 @@ class Trainer:
         self.model.eval()
         try:
             with torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                out = self.model(objective.add_noise(x0, noise, t), t, y)
+                out = self.model(objective.add_noise(x0, noise, t), t, **cond)
             loss = objective.training_losses(out, x0, objective.add_noise(x0, noise, t), t, noise)["loss"].mean()
             params = [p for p in self.model.parameters() if p.requires_grad]
             grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -442,9 +457,22 @@ class Trainer:
             return None
         config, info = self.config, self.data.info
         n, nc = config.sample_num, info.num_classes
+        labels, nrow = [i % nc for i in range(n)] if nc else None, min(nc, n) if 0 < nc <= 32 else None
+        if self.data.captions is not None:
+            labels, prompts = self.grid_prompts(n)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).with_suffix(".txt").write_text("\n".join(prompts) + "\n")
         images = generate(
-            self.ema, self.objective, [i % nc for i in range(n)], (info.latent_channels, info.latent_size, info.latent_size),
+            self.ema, self.objective, labels, (info.latent_channels, info.latent_size, info.latent_size),
             codec=self.data.codec, sampler=config.sample_sampler, steps=config.sample_steps, cfg_scale=config.sample_cfg,
             seed=config.global_seed, batch_size=n, autocast_dtype=self.autocast_dtype, progress=progress,
         )
-        return save_grid(images, path, nrow=min(nc, n) if nc <= 32 else None)
+        return save_grid(images, path, nrow=nrow)
+
+    def grid_prompts(self, n: int) -> Tuple[TextCondition, List[str]]:
+        """The grids' ``n`` prompts of a --captions run (the first distinct captions of the folder,
+        repeated to ``n``; written beside each grid as its .txt) and their :class:`TextCondition`."""
+        table = self.data.captions
+        rows = [i % len(table.captions) for i in range(n)]
+        cond = TextCondition(table.of_captions(rows, self.dist.device, torch.float32))
+        return cond, [table.captions[i] for i in rows]

@@ -13,15 +13,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import (
+    CaptionedImageDataset,
     DigitsDataset,
     FashionMNISTDataset,
     ImageFolderDataset,
     ResumableDistributedSampler,
     build_latent_cache,
     latent_cache_key,
+    read_captioned_folder,
     scan_image_folder,
     stratified_split,
 )
+from ..data.captions import CaptionedFolder
+from ..text import TextEncoder, cached_text_embeddings
+from ..text.cache import CACHE_FOLDER
+from ..text.table import CaptionTable
 from ..vae import LatentCodec, load_vae
 from .config import FASHION_MNIST, ConfigError, TrainConfig
 from .distributed import DistInfo, barrier
@@ -29,7 +35,7 @@ from .distributed import DistInfo, barrier
 
 class LatentBatch(NamedTuple):
     """Cached VAE posteriors: ``mean`` and ``std`` (B, C, h, w) float32 unscaled latents, ``labels``
-    (B,) int64 (one item of :class:`CachedLatents` before collation)."""
+    (B,) int64 (image indices in a --captions run; one item of :class:`CachedLatents` before collation)."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -57,8 +63,8 @@ class CachedLatents(Dataset):
 
 @dataclass
 class DataInfo:
-    """What a checkpoint records about its data ("data"): sampling needs the classes and the
-    latent shape, evaluation the kind."""
+    """What a checkpoint records about its data ("data"): sampling needs the classes (none in a
+    --captions run), the latent shape and the text width (0 without captions), evaluation the kind."""
 
     kind: str
     root: Optional[str]
@@ -70,11 +76,14 @@ class DataInfo:
     latent_channels: int
     num_train: int
     num_eval: int
+    text_dim: int = 0
 
 
 @dataclass
 class TrainingData:
-    """The training set and how this process iterates it (``local_batch`` images per step)."""
+    """The training set and how this process iterates it (``local_batch`` images per step);
+    ``captions``: a --captions run's caption embeddings (its items' labels are image indices into
+    it), None otherwise."""
 
     train_set: Dataset
     codec: Optional[LatentCodec]
@@ -84,6 +93,7 @@ class TrainingData:
     loader: DataLoader
     local_batch: int
     steps_per_epoch: int
+    captions: Optional[CaptionTable] = None
 
     def write_split(self, run_dir: Path) -> None:
         tmp = run_dir / ".split.json.tmp"
@@ -94,6 +104,12 @@ class TrainingData:
 def _split_datasets(config: TrainConfig) -> Tuple[Dataset, List[str], List[str]]:
     """The training dataset, its classes and the held-out item ids (digit indices or relative paths)."""
     split_seed = config.global_seed if config.split_seed is None else config.split_seed
+    if config.captions:  # a plain random split: the images have no classes
+        folder = read_captioned_folder(config.captions)
+        train_idx, eval_idx = stratified_split([0] * len(folder.files), config.eval_fraction, split_seed)
+        base = CaptionedImageDataset(folder, config.image_size, indices=train_idx)
+        base.readable(0)
+        return base, [], [folder.files[i] for i in eval_idx]
     if config.data == FASHION_MNIST:  # the official split: the 10,000 test images are held out
         base = FashionMNISTDataset(config.data_dir, "train", image_size=config.image_size)
         return base, base.classes, [str(i) for i in range(len(FashionMNISTDataset(config.data_dir, "test").all_targets))]
@@ -124,6 +140,25 @@ def _load_codec(config: TrainConfig, channels: int, device: torch.device) -> Opt
     return codec
 
 
+def caption_table(config: TrainConfig, folder: CaptionedFolder, dist: DistInfo) -> CaptionTable:
+    """Every caption of ``folder`` embedded by the run's text encoder, from the text cache (rank 0
+    encodes on a miss, the other ranks wait and load)."""
+    captions = folder.distinct_captions()
+    row = {c: i for i, c in enumerate(captions)}
+    cache_dir = Path(config.text_cache_dir or os.path.join(folder.root, CACHE_FOLDER))
+
+    def load_encoder() -> TextEncoder:
+        try:
+            return TextEncoder.from_pretrained(config.text_encoder, config.text_encoder_dtype, dist.device,
+                                               config.text_max_length)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--text-encoder {config.text_encoder} cannot be loaded: {exc}") from exc
+
+    embeddings, _ = cached_text_embeddings(captions, config.text_encoder, config.text_encoder_dtype, config.text_max_length,
+                                           cache_dir, load_encoder, wait=barrier, write=dist.is_main)
+    return CaptionTable(embeddings, captions, [[row[c] for c in caps] for caps in folder.captions])
+
+
 def build_training_data(config: TrainConfig, dist: DistInfo) -> TrainingData:
     """Everything the loop reads: the (possibly latent-cached) training set and this rank's loader."""
     base, classes, eval_ids = _split_datasets(config)
@@ -136,12 +171,14 @@ def build_training_data(config: TrainConfig, dist: DistInfo) -> TrainingData:
             base, codec, Path(cache_dir), config.hflip, dist.rank, dist.world_size, num_workers=config.num_workers, wait=barrier,
         ))
     down = codec.downsample if codec else 1
+    captions = caption_table(config, base.folder, dist) if config.captions else None
     info = DataInfo(
-        kind=base.kind, root=config.data, classes=list(classes), num_classes=len(classes), image_size=config.image_size,
+        kind=base.kind, root=config.data or config.captions, classes=list(classes), num_classes=len(classes), image_size=config.image_size,
         image_channels=base.channels, latent_size=config.image_size // down,
         latent_channels=codec.latent_channels if codec else base.channels, num_train=len(train_set), num_eval=len(eval_ids),
+        text_dim=captions.dim if captions else 0,
     )
-    split = {"kind": base.kind, "root": str(base.root) if base.kind == FASHION_MNIST else config.data,
+    split = {"kind": base.kind, "root": str(base.root) if base.kind == FASHION_MNIST else config.data or config.captions,
              "eval_fraction": config.eval_fraction,
              "seed": config.global_seed if config.split_seed is None else config.split_seed,
              "image_size": config.image_size, "eval": eval_ids}
@@ -163,5 +200,5 @@ def build_training_data(config: TrainConfig, dist: DistInfo) -> TrainingData:
         # its own generator: creating an iterator must not consume the global RNG (exact resume)
         generator=torch.Generator().manual_seed(config.global_seed),
     )
-    return TrainingData(train_set, codec, info, split, sampler, loader, local_batch, steps_per_epoch)
+    return TrainingData(train_set, codec, info, split, sampler, loader, local_batch, steps_per_epoch, captions)
 
