@@ -5,7 +5,7 @@ final checkpoint extended until its best scale is interior (docs/comparison.md).
 
     python experiments/compare_backbones.py --out results/compare-backbones            # the core: 2 x 4 x 3 cells
     python experiments/compare_backbones.py --shard 0/2 & python experiments/compare_backbones.py --shard 1/2
-    python experiments/compare_backbones.py --device cuda --steps 4000          # a GPU, a longer recipe (new --results)
+    python experiments/compare_backbones.py --device cuda --steps 12000         # a GPU, a longer recipe (new --results)
     python experiments/compare_backbones.py --report-only                       # tables and curves again
 
 A cell is one (dataset, model, seed). Its train.py run folder lives in --out; its summary, written
@@ -108,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fashion-extractor-weights", help="fashion-cnn weights (default: the cache; trained if missing)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables and curves from the summaries")
     r = p.add_argument_group("the recipe (one for every model and dataset; recorded in RESULTS/recipe.json)")
-    r.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (default 1000)")
-    r.add_argument("--eval-every", type=positive_int, default=200, help="FID every N steps (default 200)")
+    r.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (default 3000)")
+    r.add_argument("--eval-every", type=positive_int, default=600, help="FID every N steps (default 600)")
     r.add_argument("--batch-size", type=positive_int, default=64, help="default 64")
-    r.add_argument("--lr", type=finite_float, default=1e-3, help="AdamW learning rate, constant after warm-up (default 1e-3)")
+    r.add_argument("--lr", type=finite_float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
+    r.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after warm-up: cosine decay to 0 at --steps (default) or constant")
     r.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default 100)")
     r.add_argument("--ema-decay", type=finite_float, default=0.9999, help="EMA decay, with warm-up (default 0.9999)")
     r.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="eps sampler (default ddim)")
@@ -144,9 +146,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def recipe_of(args: argparse.Namespace) -> Dict[str, Any]:
     """Every setting that changes a cell's numbers: cells of one results folder share it."""
-    keys = ("steps", "eval_every", "batch_size", "lr", "warmup", "ema_decay", "sampler", "sample_steps", "curve_cfg",
-            "num_samples", "selection_samples", "cfg_sweep", "fashion_size", "fashion_patch")
-    return dict({k: getattr(args, k) for k in keys}, objective="eps", lr_schedule="constant", ema_warmup=True,
+    keys = ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "sampler", "sample_steps",
+            "curve_cfg", "num_samples", "selection_samples", "cfg_sweep", "fashion_size", "fashion_patch")
+    return dict({k: getattr(args, k) for k in keys}, objective="eps", ema_warmup=True,
                 max_grad_norm=1.0, digits_split_seed=DIGITS_SPLIT_SEED, sweep_reference=SWEEP_REFERENCE)
 
 
@@ -239,9 +241,9 @@ class Cell:
     def train_and_score(self, flops_per_image: float) -> None:
         a, spec = self.args, self.spec
         new = dict(model=self.model, model_kwargs=spec.model_kwargs, global_seed=self.seed, global_batch_size=a.batch_size,
-                   lr=a.lr, lr_warmup_steps=a.warmup, lr_schedule="constant", ema_decay=a.ema_decay, ema_warmup=True,
-                   max_grad_norm=1.0, objective="eps", device=a.device, threads=self.threads, sample_every=0,
-                   sample_num=10, sample_steps=a.sample_steps, sample_sampler=a.sampler, **spec.train_flags)
+                   lr=a.lr, lr_warmup_steps=a.warmup, lr_schedule=a.lr_schedule, lr_decay_steps=a.steps,
+                   ema_decay=a.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective="eps", device=a.device,
+                   threads=self.threads, sample_every=0, sample_num=10, sample_steps=a.sample_steps, sample_sampler=a.sampler, **spec.train_flags)
         ops = dict(ckpt_every=a.ckpt_every, keep_last=2, progress=False, backend=a.backend)
         scored = {p["step"] for p in self.progress["points"]}
         for step in range(a.eval_every, a.steps + 1, a.eval_every):

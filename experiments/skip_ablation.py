@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=positive_int, default=2, help="training seeds 0..N-1 per variant (default 2)")
     p.add_argument("--out", default="results/skip-ablation", help="run folders (default results/skip-ablation)")
     p.add_argument("--results", default="docs/results/skip-ablation", help="cell summaries and the table")
-    p.add_argument("--baselines", default="docs/results/compare-backbones",
+    p.add_argument("--baselines", default="docs/results/compare-backbones-1000",
                    help="compare_backbones.py's results: its recipe is used, its XSwin and USwin digits cells are the baselines")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=parse_threads, default="auto", help="CPU threads: N, 0 or auto (as train.py)")
@@ -69,7 +69,7 @@ def recipe_args(args: argparse.Namespace) -> argparse.Namespace:
     recipe = json.loads((Path(args.baselines) / "recipe.json").read_text())
     flags = ["--datasets", "digits", "--models", MODEL, "--out", args.out, "--results", args.results,
              "--device", args.device, "--backend", args.backend, "--threads", str(args.threads)]
-    for key in ("steps", "eval_every", "batch_size", "lr", "warmup", "ema_decay", "sampler", "sample_steps", "curve_cfg",
+    for key in ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "sampler", "sample_steps", "curve_cfg",
                 "num_samples", "selection_samples", "fashion_size", "fashion_patch"):
         flags += [f"--{key.replace('_', '-')}", str(recipe[key])]
     flags += ["--cfg-sweep", ",".join(f"{s:g}" for s in recipe["cfg_sweep"])]

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from xswin_fast.checkpoints import load_checkpoint
+
 from helpers import experiment_modules
 from test_cli_errors import assert_one_line_error, run_cli
 from test_fashion_mnist import write_fashion_mnist
@@ -48,9 +50,13 @@ def test_both_datasets_are_scored_along_training_and_reported(experiment):
         assert cell["points"][1]["train_flops"] == pytest.approx(2 * cell["points"][0]["train_flops"])
         assert cell["train_flops_per_image"] == pytest.approx(2.0e8, rel=0.01)  # DiT-digits: 3x its forward
         assert 0 < cell["points"][0]["train_seconds"] < cell["points"][1]["train_seconds"]
-        assert cell["best_interior"] or len(cell["sweep_fid_train"]) == 10
+        assert cell["best_interior"] or len(cell["sweep_fid_train"]) == 10 or cell["best_cfg"] == 0  # the sweep's floor
         assert cell["best"]["num_samples"] == 20 and cell["recipe"]["steps"] == 4
     assert cells["fashion-mnist-DiT-digits-seed0"]["model_kwargs"] == {"patch_size": 2}
+    # trained in parts (to step 2, then 4), the cosine spans the whole recipe: 0 at step 4 only
+    lrs = [load_checkpoint(out / "digits-DiT-digits-seed0" / "checkpoints" / f"{s:07d}.pt")["opt"]["param_groups"][0]["lr"]
+           for s in (3, 4)]
+    assert lrs[0] > 0 and lrs[1] == 0 and cell["recipe"]["lr_schedule"] == "cosine"
     table = json.loads((results / "table.json").read_text())
     assert set(table["datasets"]) == {"digits", "fashion-mnist"}
     for dataset, d in table["datasets"].items():

@@ -106,7 +106,7 @@ def test_old_config_json_still_loads(tmp_path):
     assert {k: loaded[k] for k in set(loaded) - set(current)} == {
         "objective": "eps", "t_sampling": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "time_shift": 1.0,
         "data_dir": None, "split_seed": None, "captions": None, "text_encoder": None, "text_encoder_dtype": None,
-        "text_max_length": None, "caption_dropout": None, "text_cache_dir": None}
+        "text_max_length": None, "caption_dropout": None, "text_cache_dir": None, "lr_decay_steps": None}
 
 
 def test_resume_merge_keeps_saved_settings_and_warns_on_unsafe_changes(tmp_path, caplog):

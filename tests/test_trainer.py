@@ -119,6 +119,21 @@ def test_train_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
     assert fa["opt"]["param_groups"][0]["lr"] == fb["opt"]["param_groups"][0]["lr"]
 
 
+def test_train_in_parts_follows_one_cosine_with_lr_decay_steps(tmp_path):
+    # trained to step 2, then resumed to 4: with --lr-decay-steps 4 the learning rate of every
+    # step is the one of a single 4-step run (without it, part one would decay to 0 at step 2)
+    common = ["--lr-schedule", "cosine", "--lr", "2e-3", "--lr-warmup-steps", "0"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train.main(tiny_args(whole, *common, "--max-steps", "4", "--ckpt-every", "1")) == 0
+    assert train.main(tiny_args(parts, *common, "--max-steps", "2", "--lr-decay-steps", "4")) == 0
+    assert train.main(["--resume", str(parts), "--max-steps", "4"]) == 0
+    assert read_losses(whole) == read_losses(parts)
+    for step in (2, 4):
+        a = load_checkpoint(whole / "checkpoints" / f"{step:07d}.pt")["opt"]["param_groups"][0]["lr"]
+        b = load_checkpoint(parts / "checkpoints" / f"{step:07d}.pt")["opt"]["param_groups"][0]["lr"]
+        assert a == b and (a > 0) == (step < 4)
+
+
 def test_train_resume_applies_a_new_lr_and_weight_decay(tmp_path):
     same, lower = tmp_path / "same", tmp_path / "lower"
     assert train.main(tiny_args(same, "--max-steps", "2", "--lr-schedule", "constant", "--lr", "3e-3")) == 0

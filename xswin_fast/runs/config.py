@@ -248,6 +248,10 @@ class TrainConfig:
         "cosine", "after warm-up: constant (DiT) or cosine decay to 0 at --max-steps", data_default="constant",
         choices=("constant", "cosine"), resume=Resume.WARN,
     )
+    lr_decay_steps: Optional[int] = setting(
+        None, "the step where cosine decay reaches 0 (default: the run's last step; set it when training in parts)",
+        valid=Range(1), resume=Resume.WARN,
+    )
     max_grad_norm: float = setting(1.0, "gradient clipping norm; 0 disables", valid=Range(0), resume=Resume.WARN)
     epochs: int = setting(1000, "epoch limit", data_default=1400, valid=Range(1), resume=Resume.FREE)
     max_steps: Optional[int] = setting(

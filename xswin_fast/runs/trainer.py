@@ -150,8 +150,9 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         warmup, schedule = config.lr_warmup_steps, config.lr_schedule
+        horizon = config.lr_decay_steps or self.total_steps
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, warmup, schedule, self.total_steps)
+            self.optimizer, lambda s: lr_factor(s, warmup, schedule, horizon)
         )
         self.train_model = training_model(self.model, config, dist)
         self.autocast_dtype = autocast_dtype(config.precision, dist.device)
