@@ -92,11 +92,26 @@ def test_train_py_exports_the_ema_model_and_sample_py_takes_the_folder(digits_ru
     assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2
 
 
-def test_a_flow_run_is_refused_with_a_clear_error(tmp_path):
-    from xswin_fast.checkpoints import save_checkpoint
+def test_a_flow_run_exports_and_its_pipeline_samples_as_the_flow_sampler(tmp_path):
+    from helpers import train_tiny_digits
+    from xswin_fast.cli import sample
+    from xswin_fast.objectives import FlowMatching, objective_from_config
 
-    ck = {"model_name": "XSwin-digits", "model_kwargs": {}, "ema": {}, "model": {}, "data": {}, "args": {}, "step": 1,
-          "diffusion": {"objective": "flow", "num_train_timesteps": 1000}}
-    save_checkpoint(ck, tmp_path / "checkpoints" / "0000001.pt")
-    with pytest.raises(ValueError, match="flow run: only eps-prediction runs export"):
-        export_run(tmp_path, tmp_path / "out")
+    run = train_tiny_digits(tmp_path / "flow", "--objective", "flow", "--time-shift", "2", "--sample-sampler", "euler")
+    folder = run / "model"  # written by the trainer, as for an eps run
+    pipe = XSwinPipeline.from_pretrained(folder)
+    pipe.transformer.set_backend("torch")
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and pipe.scheduler.config.shift == 2
+    objective = objective_from_config(read_model_folder(folder, device="cpu").objective)
+    assert isinstance(objective, FlowMatching) and objective.config() == load_run(str(run), device="cpu").objective.config()
+
+    labels = torch.tensor([1, 8])
+    reference = objective.sample(pipe.transformer, labels, (1, 8, 8), sampler="euler", steps=5, cfg_scale=2.0,
+                                 generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    images = pipe(class_labels=[1, 8], latents=noise, num_inference_steps=5, guidance_scale=2.0, output_type="pt").images
+    torch.testing.assert_close(images, (reference / 2 + 0.5).clamp(0, 1), rtol=0, atol=1e-5)
+
+    rc = sample.main(["--ckpt", str(folder), "--num-samples", "2", "--steps", "2", "--backend", "torch",
+                      "--threads", "1", "--out", str(tmp_path / "samples")])
+    assert rc == 0 and len(list((tmp_path / "samples" / "images").glob("*.png"))) == 2

@@ -97,6 +97,18 @@ def test_train_py_trains_on_fashion_mnist_and_holds_out_the_test_set(tiny_root, 
     assert config["data"] == "fashion-mnist" and config["data_dir"] == str(tiny_root.resolve())
     assert config["image_size"] == 16 and config["vae"] is None
 
+    # evaluate.py scores it against the official test set with the Fashion-MNIST extractor
+    from xswin_fast.cli import evaluate
+    from xswin_fast.evaluation.fashion_extractor import train_fashion_extractor
+
+    weights = train_fashion_extractor(tmp_path / "fashion.pt", tiny_root, epochs=1, batch=16, verbose=False)
+    assert evaluate.main(["--ckpt", str(run), "--num-samples", "10", "--steps", "2", "--metrics", "fid,prc", "--threads", "1",
+                          "--backend", "torch", "--fashion-extractor-weights", str(weights), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["feature_extractor"] == "fashion-cnn" and (metrics["num_generated"], metrics["num_reference"]) == (10, 20)
+    reference = sorted((run / "eval" / "reference").glob("*.png"))
+    assert [p.name for p in reference[:2]] == ["0_c0.png", "10_c0.png"]  # test image i, its label
+
 
 def test_train_py_without_the_files_ends_in_one_line(tmp_path, capsys):
     argv = ["--data", "fashion-mnist", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"),

@@ -12,6 +12,7 @@ from helpers import train_args
 from text_helpers import TEXT_DIM, tiny_captioned_digits, tiny_encoder
 from xswin_fast.models import DiT
 from xswin_fast.objectives.guidance import TextCondition, model_output
+from xswin_fast.pipelines import XSwinPipeline
 from xswin_fast.runs.config import ConfigError, new_run_config, resume_config
 from xswin_fast.text import TextEmbeddings
 
@@ -45,13 +46,49 @@ def test_every_family_trains_and_samples_from_text(cls, objective, captions, enc
     assert saved["model_kwargs"]["text_dim"] == TEXT_DIM and saved["model_kwargs"]["num_classes"] == 0
     assert saved["text_encoder"] == encoder and saved["text_encoder_dtype"] == "fp32" and saved["caption_dropout"] == 0.1
     assert (run / "samples.txt").read_text().count("\n") == 2  # the grid's prompts beside it
-    out = tmp_path / "samples"
-    ckpt = run / "model" if objective == "eps" else run  # eps runs export a pipeline folder with the encoder
-    assert sample.main(["--ckpt", str(ckpt), "--prompt", "the number seven", "--prompt", "a blurry 1", "--negative-prompt",
+    out = tmp_path / "samples"  # from the exported pipeline folder with its encoder (either objective)
+    assert sample.main(["--ckpt", str(run / "model"), "--prompt", "the number seven", "--prompt", "a blurry 1", "--negative-prompt",
                         "a blurry 7", "--cfg-scale", "2", "--num-samples", "4", "--steps", "2", "--backend", "torch",
                         "--threads", "1", "--out", str(out)]) == 0
     assert len(list((out / "images").glob("*.png"))) == 4
     assert json.loads((out / "prompts.json").read_text())["prompts"][2] == "the number seven"
+    pipe = XSwinPipeline.from_pretrained(run / "model")
+    pipe.transformer.set_backend("torch")
+    assert ("FlowMatch" in type(pipe.scheduler).__name__) == (objective == "flow")
+    images = pipe(prompt=["the number seven"], negative_prompt="a blurry 7", guidance_scale=2.0, num_inference_steps=2,
+                  output_type="pt").images
+    assert images.shape == (1, 1, 8, 8) and torch.isfinite(images).all()
+
+
+def test_evaluate_py_scores_a_text_run_from_its_held_out_captions(captions, encoder, tmp_path, capsys):
+    from test_cli_errors import assert_one_line_error, run_cli
+    from xswin_fast.cli import evaluate, train
+    from xswin_fast.data.captions import read_captioned_folder
+
+    run = tmp_path / "run"
+    assert train.main(_text_run(run, captions, encoder, "--model-kwargs", spec(DiT).cli_model_kwargs, "--model",
+                                spec(DiT).cli_preset, "--eval-fraction", "0.25")) == 0
+    common = ["--ckpt", str(run), "--steps", "2", "--metrics", "fid", "--feature-extractor", "digits", "--threads", "1",
+              "--backend", "torch", "--cfg-scale", "2"]
+    assert evaluate.main([*common, "--num-samples", "8", "--negative-prompt", "a blurry 7", "--out", str(tmp_path / "ev")]) == 0
+    split = json.loads((run / "split.json").read_text())
+    folder = read_captioned_folder(str(captions))
+    held_out = {c for name in split["eval"] for c in folder.captions[folder.files.index(name)]}
+    prompts = json.loads((tmp_path / "ev" / "prompts.json").read_text())
+    assert len(prompts["prompts"]) == 8 and set(prompts["prompts"]) <= held_out and prompts["negative_prompt"] == "a blurry 7"
+    reference = json.loads((run / "eval" / "reference" / "captions.json").read_text())
+    assert len(reference) == len(split["eval"]) == 6 and set(sum(reference.values(), [])) == held_out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["num_generated"] == 8 and metrics["num_reference"] == 6 and metrics["negative_prompt"] == "a blurry 7"
+
+    capsys.readouterr()  # what training and the first evaluation wrote
+    plain = tmp_path / "plain"  # a reference without captions gives no prompts
+    plain.mkdir()
+    for p in (run / "eval" / "reference").glob("*.png"):
+        (plain / p.name).write_bytes(p.read_bytes())
+    assert_one_line_error(*run_cli(evaluate.main, [*common, "--ref", str(plain)], capsys), "captions.json", "--ref")
+    assert_one_line_error(*run_cli(evaluate.main, [*common[:-2], "--cfg-scale", "1", "--negative-prompt", "x"], capsys), "--negative-prompt",
+                          "--cfg-scale")
 
 
 def test_the_fused_variant_trains_too(captions, encoder, tmp_path):

@@ -6,9 +6,12 @@
     python evaluate.py --samples my_samples/images --ref held_out_images/ --feature-extractor inception \\
         --inception-weights weights-inception-2015-12-05-6726825d.pth
 
-With ``--ckpt`` the held-out split recorded by train.py (``split.json``, ``--eval-fraction``) is
-the reference: it is exported once to ``RUN_DIR/eval/reference/``; generated images follow its
-label distribution and are written to ``--out``/images. Results go to ``--out``/metrics.json.
+With ``--ckpt`` the held-out split recorded by train.py (``split.json``, ``--eval-fraction``; the
+official test set of a Fashion-MNIST run) is the reference: it is exported once to
+``RUN_DIR/eval/reference/``; generated images follow its label distribution, or for a
+text-to-image run its captions (one prompt per image, drawn from the held-out images' captions,
+listed in ``--out``/prompts.json), and are written to ``--out``/images. Results go to
+``--out``/metrics.json.
 """
 import argparse
 import importlib.util
@@ -24,12 +27,14 @@ from torch.utils.data import Dataset
 
 from ..objectives.eps import PRECISIONS
 from ..evaluation.digits_extractor import load_digits_cnn
+from ..evaluation.fashion_extractor import load_fashion_cnn
 from ..evaluation.metrics import ImageListDataset, TensorImageDataset, check_weights_file, compute_metrics, inception_weights
-from ..evaluation.reference import export_reference, reference_labels
+from ..evaluation.reference import export_reference, reference_captions, reference_labels
 from ..images import save_grid, save_pngs
 from ..runs.config import BACKEND_CHOICES, ConfigError, op_backend, parse_threads
 from ..runs.distributed import resolve_device
 from ..runs.run_dir import load_run
+from ..objectives.guidance import encode_prompts
 from ..objectives.sampling import DEFAULT_CFG_SCALE
 from .process import apply_threads, log_to_stdout, progress_mode
 from .sample import add_sampler_flags, check_backend, check_generation, generate_images, generation_tag
@@ -52,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_flags(gen)
     gen.add_argument("--cfg-scale", type=finite_float, default=DEFAULT_CFG_SCALE,
                      help=f"guidance scale (1 = off; default {DEFAULT_CFG_SCALE}, as sample.py and train.py's grids)")
+    gen.add_argument("--negative-prompt", default=None,
+                     help="text-to-image runs: guidance pushes away from this prompt instead of the null caption")
     gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--batch-size", type=positive_int, default=256)
     gen.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
@@ -61,10 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--threads", type=parse_threads, default="auto",
                      help="CPU threads: N, 0 (torch's default) or auto (one when the load average shows other work)")
     met = p.add_argument_group("metrics")
-    met.add_argument("--feature-extractor", default="auto", choices=["auto", "digits", "inception"],
-                     help="auto: digits-cnn for digits runs, inception otherwise")
+    met.add_argument("--feature-extractor", default="auto", choices=["auto", "digits", "fashion", "inception"],
+                     help="auto: digits-cnn for digits runs, fashion-cnn for Fashion-MNIST runs, inception otherwise")
     met.add_argument("--inception-weights", help="local torch-fidelity Inception file (default: the torch hub cache)")
     met.add_argument("--digits-extractor-weights", help="digits-cnn weights (default cache path; trained if missing)")
+    met.add_argument("--fashion-extractor-weights",
+                     help="fashion-cnn weights (default cache path; trained on the installed Fashion-MNIST if missing)")
     met.add_argument("--metrics", default="fid,isc,kid,prc", help="comma-separated subset of fid,isc,kid,prc")
     met.add_argument("--kid-subset-size", type=positive_int, default=1000)
     met.add_argument("--isc-splits", type=positive_int, default=10)
@@ -88,11 +97,13 @@ class _Inputs:
 
 
 def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Inputs:
-    """Generate images from ``--ckpt`` with the reference's label distribution, and save them.
-    ``prepare_metrics(kind)`` runs after the run is loaded and before any sampling."""
+    """Generate images from ``--ckpt`` with the reference's label distribution (or, for a
+    text-to-image run, from its captions), and save them. ``prepare_metrics(kind)`` runs after the
+    run is loaded and before any sampling."""
     run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
     check_backend(args, run)
     check_generation(args, run)
+    _check_negative_prompt(args, run)
     if not args.ref and not run.data.get("num_eval", 1):
         raise ConfigError(f"the run {run.run_dir} was trained with --eval-fraction 0: it holds out no images to compare "
                           "against; pass --ref FOLDER (reference images)")
@@ -102,20 +113,48 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     if n < 2:
         raise ConfigError(f"--num-samples must be at least 2 for the metrics, got {n}")
     prepare_metrics(run.data["kind"])
-    ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
     rng = np.random.default_rng(args.seed)
-    labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
-    images = generate_images(args, run, labels)
     tag = f"{run.step:07d}-{generation_tag(args)}"
     out = Path(args.out) if args.out else run.run_dir / "eval" / tag
-    save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
+    if run.text_encoder is not None:
+        prompts = _prompts_from_captions(ref_dir, n, rng)
+        images = generate_images(args, run, encode_prompts(run.text_encoder, prompts, args.negative_prompt, run.device))
+        save_pngs(images, out / "images", names=[f"{i:06d}.png" for i in range(n)])
+        (out / "prompts.json").write_text(json.dumps({"prompts": prompts, "negative_prompt": args.negative_prompt}))
+    else:
+        ref_labels = reference_labels(ref_dir) or list(range(run.data["num_classes"]))
+        labels = [ref_labels[i] for i in rng.permutation(np.resize(np.arange(len(ref_labels)), n))]
+        images = generate_images(args, run, labels)
+        save_pngs(images, out / "images", names=[f"{i:06d}_c{lab}.png" for i, lab in enumerate(labels)])
     save_grid(images[:100], out / "grid.png")
     info = {"checkpoint": str(run.checkpoint), "step": run.step, "objective": run.objective.name,
             "sampler": args.sampler, "steps": args.steps, "atol": args.atol, "rtol": args.rtol, "cfg_scale": args.cfg_scale,
             "cfg_interval": args.cfg_interval and [args.cfg_interval.lo, args.cfg_interval.hi],
             "cfg_interval_unit": args.cfg_interval and args.cfg_interval.unit, "guided_channels": args.guided_channels,
-            "seed": args.seed, "ema": not args.no_ema}
+            "negative_prompt": args.negative_prompt, "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
+
+
+def _check_negative_prompt(args: argparse.Namespace, run) -> None:
+    if args.negative_prompt is None:
+        return
+    if run.text_encoder is None:
+        raise ConfigError("--negative-prompt needs a text-to-image run (trained with --captions); this run is "
+                          "class-conditional")
+    if args.cfg_scale == 1:
+        raise ConfigError("--negative-prompt acts through guidance: give a --cfg-scale other than 1")
+
+
+def _prompts_from_captions(ref_dir: Path, n: int, rng: np.random.Generator) -> List[str]:
+    """``n`` prompts for a text-to-image run: the reference images, each about equally often, in a
+    seeded order, each giving one of its captions (the COCO-FID convention)."""
+    captions = reference_captions(ref_dir)
+    if not captions:
+        raise ConfigError(f"this run is text-to-image and the reference {ref_dir} has no captions.json to draw prompts "
+                          "from: leave out --ref (the run's held-out split carries its captions)")
+    names = sorted(captions)
+    picks = rng.permutation(np.resize(np.arange(len(names)), n))
+    return [captions[names[i]][rng.integers(len(captions[names[i]]))] for i in picks]
 
 
 def _generation_flags_given(args: argparse.Namespace) -> List[str]:
@@ -160,10 +199,15 @@ class _FeatureExtractor:
 
     def __call__(self, kind: Optional[str]) -> None:
         args = self.args
-        self.name = self.choice if self.choice != "auto" else ("digits" if kind == "digits" else "inception")
+        auto = {"digits": "digits", "fashion-mnist": "fashion"}.get(kind, "inception")
+        self.name = self.choice if self.choice != "auto" else auto
         if self.name == "digits":
             load_digits_cnn(args.digits_extractor_weights)  # trains and caches it on first use (logged)
             self.weights = args.digits_extractor_weights
+            return
+        if self.name == "fashion":
+            load_fashion_cnn(args.fashion_extractor_weights)  # trained on the installed Fashion-MNIST on first use
+            self.weights = args.fashion_extractor_weights
             return
         path = inception_weights(args.inception_weights)
         try:

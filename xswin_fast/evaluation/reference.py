@@ -1,12 +1,16 @@
-"""The reference images of a run: its held-out split (``split.json``) exported as PNGs."""
+"""The reference images of a run: its held-out split (``split.json``) exported as PNGs, and for a
+text-to-image run the held-out images' captions beside them (``captions.json``)."""
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from ..data import DigitsDataset, ImageFolderDataset, scan_image_folder
+from ..data import DigitsDataset, FashionMNISTDataset, ImageFolderDataset, scan_image_folder
+from ..data.captions import CaptionedImageDataset, read_captioned_folder
 from ..images import save_pngs
+
+CAPTIONS_FILE = "captions.json"  # {png name: [its captions]} of a text-to-image run's reference
 
 
 def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
@@ -21,10 +25,15 @@ def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
     done = out / ".complete"
     if done.is_file() and done.read_text() == str(len(split["eval"])):
         return out
-    if split["kind"] == "digits":
-        ds = DigitsDataset([int(i) for i in split["eval"]], image_size=split["image_size"])
-        imgs = ds.uint8_images()
-        save_pngs(imgs, out, names=[f"{i}_c{lab}.png" for i, lab in zip(split["eval"], ds.targets)])
+    if split["kind"] in ("digits", "fashion-mnist"):
+        ids = [int(i) for i in split["eval"]]
+        if split["kind"] == "digits":
+            ds = DigitsDataset(ids, image_size=split["image_size"])
+        else:  # the official test split
+            ds = FashionMNISTDataset(split["root"], "test", indices=ids, image_size=split["image_size"])
+        save_pngs(ds.uint8_images(), out, names=[f"{i}_c{lab}.png" for i, lab in zip(split["eval"], ds.targets)])
+    elif split["kind"] == "captions":
+        _export_captioned(split, out)
     else:
         classes, samples = scan_image_folder(split["root"])
         index = {p: k for k, (p, _) in enumerate(samples)}
@@ -41,6 +50,32 @@ def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
             save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[f"{i:06d}_c{ds.samples[i][1]}.png"])
     done.write_text(str(len(split["eval"])))
     return out
+
+
+def _export_captioned(split: dict, out: Path) -> None:
+    """The held-out images of a captioned folder as ``<n>.png``, their captions in ``captions.json``."""
+    folder = read_captioned_folder(split["root"])
+    index = {name: k for k, name in enumerate(folder.files)}
+    wanted = [index[name] for name in split["eval"] if name in index]
+    ds = CaptionedImageDataset(folder, split["image_size"], indices=wanted)
+    out.mkdir(parents=True, exist_ok=True)
+    captions: Dict[str, List[str]] = {}
+    for i in range(len(ds)):
+        try:
+            arr = ds.load_uint8(i)
+        except Exception as exc:
+            ds.report(i, exc)
+            continue
+        name = f"{i:06d}.png"
+        save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[name])
+        captions[name] = folder.captions[ds.samples[i][1]]
+    (out / CAPTIONS_FILE).write_text(json.dumps(captions, indent=1))
+
+
+def reference_captions(ref_dir: Path) -> Optional[Dict[str, List[str]]]:
+    """{png name: captions} of a text-to-image run's exported reference; None for other folders."""
+    path = Path(ref_dir) / CAPTIONS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def reference_labels(ref_dir: Path) -> List[int]:

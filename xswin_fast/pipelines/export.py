@@ -1,7 +1,8 @@
 """train.py run folders as ready model folders, and model folders read back for sampling.
 
 ``export_run(run, out_dir)`` writes the EMA model of a run's newest checkpoint as an
-``XSwinPipeline`` folder (``transformer/``, ``scheduler/`` with the training DDPM schedule,
+``XSwinPipeline`` folder (``transformer/``, ``scheduler/`` with the training DDPM schedule of an
+eps run or a flow run's ``FlowMatchEulerDiscreteScheduler`` with its time shift,
 ``vae/`` for a latent run, class names as ``id2label``; ``text_encoder/`` and ``tokenizer/`` for
 a text-to-image run) plus ``xswin_run.json`` (the checkpoint's data description, run arguments and
 step) and ``xswin_fast_pipeline.py`` (see ``make_loadable_by_diffusers``), so that
@@ -9,8 +10,6 @@ step) and ``xswin_fast_pipeline.py`` (see ``make_loadable_by_diffusers``), so th
 ``DiffusionPipeline.from_pretrained(out_dir, trust_remote_code=True)``, and ``read_model_folder(out_dir)`` gives
 sample.py / evaluate.py everything they take from a checkpoint. The run's held-out split
 (``split.json``) is copied along, so evaluate.py can score the folder against it.
-
-Flow-matching runs are refused: XSwinPipeline samples eps-prediction models only.
 """
 import json
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from ..checkpoints import CheckpointError, load_newest_checkpoint
@@ -28,6 +27,7 @@ from ..models import create_model
 from ..models.base import DiffusionBackbone
 from ..objectives import saved_objective_config
 from ..text import TextEncoder
+from ..text.encoder import no_transformers_loading_bar
 from ..vae import LatentCodec, load_vae
 from .xswin_pipeline import XSwinPipeline
 
@@ -56,6 +56,17 @@ def make_loadable_by_diffusers(folder: Union[str, Path]) -> None:
     index.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def training_scheduler(objective: Dict[str, Any]):
+    """The diffusers scheduler that samples a model trained with ``objective`` (a checkpoint's
+    objective config): the DDPM schedule of an eps run; for a flow run, FlowMatchEulerDiscreteScheduler,
+    whose times (t * num_train_timesteps, 1 = noise), velocity (noise - data) and shift are the
+    training's (objectives/flow.py)."""
+    if objective.get("objective", "eps") == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=objective["num_train_timesteps"],
+                                               shift=objective.get("time_shift", 1.0))
+    return DDPMScheduler.from_config(objective)
+
+
 def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool = True) -> Path:
     """Write the model of a train.py checkpoint (file, ``checkpoints/`` dir or run dir) to
     ``out_dir`` as an XSwinPipeline folder; the EMA weights unless ``use_ema`` is False.
@@ -65,14 +76,11 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
         if key not in ck:
             raise CheckpointError(f"{path} is not a train.py checkpoint (no {key!r})")
     objective = saved_objective_config(ck)
-    if objective.get("objective", "eps") != "eps":
-        raise ValueError(f"{path} is a {objective['objective']} run: only eps-prediction runs export as an "
-                         "XSwinPipeline folder (sample.py and evaluate.py take the run folder itself)")
     model = create_model(ck["model_name"], **ck["model_kwargs"])
     model.load_state_dict(ck["ema" if use_ema else "model"])
     args = ck["args"]
     vae = load_vae(args["vae"], torch.device("cpu"), args.get("vae_subfolder")).vae if args.get("vae") else None
-    scheduler = DDPMScheduler.from_config(objective)
+    scheduler = training_scheduler(objective)
     text = {}
     if args.get("text_encoder"):
         encoder = TextEncoder.from_pretrained(args["text_encoder"], args["text_encoder_dtype"], "cpu", args["text_max_length"])
@@ -81,7 +89,8 @@ def export_run(run: Union[str, Path], out_dir: Union[str, Path], use_ema: bool =
     out_dir = Path(out_dir)
     pipe.save_pretrained(out_dir)
     make_loadable_by_diffusers(out_dir)
-    record = {"data": ck["data"], "args": args, "step": int(ck["step"]), "weights": "ema" if use_ema else "model"}
+    record = {"data": ck["data"], "args": args, "step": int(ck["step"]), "weights": "ema" if use_ema else "model",
+              "objective": objective}
     (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
     run_dir = Path(path).parent
     run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
@@ -103,11 +112,13 @@ def is_model_folder(path: Union[str, Path], partly: bool = False) -> bool:
 
 @contextmanager
 def _no_loading_bar() -> Iterator[None]:
-    """diffusers' "Loading pipeline components" bar off: sample.py's stderr is for its errors."""
+    """diffusers' "Loading pipeline components" bar and transformers' "Loading weights" bar (a text
+    model's encoder) off: sample.py's stderr is for its errors."""
     was_on = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()
     try:
-        yield
+        with no_transformers_loading_bar():
+            yield
     finally:
         if was_on:
             diffusers_logging.enable_progress_bar()
@@ -116,7 +127,7 @@ def _no_loading_bar() -> Iterator[None]:
 @dataclass
 class ModelFolder:
     """What sampling and evaluation need from a model folder: the backbone (eval mode, no grad),
-    the training scheduler's config (``Diffusion.from_config`` takes it), the VAE as a
+    the training objective's config (``objective_from_config`` takes it), the VAE as a
     ``LatentCodec`` (None in pixel space), and the run's data description, arguments and step."""
 
     model: DiffusionBackbone
@@ -151,4 +162,5 @@ def read_model_folder(path: Union[str, Path], device: Optional[str] = None, back
     text = pipe.text
     if text is not None:
         text.model.to(dev)
-    return ModelFolder(model, dict(pipe.scheduler.config), codec, record["data"], record["args"], record["step"], dev, text)
+    objective = record.get("objective") or dict(pipe.scheduler.config)  # folders before 2026-12-08: eps, the DDPM config
+    return ModelFolder(model, objective, codec, record["data"], record["args"], record["step"], dev, text)

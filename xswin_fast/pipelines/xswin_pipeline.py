@@ -23,8 +23,10 @@ class XSwinPipeline(DiffusionPipeline):
 
     Args:
         transformer (DiffusionBackbone): XSwin, USwin, DiT, UViT or any other family.
-        scheduler (diffusers SchedulerMixin): DDPM, DDIM, DPM-Solver++, Euler, ... (any
-            ``set_timesteps`` / ``scale_model_input`` / ``step`` scheduler predicting epsilon).
+        scheduler (diffusers SchedulerMixin): what the model predicts: for an eps model DDPM,
+            DDIM, DPM-Solver++, Euler, ... (any ``set_timesteps`` / ``step`` scheduler predicting
+            epsilon); for a flow-matching model (velocity) ``FlowMatchEulerDiscreteScheduler``
+            or ``FlowMatchHeunDiscreteScheduler`` with the training's ``shift``.
         vae (AutoencoderKL, Optional): decodes latents to pixels; None for a pixel-space model
             (such as train.py's digits default), whose samples are the images in [-1, 1].
         id2label (Dict[int, str], Optional): class names (keys may be digit strings, as JSON
@@ -156,15 +158,15 @@ class XSwinPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} (images, channels, height, width in latents), "
                              f"got {tuple(latents.shape)}")
-        return latents.to(device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        return latents.to(device=device, dtype=dtype) * getattr(self.scheduler, "init_noise_sigma", 1.0)
 
     def _step_kwargs(self, generator) -> dict:
         # DDPM and Euler draw noise in step(); DDIM (eta 0) and DPM-Solver++ take no generator
         return {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
 
-    def _eps_for_scheduler(self, out: torch.Tensor, channels: int) -> torch.Tensor:
-        """The model output a scheduler step takes: eps, plus the learned variance channels for a
-        scheduler whose variance_type uses them (DDPM "learned_range")."""
+    def _prediction_for_scheduler(self, out: torch.Tensor, channels: int) -> torch.Tensor:
+        """The model output a scheduler step takes: eps (or a flow model's velocity), plus the learned
+        variance channels for a scheduler whose variance_type uses them (DDPM "learned_range")."""
         if out.shape[1] == 2 * channels and self.scheduler.config.get("variance_type") not in ("learned", "learned_range"):
             return out[:, :channels]
         return out
@@ -296,7 +298,9 @@ class XSwinPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             if self.interrupt:
                 continue
-            x = self.scheduler.scale_model_input(latents, t)
+            # the flow-matching schedulers take the latents unscaled and have no scale_model_input
+            scale = getattr(self.scheduler, "scale_model_input", None)
+            x = scale(latents, t) if scale is not None else latents
             x = torch.cat([x, x]) if guided else x
             tt = t.to(device).expand(len(x))
             if text:
@@ -304,7 +308,7 @@ class XSwinPipeline(DiffusionPipeline):
                     else model(x, tt, **kwargs)
             else:
                 out = model.forward_with_cfg(x, tt, y, self._guidance_scale, guided_channels) if guided else model(x, tt, y)
-            out = self._eps_for_scheduler(out[: len(latents)], channels)
+            out = self._prediction_for_scheduler(out[: len(latents)], channels)
             latents = self.scheduler.step(out, t, latents, **self._step_kwargs(generator)).prev_sample
             if callback is not None:
                 state = {"latents": latents}

@@ -293,8 +293,7 @@ class Trainer:
             grid = self.sample_grid(self.run_dir / "samples.png", progress="bar" if self.config.progress else "log")
             plot = plot_loss_curve(self.losses.path, self.run_dir / "loss.png")
             logger.info(f"wrote {grid} and {plot}")
-            if self.objective.name == "eps":  # XSwinPipeline samples eps models only
-                logger.info(f"exported the EMA model as {export_run(self.run_dir, self.run_dir / 'model')} (XSwinPipeline folder)")
+            logger.info(f"exported the EMA model as {export_run(self.run_dir, self.run_dir / 'model')} (XSwinPipeline folder)")
         barrier()
         return 0
 

@@ -9,8 +9,10 @@ The encoder is frozen: eval mode, no gradients, in fp32, fp16 or bf16 (:data:`TE
 pooled vector is CLIP's own (its end-of-text token, ``pooler_output``) and the masked mean of the
 hidden states for every other encoder (sentence-transformers' pooling of MiniLM, Imagen's of T5).
 """
+import importlib.util
 import os
-from typing import Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -22,6 +24,24 @@ TEXT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloa
 DEFAULT_MAX_LENGTH = 77  # CLIP's context; captions longer than this many tokens are cut
 _T5_TYPES = ("t5", "mt5", "umt5")
 _CLIP_TYPES = ("clip", "clip_text_model")
+
+
+@contextmanager
+def no_transformers_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while an encoder loads: the CLIs' stderr is for
+    their errors. Nothing to do where transformers is not installed."""
+    if importlib.util.find_spec("transformers") is None:
+        yield
+        return
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def resolve_text_encoder(spec: str) -> str:
@@ -89,9 +109,10 @@ class TextEncoder:
         import transformers
 
         path, torch_dtype = resolve_text_encoder(spec), text_dtype(dtype)
-        config = transformers.AutoConfig.from_pretrained(path)
-        model = text_model_class(config.model_type).from_pretrained(path, dtype=torch_dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        with no_transformers_loading_bar():
+            config = transformers.AutoConfig.from_pretrained(path)
+            model = text_model_class(config.model_type).from_pretrained(path, dtype=torch_dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         return cls(model.to(device), tokenizer, max_length)
 
     @property
