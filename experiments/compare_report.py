@@ -63,9 +63,21 @@ def aggregate(cells: List[Dict[str, Any]], order: Sequence[str] = ()) -> Dict[st
                 best_cfg=[c["best_cfg"] for c in runs], best_interior=[c["best_interior"] for c in runs],
                 best={k: _summary([c["best"][k] for c in runs]) for k, _, _ in BEST_METRICS},
                 train_seconds=_summary([c["train_seconds"] for c in runs]), fid_at_budget=_summary(at_budget), curve=curve,
+                last_change=_summary([last_change(c["points"]) for c in runs if len(c["points"]) > 1]),
             )
         out[dataset] = dict(budget_flops=budget, models=rows)
     return out
+
+
+def last_change(points: List[Dict[str, Any]]) -> float:
+    """The relative FID change over a run's last checkpoint interval: how flat its curve ends."""
+    return points[-1]["fid"] / points[-2]["fid"] - 1
+
+
+def _percent(summary: Optional[Dict[str, Any]]) -> str:
+    if summary is None:
+        return "n/a"
+    return format_cell(dict(summary, mean=100 * summary["mean"], std=None if summary["std"] is None else 100 * summary["std"]), 0) + "%"
 
 
 def spread_gap(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> str:
@@ -88,7 +100,8 @@ def markdown(data: Dict[str, Dict[str, Any]], recipe: Dict[str, Any], cells: Lis
         "Machines: " + "; ".join(sorted({c["machine"] for c in cells})) + ". Commits: "
         + ", ".join(sorted({c["commit"] for c in cells})) + ".", "",
         "Mean ± sample standard deviation over the n training seeds; the held-out set is the same for every seed. "
-        "Δ: the gap to the best row in pooled standard deviations (|Δ| < 2: within the spread of 3 seeds).", "",
+        "Δ: the gap to the best row in pooled standard deviations (|Δ| < 2: within the spread of 3 seeds). "
+        "Last interval: the relative FID change between the last two checkpoints (how flat the curve ends).", "",
     ]
     for dataset, d in data.items():
         rows = d["models"]
@@ -96,8 +109,8 @@ def markdown(data: Dict[str, Dict[str, Any]], recipe: Dict[str, Any], cells: Lis
                                            _best_of(rows, "fid_at_budget"))
         lines += [f"## {dataset}: at equal steps ({max(r['final_step'] for r in rows.values())})", "",
                   "| model | params | train GFLOPs / image | n | FID, CFG " + f"{recipe['curve_cfg']:g} | Δ | best CFG per seed "
-                  "| FID, best CFG | Δ | KID | precision | recall | training min |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "| FID, best CFG | Δ | KID | precision | recall | training min | last interval |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for model, r in rows.items():
             cfgs = ", ".join(f"{c:g}" + ("" if ok else " (edge)") for c, ok in zip(r["best_cfg"], r["best_interior"]))
             minutes = dict(r["train_seconds"], mean=r["train_seconds"]["mean"] / 60,
@@ -106,7 +119,8 @@ def markdown(data: Dict[str, Dict[str, Any]], recipe: Dict[str, Any], cells: Lis
                 f"| {model} | {r['params'] / 1e6:.3f}M | {r['train_flops_per_image'] / 1e9:.3f} | {len(r['seeds'])} | "
                 f"{format_cell(r['final_fid'], 2)} | {spread_gap(r['final_fid'], top_final)} | {cfgs} | "
                 f"{format_cell(r['best']['fid'], 2)} | {spread_gap(r['best']['fid'], top_best)} | "
-                + " | ".join(format_cell(r["best"][k], dec) for k, _, dec in BEST_METRICS[1:]) + f" | {format_cell(minutes, 1)} |")
+                + " | ".join(format_cell(r["best"][k], dec) for k, _, dec in BEST_METRICS[1:])
+                + f" | {format_cell(minutes, 1)} | {_percent(r['last_change'])} |")
         lines += ["", f"## {dataset}: at equal training compute ({d['budget_flops'] / 1e12:.2f} TFLOPs, the smallest final "
                   "budget of the models)", "", "| model | steps at this compute | FID, CFG "
                   f"{recipe['curve_cfg']:g} | Δ |", "|---|---:|---:|---:|"]
