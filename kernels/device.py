@@ -31,8 +31,8 @@ class Architecture(NamedTuple):
     regs_sm: int = 65536  # 32-bit registers per SM
     warps_sm: int = 64  # resident warps per SM
     blocks_sm: int = 32  # resident blocks per SM
-    # warps of the window attention's SMALL backward, per target where its ptxas allocates
-    # differently: 4 spilled on sm_80 (docs/gpu_fitness.md)
+    # warps of the window attention's SMALL backward: the count that compiles without spill on
+    # this target (ptxas allocates differently per target; docs/gpu_fitness.md)
     small_bwd_warps: int = 4
 
 
