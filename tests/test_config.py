@@ -4,6 +4,7 @@ import argparse
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -180,8 +181,9 @@ def test_every_setting_declares_what_a_resume_may_do():
 @pytest.mark.parametrize("name", [f.name for f in fields(TrainConfig) if f.name != "resume"])
 def test_a_resume_does_with_each_setting_what_it_declares(tmp_path, caplog, name):
     saved = new_run_config({"progress": False}).to_dict()
-    other = _another_value(saved[name])
-    kind = next(f.metadata["resume"] for f in fields(TrainConfig) if f.name == name)
+    field = next(f for f in fields(TrainConfig) if f.name == name)
+    other = _another_value(saved[name], field.type)
+    kind = field.metadata["resume"]
     ckpt = tmp_path / "run" / "checkpoints" / "0000010.pt"
     caplog.clear()
     with caplog.at_level("WARNING"):
@@ -196,8 +198,11 @@ def test_a_resume_does_with_each_setting_what_it_declares(tmp_path, caplog, name
     assert (f"'{name}'" in caplog.text) == (kind is Resume.WARN)
 
 
-def _another_value(value):
-    """A value of the same kind that differs from ``value`` (None -> a string)."""
+def _another_value(value, annotation=None):
+    """A value of the same kind that differs from ``value`` (None -> 7 for an optional int, else a
+    string)."""
+    if value is None and annotation == Optional[int]:
+        return 7
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):
