@@ -210,7 +210,8 @@ def test_sample_py_runs_sits_samplers_on_a_flow_run(tmp_path, monkeypatch):
     assert train.main(["--run-dir", str(run), "--objective", "flow", "--model-kwargs", tiny_kwargs(), "--backend", "torch",
                        "--threads", "1", "--global-batch-size", "16", "--sample-every", "0", "--sample-num", "2",
                        "--sample-steps", "2", "--no-progress", "--max-steps", "1"]) == 0
-    common = ["--ckpt", str(run), "--num-samples", "2", "--cfg-scale", "1.5", "--guided-channels", "1", "--no-progress"]
+    common = ["--ckpt", str(run), "--num-samples", "2", "--cfg-scale", "1.5", "--guided-channels", "1", "--no-progress",
+              "--backend", "torch", "--threads", "1"]  # the sampler under test, not the interpreted kernels
     assert sample.main([*common, "--sampler", "sde", "--steps", "4", "--cfg-interval-sigma", "0.28", "5.42"]) == 0
     assert sample.main([*common, "--sampler", "dopri5", "--atol", "1e-4", "--rtol", "0.01"]) == 0
     assert sample.main([*common, "--sampler", "dopri5"]) == 0

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     enc = TextEncoder.from_pretrained(tiny_encoder(tmp_path_factory.mktemp("enc") / "t5", "t5"), max_length=12)
-    model = tiny(XSwin, num_classes=0, text_dim=TEXT_DIM, in_channels=1).eval()
+    # the torch backend: the pipeline is under test here, the interpreted kernels elsewhere
+    model = tiny(XSwin, num_classes=0, text_dim=TEXT_DIM, in_channels=1).eval().set_backend("torch")
     for p in model.parameters():  # away from the zero initialisation, so that the prompt matters
         torch.nn.init.normal_(p, std=0.05)
     return XSwinPipeline(model, DDPMScheduler(num_train_timesteps=50), text_encoder=enc.model, tokenizer=enc.tokenizer,
@@ -35,9 +36,11 @@ def test_round_trip_keeps_encoder_tokenizer_and_images(pipe, tmp_path):
     for name in ("text_encoder", "tokenizer", "transformer", "scheduler"):
         assert (tmp_path / "p" / name).is_dir()
     loaded = XSwinPipeline.from_pretrained(tmp_path / "p")
+    loaded.transformer.set_backend("torch")
     assert loaded.config.text_max_length == 12 and type(loaded.text_encoder).__name__ == "T5EncoderModel"
     assert torch.equal(_images(loaded, negative_prompt="a blurry 7"), before)
     generic = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    generic.transformer.set_backend("torch")
     assert type(generic) is XSwinPipeline and torch.equal(_images(generic, negative_prompt="a blurry 7"), before)
 
 
