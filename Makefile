@@ -87,7 +87,8 @@ compile-check: install
 	env -u TRITON_INTERPRET $(PY) -m xswin_fast.compile_check $(COMPILE_CHECK_ARGS)
 
 # on a CUDA machine, under 8 minutes: results in benchmarks/results/<gpu>-<date>-<commit>/
-# (GPU_SESSION_ARGS=--dry-run walks every step without a GPU)
+# (GPU_SESSION_ARGS=--dry-run walks every step without a GPU; --comparison adds the backbone
+# comparison's full version, budgeted apart: docs/comparison.md)
 GPU_SESSION_ARGS ?=
 gpu-session: install-bench
 	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_session.py $(GPU_SESSION_ARGS)

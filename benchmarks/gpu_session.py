@@ -18,6 +18,15 @@ the session goes on):
 5. ``report``: ``benchmarks/report.py`` on each benchmark JSON (markdown + plots), achieved GB/s
    over the measured copy bandwidth included.
 
+Optional, budgeted apart (``--comparison``, off by default; about 1.5 min a cell on an H100 by the
+CPU timings' FLOP ratio, not measured): ``comparison-eps`` and ``comparison-flow``, the backbone
+comparison's full version (docs/comparison.md): the seven digits-scale families (XSwin, USwin,
+UViT, DiT, DiffiT, ASCEND, IU-ViT) on both datasets, 3 seeds, the CPU run's recipe, with the
+eps objective and the flow column, on ``--device cuda``, into ``docs/results/compare-gpu-eps/``
+and ``docs/results/compare-gpu-flow/`` (run folders in ``results/``). Each step has its own
+budget (``--comparison-budget``); a step that runs out leaves its finished cells, and the same
+command resumes the rest.
+
 First the card (``device_record``): name, compute capability, SM count, clocks and the measured
 copy bandwidth, against the card's published peak bandwidth and bf16 TFLOP/s
 (``device_record.CARD_LIMITS``); the dry run records the representative card of each
@@ -40,7 +49,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, NamedTuple
+from typing import Callable, Dict, List, NamedTuple
 
 import device_record
 
@@ -51,6 +60,18 @@ SESSION_BUDGET_S = 480
 # at the paper preset's first stage (2x2 windows: the kernels' SMALL path)
 # (each torch.compile / FlexAttention case compiles for ~10 s)
 XSWIN_CASES = "xswin-s2-s1 or xswin-b2-s1 or ((xswin-s2-s2 or xswin-b2-s2 or paper-s1) and (reference or triton))"
+COMPARISON_MODELS = "XSwin-digits,USwin-digits,UViT-digits,DiT-digits,DiffiT-digits,ASCEND-digits,IUViT-digits"
+COMPARISON_BUDGET_S = 3600
+
+
+def _selected(output: str) -> int:
+    """Tests pytest's ``--collect-only -q`` selected: it lists one test id per line."""
+    return sum(1 for line in output.splitlines() if "::" in line and not line.startswith(" "))
+
+
+def _planned(output: str) -> int:
+    """Cells compare_backbones.py's ``--plan`` listed: one ``cell <name>: <state>`` line each."""
+    return sum(1 for line in output.splitlines() if line.startswith("cell "))
 
 
 class Step(NamedTuple):
@@ -59,6 +80,18 @@ class Step(NamedTuple):
     argv: List[str]
     env: Dict[str, str]
     benchmark: bool  # writes a pytest-benchmark JSON (then reported)
+    dry_flag: str = "--collect-only"  # what --dry-run appends: lists the work without a GPU
+    dry_count: Callable[[str], int] = _selected  # the work items that listing names
+
+
+def comparison_steps(budget_s: int) -> List[Step]:
+    """The comparison's full version, one step per objective (``--comparison``)."""
+    py = sys.executable
+    return [Step(f"comparison-{objective}", budget_s,
+                 [py, "experiments/compare_backbones.py", "--device", "cuda", "--threads", "0", "--models", COMPARISON_MODELS,
+                  "--objective", objective, "--out", f"results/compare-gpu-{objective}",
+                  "--results", f"docs/results/compare-gpu-{objective}"], {"TRITON_INTERPRET": "0"}, False, "--plan", _planned)
+            for objective in ("eps", "flow")]
 
 
 def steps(out: str) -> List[Step]:
@@ -84,7 +117,7 @@ def run_step(step: Step, dry_run: bool) -> dict:
     """Run (or, dry, collect) one step within its budget: its record for session.json."""
     argv = list(step.argv)
     if dry_run:
-        argv = [a for a in argv if a != "--benchmark-only"] + ["--collect-only"]
+        argv = [a for a in argv if a != "--benchmark-only"] + [step.dry_flag]
     env = dict(os.environ, **step.env)
     start = time.time()
     try:
@@ -96,16 +129,11 @@ def run_step(step: Step, dry_run: bool) -> dict:
     record = dict(name=step.name, command=" ".join(argv), budget_s=step.budget_s, seconds=seconds, returncode=rc,
                   output_tail=output[-4000:] if isinstance(output, str) else "")
     if dry_run:
-        selected = _selected(output)
+        selected = step.dry_count(output)
         record.update(status="collected" if rc == 0 and selected else "collection failed", selected=selected)
     else:
         record["status"] = "timed out" if rc is None else ("passed" if rc == 0 else f"failed (exit {rc})")
     return record
-
-
-def _selected(output: str) -> int:
-    """Tests pytest's ``--collect-only -q`` selected: it lists one test id per line."""
-    return sum(1 for line in output.splitlines() if "::" in line and not line.startswith(" "))
 
 
 def report(record: dict, out: str, dry_run: bool) -> None:
@@ -158,11 +186,22 @@ def write(out: str, session: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def steps_for(args: argparse.Namespace) -> Callable[[str], List[Step]]:
+    """The session's steps for a result folder: the default ones, and the comparison if asked."""
+    extra = comparison_steps(args.comparison_budget) if args.comparison else []
+    return lambda out: steps(out) + extra
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="no GPU: import, list, collect and write to a temp dir")
     p.add_argument("--out", default=None, help="result folder (default: benchmarks/results/<gpu>-<date>-<commit>)")
+    p.add_argument("--comparison", action="store_true",
+                   help="also the backbone comparison's full version (budgeted apart, not in the 8 minutes)")
+    p.add_argument("--comparison-budget", type=int, default=COMPARISON_BUDGET_S,
+                   help=f"seconds for each comparison step (default {COMPARISON_BUDGET_S})")
     args = p.parse_args(argv)
+    planned = steps_for(args)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -178,10 +217,10 @@ def main(argv=None) -> int:
                    devices=device_record.emulated() if args.dry_run else [device_record.record(torch.device("cuda"))])
     if args.dry_run:
         # collection only: the steps do not compete for a GPU, run them side by side
-        with ThreadPoolExecutor(len(steps(out))) as pool:
-            session["steps"] = list(pool.map(lambda step: run_step(step, True), steps(out)))
+        with ThreadPoolExecutor(len(planned(out))) as pool:
+            session["steps"] = list(pool.map(lambda step: run_step(step, True), planned(out)))
     else:
-        for step in steps(out):
+        for step in planned(out):
             record = run_step(step, False)
             if step.benchmark:
                 report(record, out, False)
@@ -190,7 +229,7 @@ def main(argv=None) -> int:
     session["seconds"] = round(time.time() - start, 1)
     write(out, session)
     for record in session["steps"] if args.dry_run else []:
-        print(f"{record['name']}: {record['status']} ({record['selected']} tests) in {record['seconds']} s")
+        print(f"{record['name']}: {record['status']} ({record['selected']} tests or cells) in {record['seconds']} s")
     print(f"gpu_session: {out} ({session['seconds']} s)")
     for d in session["devices"]:
         print(f"card: {d['card']} ({d['capability']}, {d['sms']} SMs): copy {d['copy_GBps'] or '-'} GB/s of "

@@ -7,6 +7,7 @@ final checkpoint extended until its best scale is interior (docs/comparison.md).
     python experiments/compare_backbones.py --shard 0/2 & python experiments/compare_backbones.py --shard 1/2
     python experiments/compare_backbones.py --device cuda --steps 12000         # a GPU, a longer recipe (new --results)
     python experiments/compare_backbones.py --report-only                       # tables and curves again
+    python experiments/compare_backbones.py --plan                              # which cells are finished
 
 A cell is one (dataset, model, seed). Its train.py run folder lives in --out; its summary, written
 last, in --results/cells/ (committed with the results). A cell whose summary exists is finished
@@ -36,7 +37,7 @@ from xswin_fast.evaluation.fashion_extractor import load_fashion_cnn
 from xswin_fast.evaluation.metrics import TensorImageDataset
 from xswin_fast.images import save_grid
 from xswin_fast.models import create_model
-from xswin_fast.objectives import SAMPLERS
+from xswin_fast.objectives import FLOW_SAMPLERS, OBJECTIVES, SAMPLERS
 from xswin_fast.runs.config import BACKEND_CHOICES, FASHION_MNIST, ConfigError, parse_threads
 from xswin_fast.runs.distributed import resolve_device
 from xswin_fast.runs.launch import resolve_threads
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digits-extractor-weights", help="digits-cnn weights (default: the cache; trained if missing)")
     p.add_argument("--fashion-extractor-weights", help="fashion-cnn weights (default: the cache; trained if missing)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables and curves from the summaries")
+    p.add_argument("--plan", action="store_true", help="list this shard's cells (finished, started or to do) and exit")
     r = p.add_argument_group("the recipe (one for every model and dataset; recorded in RESULTS/recipe.json)")
     r.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (default 3000)")
     r.add_argument("--eval-every", type=positive_int, default=600, help="FID every N steps (default 600)")
@@ -116,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after warm-up: cosine decay to 0 at --steps (default) or constant")
     r.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default 100)")
     r.add_argument("--ema-decay", type=finite_float, default=0.9999, help="EMA decay, with warm-up (default 0.9999)")
-    r.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="eps sampler (default ddim)")
+    r.add_argument("--objective", choices=OBJECTIVES, default="eps",
+                   help="eps (default: the paper's) or flow (SiT's linear flow matching, the second column)")
+    r.add_argument("--sampler", choices=SAMPLERS + FLOW_SAMPLERS[:2], default=None,
+                   help="ddim (default for eps) or ddpm; euler (default for flow) or heun")
     r.add_argument("--sample-steps", type=positive_int, default=25, help="sampler steps (default 25)")
     r.add_argument("--curve-cfg", type=finite_float, default=1.0, help="the guidance scale of the FID curves (default 1)")
     r.add_argument("--num-samples", type=positive_int, default=500,
@@ -139,6 +144,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         p.error(f"--warmup must be in [0, --steps), got {args.warmup}")
     if args.steps % args.eval_every:
         p.error(f"--steps {args.steps} must be a multiple of --eval-every {args.eval_every}")
+    args.sampler = args.sampler or ("ddim" if args.objective == "eps" else "euler")
+    if args.sampler not in (SAMPLERS if args.objective == "eps" else FLOW_SAMPLERS):
+        p.error(f"--sampler {args.sampler} does not fit --objective {args.objective}")
     if args.num_samples < 2 or args.selection_samples < 2:
         p.error("--num-samples and --selection-samples must be at least 2 (the metrics compare distributions)")
     return args
@@ -146,9 +154,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 
 def recipe_of(args: argparse.Namespace) -> Dict[str, Any]:
     """Every setting that changes a cell's numbers: cells of one results folder share it."""
-    keys = ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "sampler", "sample_steps",
-            "curve_cfg", "num_samples", "selection_samples", "cfg_sweep", "fashion_size", "fashion_patch")
-    return dict({k: getattr(args, k) for k in keys}, objective="eps", ema_warmup=True,
+    keys = ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "objective", "sampler",
+            "sample_steps", "curve_cfg", "num_samples", "selection_samples", "cfg_sweep", "fashion_size", "fashion_patch")
+    return dict({k: getattr(args, k) for k in keys}, ema_warmup=True,
                 max_grad_norm=1.0, digits_split_seed=DIGITS_SPLIT_SEED, sweep_reference=SWEEP_REFERENCE)
 
 
@@ -242,7 +250,7 @@ class Cell:
         a, spec = self.args, self.spec
         new = dict(model=self.model, model_kwargs=spec.model_kwargs, global_seed=self.seed, global_batch_size=a.batch_size,
                    lr=a.lr, lr_warmup_steps=a.warmup, lr_schedule=a.lr_schedule, lr_decay_steps=a.steps,
-                   ema_decay=a.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective="eps", device=a.device,
+                   ema_decay=a.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective=a.objective, device=a.device,
                    threads=self.threads, sample_every=0, sample_num=10, sample_steps=a.sample_steps, sample_sampler=a.sampler, **spec.train_flags)
         ops = dict(ckpt_every=a.ckpt_every, keep_last=2, progress=False, backend=a.backend)
         scored = {p["step"] for p in self.progress["points"]}
@@ -342,6 +350,18 @@ def cells_of(args: argparse.Namespace) -> List[Tuple[int, str, str]]:
     return every[index::count]
 
 
+def print_plan(args: argparse.Namespace) -> int:
+    """One line per cell of this shard, ``cell <name>: finished | started | to do``; returns the
+    number of cells."""
+    mine = cells_of(args)
+    for seed, dataset, model in mine:
+        name = cell_name(dataset, model, seed)
+        done = (Path(args.results) / "cells" / f"{name}.json").is_file()
+        started = (Path(args.out) / name / "progress.json").is_file()
+        print(f"cell {name}: {'finished' if done else 'started' if started else 'to do'}")
+    return len(mine)
+
+
 def run_experiment(args: argparse.Namespace) -> None:
     check_recipe(Path(args.results), recipe_of(args))
     threads = resolve_threads(args.threads)
@@ -364,6 +384,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     with exit_on_user_error(PROG):
         common.check_folders(args, "out", "results")
+        if args.plan:
+            if (Path(args.results) / "recipe.json").is_file():
+                check_recipe(Path(args.results), recipe_of(args))
+            print(f"{print_plan(args)} cells")
+            return 0
         args.device = str(resolve_device(args.device))
         if not args.report_only:
             run_experiment(args)

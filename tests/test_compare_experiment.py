@@ -108,6 +108,27 @@ def test_a_killed_cell_resumes_from_its_checkpoint_exactly(compare, experiment):
     assert resumed["points"][1]["train_seconds_estimated"]  # the killed session's step 2 -> 3 has no record
 
 
+def test_the_flow_column_trains_flow_cells_sampled_with_euler(compare, experiment, tmp_path):
+    argv, *_ = experiment
+    flow = [*argv, "--datasets", "digits", "--objective", "flow", "--out", str(tmp_path / "out"),
+            "--results", str(tmp_path / "results")]
+    assert compare[0].main(flow) == 0
+    cell = json.loads((tmp_path / "results" / "cells" / "digits-DiT-digits-seed0.json").read_text())
+    assert (cell["recipe"]["objective"], cell["recipe"]["sampler"]) == ("flow", "euler") and len(cell["points"]) == 2
+    config = json.loads((tmp_path / "out" / "digits-DiT-digits-seed0" / "config.json").read_text())
+    assert (config["objective"], config["sample_sampler"]) == ("flow", "euler")
+
+
+def test_the_plan_lists_each_cell_of_the_shard_with_its_state(compare, experiment, capsys):
+    argv, *_ = experiment
+    capsys.readouterr()
+    assert compare[0].main([*argv, "--plan", "--shard", "1/2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["cell fashion-mnist-DiT-digits-seed0: finished", "1 cells"]
+    assert compare[0].main([*argv, "--plan", "--seeds", "2"]) == 0
+    assert "cell digits-DiT-digits-seed1: to do" in capsys.readouterr().out
+
+
 def test_another_recipe_in_the_same_results_is_refused(compare, experiment):
     argv, *_ = experiment
     with pytest.raises(SystemExit, match=r"holds cells of another recipe \(steps 4 -> 6\)"):
@@ -150,6 +171,7 @@ def test_wall_clock_fills_in_a_session_without_a_record(compare):
     (["--shard", "2/2"], "--shard"),
     (["--steps", "5", "--eval-every", "2", "--warmup", "0"], "--eval-every"),
     (["--models", "NoSuchNet"], "--models"),
+    (["--objective", "flow", "--sampler", "ddim"], "--sampler ddim does not fit --objective flow"),
 ])
 def test_bad_arguments_fail_in_one_line(compare, argv, message, capsys):
     assert_one_line_error(*run_cli(compare[0].main, argv, capsys), message)
