@@ -18,11 +18,24 @@ def apply_threads(threads: Union[int, str]) -> int:
     return torch.get_num_threads()
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stdout`` is when a record is written: a redirection (a
+    notebook, pytest's capture) may replace the stream after the handler is made, and closed."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def log_to_stdout() -> None:
     """The package's INFO messages (progress lines, the digits extractor's training) on stdout."""
     log = logging.getLogger(PACKAGE_LOGGER)
     if not any(getattr(h, "_xswin_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
+        handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", datefmt="%H:%M:%S"))
         handler._xswin_cli = True
         log.addHandler(handler)

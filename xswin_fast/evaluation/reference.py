@@ -2,7 +2,7 @@
 text-to-image run the held-out images' captions beside them (``captions.json``)."""
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -40,14 +40,7 @@ def export_reference(run_dir: Path, out: Optional[Path] = None) -> Path:
         full = ImageFolderDataset(split["root"], split["image_size"], scan=(classes, samples))
         wanted = [index[str(Path(full.root) / rel)] for rel in split["eval"] if str(Path(full.root) / rel) in index]
         ds = ImageFolderDataset(split["root"], split["image_size"], indices=wanted, scan=(classes, samples))
-        out.mkdir(parents=True, exist_ok=True)
-        for i in range(len(ds)):
-            try:
-                arr = ds.load_uint8(i)
-            except Exception as exc:
-                ds.report(i, exc)
-                continue
-            save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[f"{i:06d}_c{ds.samples[i][1]}.png"])
+        _save_readable(ds, out, lambda i: f"{i:06d}_c{ds.samples[i][1]}.png")
     done.write_text(str(len(split["eval"])))
     return out
 
@@ -58,18 +51,25 @@ def _export_captioned(split: dict, out: Path) -> None:
     index = {name: k for k, name in enumerate(folder.files)}
     wanted = [index[name] for name in split["eval"] if name in index]
     ds = CaptionedImageDataset(folder, split["image_size"], indices=wanted)
+    saved = _save_readable(ds, out, lambda i: f"{i:06d}.png")
+    captions = {name: folder.captions[ds.samples[i][1]] for name, i in saved.items()}
+    (out / CAPTIONS_FILE).write_text(json.dumps(captions, indent=1))
+
+
+def _save_readable(ds: ImageFolderDataset, out: Path, name_of: Callable[[int], str]) -> Dict[str, int]:
+    """Each readable item i of ``ds`` as the PNG ``out / name_of(i)`` (an unreadable one is
+    reported and skipped, as in training): {name: i} of those saved."""
     out.mkdir(parents=True, exist_ok=True)
-    captions: Dict[str, List[str]] = {}
+    saved = {}
     for i in range(len(ds)):
         try:
             arr = ds.load_uint8(i)
         except Exception as exc:
             ds.report(i, exc)
             continue
-        name = f"{i:06d}.png"
-        save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[name])
-        captions[name] = folder.captions[ds.samples[i][1]]
-    (out / CAPTIONS_FILE).write_text(json.dumps(captions, indent=1))
+        saved[name_of(i)] = i
+        save_pngs(torch.from_numpy(arr).permute(2, 0, 1)[None], out, names=[name_of(i)])
+    return saved
 
 
 def reference_captions(ref_dir: Path) -> Optional[Dict[str, List[str]]]:
