@@ -18,8 +18,8 @@ the session goes on):
 5. ``report``: ``benchmarks/report.py`` on each benchmark JSON (markdown + plots), achieved GB/s
    over the measured copy bandwidth included.
 
-Optional, budgeted apart (``--comparison``, off by default; about 1.5 min a cell on an H100 by the
-CPU timings' FLOP ratio, not measured): ``comparison-eps`` and ``comparison-flow``, the backbone
+Optional, budgeted apart (``--comparison``, off by default; 42 cells per objective, their GPU time
+not yet measured): ``comparison-eps`` and ``comparison-flow``, the backbone
 comparison's full version (docs/comparison.md): the seven digits-scale families (XSwin, USwin,
 UViT, DiT, DiffiT, ASCEND, IU-ViT) on both datasets, 3 seeds, the CPU run's recipe, with the
 eps objective and the flow column, on ``--device cuda``, into ``docs/results/compare-gpu-eps/``
@@ -201,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--comparison-budget", type=int, default=COMPARISON_BUDGET_S,
                    help=f"seconds for each comparison step (default {COMPARISON_BUDGET_S})")
     args = p.parse_args(argv)
+    if args.comparison_budget < 1:
+        p.error(f"--comparison-budget must be a positive number of seconds, got {args.comparison_budget}")
     planned = steps_for(args)
     import torch
 
