@@ -342,13 +342,14 @@ def window_attention_bwd(
         dbias_part = q
     dtemp_part = torch.empty((splits, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
     do5 = do.unflatten(-1, (nh, d))
+    small = plan.path is KernelPath.SMALL
     args = dict(q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
                 dbias_part=dbias_part, dtemp_part=dtemp_part, **_strides("q", q), **_strides("k", k),
                 **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
                 scale=float(scale), D=d, BD=_block_d(d), TILES=tiles, **plan.kernel_args(),
-                num_warps=plan.num_warps, num_stages=plan.num_stages)
-    if plan.path is KernelPath.SMALL:
-        args["num_warps"] = device.architecture(q.device).small_bwd_warps
+                num_warps=device.architecture(q.device).small_bwd_warps if small else plan.num_warps,
+                num_stages=plan.num_stages)
+    if small:
         window_attention_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
                                                    ACC=_precision(q)["ACC"], **args)
     else:

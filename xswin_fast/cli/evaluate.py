@@ -103,7 +103,9 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
     run = load_run(args.ckpt, args.device, use_ema=not args.no_ema, backend=op_backend(args.backend))
     check_backend(args, run)
     check_generation(args, run)
-    _check_negative_prompt(args, run)
+    if args.negative_prompt is not None and run.text_encoder is None:
+        raise ConfigError("--negative-prompt needs a text-to-image run (trained with --captions); this run is "
+                          "class-conditional")
     if not args.ref and not run.data.get("num_eval", 1):
         raise ConfigError(f"the run {run.run_dir} was trained with --eval-fraction 0: it holds out no images to compare "
                           "against; pass --ref FOLDER (reference images)")
@@ -133,16 +135,6 @@ def _inputs_from_checkpoint(args: argparse.Namespace, prepare_metrics) -> _Input
             "cfg_interval_unit": args.cfg_interval and args.cfg_interval.unit, "guided_channels": args.guided_channels,
             "negative_prompt": args.negative_prompt, "seed": args.seed, "ema": not args.no_ema}
     return _Inputs(TensorImageDataset(images), ref, args.ref or str(ref_dir), out, run.data["kind"], info)
-
-
-def _check_negative_prompt(args: argparse.Namespace, run) -> None:
-    if args.negative_prompt is None:
-        return
-    if run.text_encoder is None:
-        raise ConfigError("--negative-prompt needs a text-to-image run (trained with --captions); this run is "
-                          "class-conditional")
-    if args.cfg_scale == 1:
-        raise ConfigError("--negative-prompt acts through guidance: give a --cfg-scale other than 1")
 
 
 def _prompts_from_captions(ref_dir: Path, n: int, rng: np.random.Generator) -> List[str]:

@@ -157,6 +157,8 @@ def check_generation(args: argparse.Namespace, run: SamplingRun) -> None:
         if args.cfg_scale != 1 and not run.args.get("caption_dropout"):
             raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with --caption-dropout above 0; "
                               "use --cfg-scale 1")
+        if args.negative_prompt is not None and args.cfg_scale == 1:
+            raise ConfigError("--negative-prompt acts through guidance: give a --cfg-scale other than 1")
     elif args.cfg_scale != 1 and getattr(getattr(run.model, "y_embedder", None), "dropout_prob", 0) <= 0:
         raise ConfigError(f"--cfg-scale {args.cfg_scale:g} needs a model trained with class dropout; use --cfg-scale 1")
 
@@ -230,8 +232,6 @@ def _sample_prompts(args: argparse.Namespace, run: SamplingRun) -> int:
     if not args.prompt or any(not p.strip() for p in args.prompt):
         raise ConfigError("this run is text-to-image (trained with --captions): give --prompt \"...\" (non-empty; repeat "
                           "the flag for several prompts)")
-    if args.negative_prompt is not None and args.cfg_scale == 1:
-        raise ConfigError("--negative-prompt acts through guidance: give a --cfg-scale other than 1")
     prompts = [args.prompt[i % len(args.prompt)] for i in range(args.num_samples)]
     condition = encode_prompts(run.text_encoder, prompts, args.negative_prompt, run.device)
     images = generate_images(args, run, condition)
