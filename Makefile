@@ -64,6 +64,14 @@ compare: $(VENV)/bin/activate
 	status=$$?; wait $$! || status=1; exit $$status
 	$(PY) experiments/compare_backbones.py --out $(COMPARE_OUT) --report-only $(COMPARE_ARGS)
 
+# Is the core's budget long enough? Seed 0 of its eight cells on twice the schedule (6,000 steps,
+# about 2 hours on two quiet processes; resumable like compare), then experiments/schedule_check.py
+# against the core: docs/results/compare-backbones-6000/schedule_check.md.
+compare-long:
+	$(MAKE) compare COMPARE_OUT=$(COMPARE_OUT)-6000 COMPARE_ARGS="--seeds 1 --steps 6000 --eval-every 1200 \
+	  --results docs/results/compare-backbones-6000 $(COMPARE_ARGS)"
+	$(PY) experiments/schedule_check.py --short docs/results/compare-backbones --long docs/results/compare-backbones-6000
+
 # docs/text_to_image.md: captions written from Fashion-MNIST's labels, DiT-digits trained from them with
 # the separate cross-attention and with the fused attention (two processes), sampled from held-out
 # prompts and scored for prompt alignment; results in docs/results/text-to-image/. Extra flags in T2I_ARGS.
@@ -93,4 +101,4 @@ GPU_SESSION_ARGS ?=
 gpu-session: install-bench
 	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_session.py $(GPU_SESSION_ARGS)
 
-.PHONY: install install-test install-bench train test bench table1 compare text-to-image compile-check gpu-session
+.PHONY: install install-test install-bench train test bench table1 compare compare-long text-to-image compile-check gpu-session
