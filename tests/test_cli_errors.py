@@ -211,6 +211,8 @@ EVALUATE_CASES = {
     "missing inception weights": (["--feature-extractor", "inception", "--inception-weights", "/nonexistent/w.pth"],
                                   ["/nonexistent/w.pth"]),
     "samples without ref": (["--samples", "x"], ["--samples", "--ref"]),
+    "weights of an unused extractor": (["--fashion-extractor-weights", "/nonexistent/f.pt"],
+                                       ["--fashion-extractor-weights", "this evaluation uses digits"]),
     "cuda without a GPU": (["--device", "cuda"], ["--device cuda"]),
 }
 

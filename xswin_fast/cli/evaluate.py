@@ -193,6 +193,12 @@ class _FeatureExtractor:
         args = self.args
         auto = {"digits": "digits", "fashion-mnist": "fashion"}.get(kind, "inception")
         self.name = self.choice if self.choice != "auto" else auto
+        given = {"digits": args.digits_extractor_weights, "fashion": args.fashion_extractor_weights,
+                 "inception": args.inception_weights}
+        for name, value in given.items():
+            if value is not None and name != self.name:
+                raise ConfigError(f"--{name}{'-extractor' if name != 'inception' else ''}-weights is for the {name} "
+                                  f"feature extractor; this evaluation uses {self.name} (--feature-extractor)")
         if self.name == "digits":
             load_digits_cnn(args.digits_extractor_weights)  # trains and caches it on first use (logged)
             self.weights = args.digits_extractor_weights
