@@ -152,12 +152,24 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
+# the recipe's settings that are flags of this script (the rest of a recipe is fixed here)
+RECIPE_FLAGS = ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "objective", "sampler",
+                "sample_steps", "curve_cfg", "num_samples", "selection_samples", "cfg_sweep", "fashion_size", "fashion_patch")
+
+
 def recipe_of(args: argparse.Namespace) -> Dict[str, Any]:
     """Every setting that changes a cell's numbers: cells of one results folder share it."""
-    keys = ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "objective", "sampler",
-            "sample_steps", "curve_cfg", "num_samples", "selection_samples", "cfg_sweep", "fashion_size", "fashion_patch")
-    return dict({k: getattr(args, k) for k in keys}, ema_warmup=True,
+    return dict({k: getattr(args, k) for k in RECIPE_FLAGS}, ema_warmup=True,
                 max_grad_norm=1.0, digits_split_seed=DIGITS_SPLIT_SEED, sweep_reference=SWEEP_REFERENCE)
+
+
+def recipe_flags(recipe: Dict[str, Any]) -> List[str]:
+    """The flags of this script that reproduce ``recipe`` (a results folder's recipe.json)."""
+    flags = []
+    for key in RECIPE_FLAGS:
+        value = recipe[key]
+        flags += [f"--{key.replace('_', '-')}", ",".join(f"{v:g}" for v in value) if isinstance(value, list) else str(value)]
+    return flags
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:

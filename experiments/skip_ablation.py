@@ -68,11 +68,8 @@ def recipe_args(args: argparse.Namespace) -> argparse.Namespace:
     folders and machine settings."""
     recipe = json.loads((Path(args.baselines) / "recipe.json").read_text())
     flags = ["--datasets", "digits", "--models", MODEL, "--out", args.out, "--results", args.results,
-             "--device", args.device, "--backend", args.backend, "--threads", str(args.threads)]
-    for key in ("steps", "eval_every", "batch_size", "lr", "lr_schedule", "warmup", "ema_decay", "sampler", "sample_steps", "curve_cfg",
-                "num_samples", "selection_samples", "fashion_size", "fashion_patch"):
-        flags += [f"--{key.replace('_', '-')}", str(recipe[key])]
-    flags += ["--cfg-sweep", ",".join(f"{s:g}" for s in recipe["cfg_sweep"])]
+             "--device", args.device, "--backend", args.backend, "--threads", str(args.threads),
+             *compare_backbones.recipe_flags(recipe)]
     if args.digits_extractor_weights:
         flags += ["--digits-extractor-weights", args.digits_extractor_weights]
     cargs = compare_backbones.parse_args(flags)

@@ -181,3 +181,11 @@ def test_missing_fashion_mnist_fails_in_one_line(compare, tmp_path, capsys):
     argv = [*TINY, "--datasets", "fashion-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
             "--results", str(tmp_path / "r")]
     assert_one_line_error(*run_cli(compare[0].main, argv, capsys), "apt-get install dataset-fashion-mnist")
+
+
+def test_recipe_flags_reproduce_a_recipe(compare):
+    cb = compare[0]
+    args = cb.parse_args(["--steps", "6000", "--eval-every", "1200", "--lr-schedule", "constant", "--objective", "flow",
+                          "--sampler", "euler", "--cfg-sweep", "1,1.5,3"])
+    recipe = cb.recipe_of(args)
+    assert cb.recipe_of(cb.parse_args(cb.recipe_flags(recipe))) == recipe
