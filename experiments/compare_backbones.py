@@ -16,6 +16,7 @@ evaluations and sweep scales it already scored (OUT/<cell>/progress.json).
 """
 import argparse
 import datetime
+import functools
 import json
 import sys
 import time
@@ -54,6 +55,10 @@ DIGITS_SPLIT_SEED = 0  # the digits' held-out split, the same for every training
 REPORT_SEED, SELECTION_SEED = 0, 1  # held-out samples; the sweep's samples (scored on training images)
 SWEEP_REFERENCE = 10_000  # Fashion-MNIST training images that score the sweep (a fixed random subset)
 MAX_SWEEP_SCALES = 10
+# a model whose cells cost more than the equal-compute budget by this factor gets a matched cell too
+# (a schedule decayed to 0 at the budget): below it the curve's read-off lies where the cosine has
+# decayed the learning rate to under 0.7% of its peak
+MATCH_ABOVE = 1 / 0.95
 
 
 @dataclass
@@ -194,16 +199,39 @@ def load_dataset(name: str, args: argparse.Namespace) -> DatasetSpec:
                        train.uint8_images(), train.targets, "fashion", args.fashion_extractor_weights)
 
 
-def training_flops_per_image(model: str, spec: DatasetSpec) -> float:
+def geometry(dataset: str, args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
+    """(image size, model overrides) of ``dataset``'s cells."""
+    return (8, {}) if dataset == "digits" else (args.fashion_size, dict(patch_size=args.fashion_patch))
+
+
+@functools.lru_cache(maxsize=None)
+def training_flops_per_image(model: str, image_size: int, patch_size: Optional[int] = None) -> float:
     """Forward + backward FLOPs of one training image (multiply-add = 2), counted on the meta
     device under the MATH attention backend as xswin_fast.flops counts the forward."""
+    kwargs = {} if patch_size is None else dict(patch_size=patch_size)
     with torch.device("meta"):
-        net = create_model(model, input_size=spec.image_size, in_channels=1, num_classes=10, **spec.model_kwargs)
-        x = torch.zeros(2, 1, spec.image_size, spec.image_size)
+        net = create_model(model, input_size=image_size, in_channels=1, num_classes=10, **kwargs)
+        x = torch.zeros(2, 1, image_size, image_size)
         t, y = torch.zeros(2), torch.zeros(2, dtype=torch.long)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         net(x, t, y).square().mean().backward()
     return counter.get_total_flops() / 2
+
+
+def flops_of(model: str, dataset: str, args: argparse.Namespace) -> float:
+    size, kwargs = geometry(dataset, args)
+    return training_flops_per_image(model, size, kwargs.get("patch_size"))
+
+
+def matched_steps(dataset: str, model: str, args: argparse.Namespace) -> Optional[int]:
+    """Steps of ``model``'s compute-matched cell on ``dataset``: a schedule of its own whose training
+    FLOPs are the equal-compute budget (the cheapest of --models at --steps), a multiple of the
+    curve's checkpoint count; None where the model costs at most MATCH_ABOVE times the cheapest."""
+    ratio = min(flops_of(m, dataset, args) for m in args.models) / flops_of(model, dataset, args)
+    if 1 / ratio <= MATCH_ABOVE:
+        return None
+    points = args.steps // args.eval_every
+    return max(1, round(args.steps * ratio / points)) * points
 
 
 def cell_name(dataset: str, model: str, seed: int) -> str:
@@ -233,9 +261,13 @@ class Cell:
     sweeps guidance at the last; its state is OUT/<cell>/progress.json. ``variant`` (str) names
     a model variant (``spec.model_kwargs``) in the cell's name: ``<cell>-<variant>``."""
 
-    def __init__(self, spec: DatasetSpec, model: str, seed: int, args: argparse.Namespace, threads: int, variant: str = ""):
+    def __init__(self, spec: DatasetSpec, model: str, seed: int, args: argparse.Namespace, threads: int, variant: str = "",
+                 steps: Optional[int] = None):
         self.spec, self.model, self.seed, self.args, self.threads = spec, model, seed, args, threads
         self.name = cell_name(spec.name, model, seed) + (f"-{variant}" if variant else "")
+        # a compute-matched cell: ``steps`` (int) of its own, decayed to 0 there, the same checkpoint count
+        self.steps = steps or args.steps
+        self.eval_every = self.steps // (args.steps // args.eval_every)
         self.run = Path(args.out) / self.name
         self.summary_path = Path(args.results) / "cells" / f"{self.name}.json"
         path = self.run / "progress.json"
@@ -261,12 +293,12 @@ class Cell:
     def train_and_score(self, flops_per_image: float) -> None:
         a, spec = self.args, self.spec
         new = dict(model=self.model, model_kwargs=spec.model_kwargs, global_seed=self.seed, global_batch_size=a.batch_size,
-                   lr=a.lr, lr_warmup_steps=a.warmup, lr_schedule=a.lr_schedule, lr_decay_steps=a.steps,
+                   lr=a.lr, lr_warmup_steps=a.warmup, lr_schedule=a.lr_schedule, lr_decay_steps=self.steps,
                    ema_decay=a.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective=a.objective, device=a.device,
                    threads=self.threads, sample_every=0, sample_num=10, sample_steps=a.sample_steps, sample_sampler=a.sampler, **spec.train_flags)
         ops = dict(ckpt_every=a.ckpt_every, keep_last=2, progress=False, backend=a.backend)
         scored = {p["step"] for p in self.progress["points"]}
-        for step in range(a.eval_every, a.steps + 1, a.eval_every):
+        for step in range(self.eval_every, self.steps + 1, self.eval_every):
             if step in scored:
                 continue
             print(f"{self.name}: training to step {step}", flush=True)
@@ -306,7 +338,7 @@ class Cell:
         scorer = None
         began = time.perf_counter()
         while (scale := self.next_scale()) is not None:
-            scorer = scorer or self.scorer(a.steps)
+            scorer = scorer or self.scorer(self.steps)
             labels = draw_labels(spec.sweep_labels, a.selection_samples, SELECTION_SEED)
             images, _ = scorer.sample(labels, scale, SELECTION_SEED)
             self.progress["sweep"][f"{scale:g}"] = scorer.score(images, TensorImageDataset(spec.sweep_reference))["fid"]
@@ -320,7 +352,7 @@ class Cell:
                 metrics = {k: v for k, v in last.items() if k not in ("step", "images", "train_flops", "train_seconds",
                                                                        "train_seconds_estimated")}
             else:
-                metrics = dict(self.held_out_metrics(scorer or self.scorer(a.steps), best), cfg=best)
+                metrics = dict(self.held_out_metrics(scorer or self.scorer(self.steps), best), cfg=best)
             self.progress["best"] = metrics
         self.progress["eval_seconds"] += time.perf_counter() - began
         self.save()
@@ -335,7 +367,8 @@ class Cell:
             train_flops_per_image=flops_per_image, points=self.progress["points"],
             sweep_fid_train={f"{s:g}": sweep[s] for s in sorted(sweep)}, best_cfg=best,
             best_interior=min(sweep) < best < max(sweep), best=self.progress["best"],
-            train_seconds=wall_clock(self.progress["sessions"], self.args.steps)[0], sessions=self.progress["sessions"],
+            train_seconds=wall_clock(self.progress["sessions"], self.steps)[0], sessions=self.progress["sessions"],
+            matched_steps=self.steps if self.steps != self.args.steps else None,
             eval_seconds=self.progress["eval_seconds"], recipe=recipe_of(self.args),
             machine=machine_description(self.args.device), commit=git_commit(), started=self.progress["started"],
             finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -346,7 +379,7 @@ class Cell:
         if self.summary_path.is_file():
             print(f"{self.name}: finished earlier, kept", flush=True)
             return
-        flops = training_flops_per_image(self.model, self.spec)
+        flops = flops_of(self.model, self.spec.name, self.args)
         self.train_and_score(flops)
         self.sweep()
         summary = self.summary(flops)
@@ -355,22 +388,29 @@ class Cell:
               f"{summary['best']['fid']:.3f} at the best CFG {summary['best_cfg']:g}", flush=True)
 
 
-def cells_of(args: argparse.Namespace) -> List[Tuple[int, str, str]]:
-    """(seed, dataset, model) of this shard, seed-major: an interrupted run compares every model."""
-    every = [(seed, d, m) for seed in range(args.seeds) for d in args.datasets for m in args.models]
+def cells_of(args: argparse.Namespace) -> List[Tuple[int, str, str, Optional[int]]]:
+    """(seed, dataset, model, matched steps or None) of this shard: the core cells seed-major (an
+    interrupted run compares every model), then the compute-matched cells."""
+    core = [(seed, d, m) for seed in range(args.seeds) for d in args.datasets for m in args.models]
+    matched = [(seed, d, m, steps) for seed, d, m in core if (steps := matched_steps(d, m, args))]
     index, count = args.shard
-    return every[index::count]
+    return [(*c, None) for c in core][index::count] + matched[index::count]
+
+
+def name_of(seed: int, dataset: str, model: str, steps: Optional[int]) -> str:
+    return cell_name(dataset, model, seed) + ("-matched" if steps else "")
 
 
 def print_plan(args: argparse.Namespace) -> int:
     """One line per cell of this shard, ``cell <name>: finished | started | to do``; returns the
     number of cells."""
     mine = cells_of(args)
-    for seed, dataset, model in mine:
-        name = cell_name(dataset, model, seed)
+    for cell in mine:
+        name = name_of(*cell)
         done = (Path(args.results) / "cells" / f"{name}.json").is_file()
         started = (Path(args.out) / name / "progress.json").is_file()
-        print(f"cell {name}: {'finished' if done else 'started' if started else 'to do'}")
+        steps = f" ({cell[3]} steps, the equal-compute budget)" if cell[3] else ""
+        print(f"cell {name}: {'finished' if done else 'started' if started else 'to do'}{steps}")
     return len(mine)
 
 
@@ -382,14 +422,14 @@ def run_experiment(args: argparse.Namespace) -> None:
     mine = cells_of(args)
     specs = {d: load_dataset(d, args) for d in args.datasets if any(c[1] == d for c in mine)}
     ready = set()
-    for seed, dataset, model in mine:
+    for seed, dataset, model, steps in mine:
         if dataset not in ready:  # each extractor loaded (trained once, if missing) before its first cell
             if dataset == FASHION_MNIST:
                 load_fashion_cnn(args.fashion_extractor_weights, data_dir=args.data_dir)
             else:
                 load_digits_cnn(args.digits_extractor_weights)
             ready.add(dataset)
-        Cell(specs[dataset], model, seed, args, threads).execute()
+        Cell(specs[dataset], model, seed, args, threads, "matched" if steps else "", steps).execute()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -39,8 +39,12 @@ def fid_at_flops(points: List[Dict[str, Any]], flops: float) -> Optional[float]:
 
 def aggregate(cells: List[Dict[str, Any]], order: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
     """Per dataset, per model (those of ``order`` first): seeds, parameters, FLOPs per image,
-    the final and best-CFG metrics, the curves' mean and std per checkpoint, and the FID at the
-    dataset's equal-compute budget (the smallest final training FLOPs among its models)."""
+    the final and best-CFG metrics, the curves' mean and std per checkpoint, and at the dataset's
+    equal-compute budget (the smallest final training FLOPs among its models) the FID read off
+    the curve and, where a compute-matched cell exists (``matched_steps``), its final FID: the
+    equal-compute FID is the latter where present."""
+    matched = [c for c in cells if c.get("matched_steps")]
+    cells = [c for c in cells if not c.get("matched_steps")]
     out = {}
     for dataset in sorted({c["dataset"] for c in cells}):
         mine = [c for c in cells if c["dataset"] == dataset]
@@ -57,12 +61,16 @@ def aggregate(cells: List[Dict[str, Any]], order: Sequence[str] = ()) -> Dict[st
                 curve.append(dict(step=step, images=at[0]["images"], train_flops=at[0]["train_flops"],
                                   fid=_summary([p["fid"] for p in at]), train_seconds=_summary([p["train_seconds"] for p in at])))
             at_budget = [f for f in (fid_at_flops(c["points"], budget) for c in runs) if f is not None]
+            trained = [c for c in matched if (c["dataset"], c["model"]) == (dataset, model)]
+            fid_matched = _summary([c["points"][-1]["fid"] for c in trained])
             rows[model] = dict(
                 seeds=[c["seed"] for c in runs], params=runs[0]["params"], train_flops_per_image=runs[0]["train_flops_per_image"],
                 final_step=max(steps), final_fid=_summary([c["points"][-1]["fid"] for c in runs]),
                 best_cfg=[c["best_cfg"] for c in runs], best_interior=[c["best_interior"] for c in runs],
                 best={k: _summary([c["best"][k] for c in runs]) for k, _, _ in BEST_METRICS},
-                train_seconds=_summary([c["train_seconds"] for c in runs]), fid_at_budget=_summary(at_budget), curve=curve,
+                train_seconds=_summary([c["train_seconds"] for c in runs]), fid_read_off=_summary(at_budget),
+                fid_matched=fid_matched, matched_steps=trained[0]["matched_steps"] if trained else None,
+                fid_at_budget=fid_matched or _summary(at_budget), curve=curve,
                 last_change=_summary([last_change(c["points"]) for c in runs if len(c["points"]) > 1]),
             )
         out[dataset] = dict(budget_flops=budget, models=rows)
@@ -122,11 +130,20 @@ def markdown(data: Dict[str, Dict[str, Any]], recipe: Dict[str, Any], cells: Lis
                 + " | ".join(format_cell(r["best"][k], dec) for k, _, dec in BEST_METRICS[1:])
                 + f" | {format_cell(minutes, 1)} | {_percent(r['last_change'])} |")
         lines += ["", f"## {dataset}: at equal training compute ({d['budget_flops'] / 1e12:.2f} TFLOPs, the smallest final "
-                  "budget of the models)", "", "| model | steps at this compute | FID, CFG "
-                  f"{recipe['curve_cfg']:g} | Δ |", "|---|---:|---:|---:|"]
+                  "budget of the models)", "",
+                  "Read off: the FID of the full schedule's curve at this compute (linear in log FLOPs); for a costlier model "
+                  "a point where its learning rate has not decayed yet. Matched: the final FID of a schedule of its own decayed to 0 at this compute (the "
+                  "models costing over 5% more than the cheapest). Δ compares the matched FID where there is one.", "",
+                  f"| model | steps at this compute | FID, CFG {recipe['curve_cfg']:g}: read off | matched (n) | Δ |",
+                  "|---|---:|---:|---:|---:|"]
         for model, r in rows.items():
-            steps = d["budget_flops"] / r["train_flops_per_image"] / recipe["batch_size"]
-            lines.append(f"| {model} | {steps:.0f} | {format_cell(r['fid_at_budget'], 2)} | {spread_gap(r['fid_at_budget'], top_budget)} |")
+            steps = r["matched_steps"] or d["budget_flops"] / r["train_flops_per_image"] / recipe["batch_size"]
+            if r["fid_matched"]:
+                matched = f"{format_cell(r['fid_matched'], 2)} ({len(r['fid_matched']['values'])})"
+            else:
+                matched = "not run yet" if steps < 0.95 * r["final_step"] else "not needed"
+            lines.append(f"| {model} | {steps:.0f} | {format_cell(r['fid_read_off'], 2)} | {matched} | "
+                         f"{spread_gap(r['fid_at_budget'], top_budget)} |")
         lines += ["", f"![FID against images seen, training FLOPs and wall-clock](curves-{dataset}.png)", ""]
     return "\n".join(lines)
 
@@ -145,8 +162,11 @@ def plot(dataset: str, rows: Dict[str, Any], path: Path) -> Path:
         std = [p["fid"]["std"] or 0.0 for p in curve]
         xs = ([p["images"] for p in curve], [p["train_flops"] for p in curve], [p["train_seconds"]["mean"] / 60 for p in curve])
         for ax, x in zip(axes, xs):
-            ax.plot(x, mean, marker="o", label=model)
+            line, = ax.plot(x, mean, marker="o", label=model)
             ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        if r["fid_matched"]:  # the compute-matched schedule's final FID, on the FLOPs axis
+            budget = r["matched_steps"] * r["train_flops_per_image"] * curve[0]["images"] / curve[0]["step"]
+            axes[1].plot([budget], [r["fid_matched"]["mean"]], marker="*", markersize=12, color=line.get_color(), linestyle="")
     for ax, label in zip(axes, ("images seen", "training FLOPs (forward + backward)", "training wall-clock (min)")):
         ax.set_xlabel(label)
         ax.set_ylabel("FID (held out)")

@@ -189,3 +189,23 @@ def test_recipe_flags_reproduce_a_recipe(compare):
                           "--sampler", "euler", "--cfg-sweep", "1,1.5,3"])
     recipe = cb.recipe_of(args)
     assert cb.recipe_of(cb.parse_args(cb.recipe_flags(recipe))) == recipe
+
+
+def test_a_costlier_model_gets_a_compute_matched_cell(compare, experiment, tmp_path, capsys):
+    argv = [*experiment[0], "--datasets", "digits", "--models", "USwin-digits,DiT-digits", "--out", str(tmp_path / "out"),
+            "--results", str(tmp_path / "results")]
+    assert compare[0].main([*argv, "--plan"]) == 0
+    assert "cell digits-DiT-digits-seed0-matched: to do (2 steps, the equal-compute budget)" in capsys.readouterr().out
+    assert compare[0].main(argv) == 0
+    cells = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results" / "cells").glob("*.json")}
+    assert sorted(cells) == ["digits-DiT-digits-seed0", "digits-DiT-digits-seed0-matched", "digits-USwin-digits-seed0"]
+    matched = cells["digits-DiT-digits-seed0-matched"]
+    assert matched["matched_steps"] == 2 and [p["step"] for p in matched["points"]] == [1, 2]  # as many checkpoints
+    assert cells["digits-DiT-digits-seed0"]["matched_steps"] is None
+    lrs = [load_checkpoint(tmp_path / "out" / "digits-DiT-digits-seed0-matched" / "checkpoints" / f"{s:07d}.pt")["opt"]
+           ["param_groups"][0]["lr"] for s in (1, 2)]
+    assert lrs[0] > 0 and lrs[1] == 0  # its own schedule, decayed to 0 at the budget
+    row = json.loads((tmp_path / "results" / "table.json").read_text())["datasets"]["digits"]["models"]["DiT-digits"]
+    assert row["fid_matched"]["values"] == [matched["points"][-1]["fid"]] and row["fid_at_budget"] == row["fid_matched"]
+    assert len(row["seeds"]) == 1 and row["final_step"] == 4  # the matched cell stays out of the equal-steps rows
+    assert "not needed" in (tmp_path / "results" / "table.md").read_text()  # USwin: the cheapest
