@@ -48,7 +48,8 @@ table1: $(VENV)/bin/activate
 	$(PY) experiments/table1_digits.py $(TABLE1_ARGS)
 
 # docs/comparison.md: XSwin, USwin, UViT and DiT on the digits and Fashion-MNIST, 3 seeds, FID along
-# training, as two processes (about 3.3 hours on 2 quiet CPU cores; the same command resumes it).
+# training, then the ViTs' compute-matched cells, as two processes (about 3.3 + 2.3 hours on 2 quiet
+# CPU cores; the same command resumes it).
 # Installs Debian's dataset-fashion-mnist if its files are missing. Run folders go to COMPARE_OUT,
 # cell summaries, tables and curves to docs/results/compare-backbones/; extra flags in COMPARE_ARGS.
 COMPARE_OUT ?= results/compare-backbones
