@@ -69,7 +69,7 @@ compare: $(VENV)/bin/activate
 # about 2 hours on two quiet processes; resumable like compare), then experiments/schedule_check.py
 # against the core: docs/results/compare-backbones-6000/schedule_check.md.
 compare-long:
-	$(MAKE) compare COMPARE_OUT=$(COMPARE_OUT)-6000 COMPARE_ARGS="--seeds 1 --steps 6000 --eval-every 1200 \
+	$(MAKE) compare COMPARE_OUT=$(COMPARE_OUT)-6000 COMPARE_ARGS="--seeds 1 --steps 6000 --eval-every 1200 --no-matched \
 	  --results docs/results/compare-backbones-6000 $(COMPARE_ARGS)"
 	$(PY) experiments/schedule_check.py --short docs/results/compare-backbones --long docs/results/compare-backbones-6000
 

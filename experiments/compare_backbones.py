@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fashion-extractor-weights", help="fashion-cnn weights (default: the cache; trained if missing)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables and curves from the summaries")
     p.add_argument("--plan", action="store_true", help="list this shard's cells (finished, started or to do) and exit")
+    p.add_argument("--matched", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the core cells, the compute-matched cells of the costlier models (default: on)")
     r = p.add_argument_group("the recipe (one for every model and dataset; recorded in RESULTS/recipe.json)")
     r.add_argument("--steps", type=positive_int, default=3000, help="optimizer steps (default 3000)")
     r.add_argument("--eval-every", type=positive_int, default=600, help="FID every N steps (default 600)")
@@ -392,7 +394,7 @@ def cells_of(args: argparse.Namespace) -> List[Tuple[int, str, str, Optional[int
     """(seed, dataset, model, matched steps or None) of this shard: the core cells seed-major (an
     interrupted run compares every model), then the compute-matched cells."""
     core = [(seed, d, m) for seed in range(args.seeds) for d in args.datasets for m in args.models]
-    matched = [(seed, d, m, steps) for seed, d, m in core if (steps := matched_steps(d, m, args))]
+    matched = [(seed, d, m, steps) for seed, d, m in core if args.matched and (steps := matched_steps(d, m, args))]
     index, count = args.shard
     return [(*c, None) for c in core][index::count] + matched[index::count]
 

@@ -196,6 +196,8 @@ def test_a_costlier_model_gets_a_compute_matched_cell(compare, experiment, tmp_p
             "--results", str(tmp_path / "results")]
     assert compare[0].main([*argv, "--plan"]) == 0
     assert "cell digits-DiT-digits-seed0-matched: to do (2 steps, the equal-compute budget)" in capsys.readouterr().out
+    assert compare[0].main([*argv, "--plan", "--no-matched"]) == 0
+    assert "matched" not in capsys.readouterr().out
     assert compare[0].main(argv) == 0
     cells = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "results" / "cells").glob("*.json")}
     assert sorted(cells) == ["digits-DiT-digits-seed0", "digits-DiT-digits-seed0-matched", "digits-USwin-digits-seed0"]
