@@ -184,7 +184,7 @@ def window_attention_fwd_kernel(
         b_v = tl.load(v + _offsets(o_kb, o_kh, o_kw, s_vb, s_vh, s_vw)[:, None] + o_vd[None, :], mask=m_kd, other=0.0)
         if COSINE:
             # [BN] 1 / max(|k|, eps)
-            _, b_rk = _norms(b_k.to(ACC))
+            b_nk, b_rk = _norms(b_k.to(ACC))
         else:
             b_rk = 1.0
         for i_qb in range(NUM_QB):
@@ -195,7 +195,7 @@ def window_attention_fwd_kernel(
             # [BM, BD]
             b_q = tl.load(q + _offsets(o_qb, o_qh, o_qw, s_qb, s_qh, s_qw)[:, None] + o_qd[None, :], mask=m_qd, other=0.0)
             if COSINE:
-                _, b_rq = _norms(b_q.to(ACC))
+                b_nq, b_rq = _norms(b_q.to(ACC))
             else:
                 b_rq = 1.0
             # [BM, BN]

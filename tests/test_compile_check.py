@@ -186,7 +186,7 @@ json.dump(dict(kernels=sorted(s["kernel"] for s in recorder.configs.values()), e
 """
 
 
-def _capture_and_compile(window, kernels, arch=90, precision="bf16"):
+def _capture_and_compile(window, kernels, arch=90, precision="bf16", spill_free=True):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", CAPTURE_AND_COMPILE, json.dumps(window), kernels, str(arch), precision],
                           capture_output=True,
@@ -195,7 +195,7 @@ def _capture_and_compile(window, kernels, arch=90, precision="bf16"):
     out = json.loads(proc.stdout)
     assert out["errors"] == []
     assert out["results"] and all(r["status"] == "OK" for r in out["results"])
-    assert all(r["regs"] > 0 and r["spill_stores"] == 0 for r in out["results"])
+    assert all(r["regs"] > 0 and (r["spill_stores"] == 0 or not spill_free) for r in out["results"])
     return out
 
 
@@ -223,6 +223,15 @@ def test_an_fp32_window_attention_forward_is_an_ieee_cuda_core_product_that_brea
     assert out["params"] and all(p["PREC"] == "ieee" and p["ACC"] == "fp32" for p in out["params"]), out["params"]
     assert all(r["tensor_core_dots"] == 0 and not r["mma"] for r in out["results"]), out["results"]
     assert out["problems"] == []
+
+
+def test_windows_of_more_than_64_tokens_compile_for_sm90():
+    # 12x12 windows: query blocks of 64 rows inside the tile loop, cosine included (a loop-carried
+    # variable that changed shape there failed Triton's code generation; the interpreter runs it).
+    # Outside every preset, their 256-key tiles spill (docs/gpu_fitness.md).
+    out = _capture_and_compile([12, 12], "_kernel", spill_free=False)
+    assert {p["NUM_QB"] for p in out["params"]} == {"3"} and "True" in {p["COSINE"] for p in out["params"]}
+    assert {"window_attention_fwd_kernel", "window_attention_bwd_kernel"} <= set(out["kernels"])
 
 
 def test_small_windows_compile_to_the_small_kernels_for_sm90():
