@@ -189,7 +189,8 @@ def load_dataset(name: str, args: argparse.Namespace) -> DatasetSpec:
         full = DigitsDataset()
         train_ids, held_ids = stratified_split(full.all_targets, 0.2, DIGITS_SPLIT_SEED)
         held, train = DigitsDataset(held_ids), DigitsDataset(train_ids)
-        return DatasetSpec(name, dict(eval_fraction=0.2, split_seed=DIGITS_SPLIT_SEED), {}, 8, _as_uint8(held.images),
+        size, kwargs = geometry(name, args)
+        return DatasetSpec(name, dict(eval_fraction=0.2, split_seed=DIGITS_SPLIT_SEED), kwargs, size, _as_uint8(held.images),
                            held.targets, _as_uint8(train.images), train.targets, "digits", args.digits_extractor_weights)
     root = str(find_fashion_mnist(args.data_dir))
     held = FashionMNISTDataset(root, "test", image_size=args.fashion_size)
@@ -197,7 +198,7 @@ def load_dataset(name: str, args: argparse.Namespace) -> DatasetSpec:
     subset = np.sort(np.random.default_rng(0).permutation(n_train)[:SWEEP_REFERENCE])
     train = FashionMNISTDataset(root, "train", indices=subset.tolist(), image_size=args.fashion_size)
     return DatasetSpec(name, dict(data=FASHION_MNIST, data_dir=root, image_size=held.image_size),
-                       dict(patch_size=args.fashion_patch), held.image_size, held.uint8_images(), held.targets,
+                       geometry(name, args)[1], held.image_size, held.uint8_images(), held.targets,
                        train.uint8_images(), train.targets, "fashion", args.fashion_extractor_weights)
 
 
