@@ -89,7 +89,7 @@ def comparison_steps(budget_s: int) -> List[Step]:
     py = sys.executable
     return [Step(f"comparison-{objective}", budget_s,
                  [py, "experiments/compare_backbones.py", "--device", "cuda", "--threads", "0", "--models", COMPARISON_MODELS,
-                  "--objective", objective, "--no-matched", "--out", f"results/compare-gpu-{objective}",
+                  "--objective", objective, "--out", f"results/compare-gpu-{objective}",
                   "--results", f"docs/results/compare-gpu-{objective}"], {"TRITON_INTERPRET": "0"}, False, "--plan", _planned)
             for objective in ("eps", "flow")]
 

@@ -17,6 +17,7 @@ evaluations and sweep scales it already scored (OUT/<cell>/progress.json).
 import argparse
 import datetime
 import functools
+import inspect
 import json
 import sys
 import time
@@ -37,7 +38,7 @@ from xswin_fast.evaluation.digits_extractor import load_digits_cnn
 from xswin_fast.evaluation.fashion_extractor import load_fashion_cnn
 from xswin_fast.evaluation.metrics import TensorImageDataset
 from xswin_fast.images import save_grid
-from xswin_fast.models import create_model
+from xswin_fast.models import PRESETS, create_model
 from xswin_fast.objectives import FLOW_SAMPLERS, OBJECTIVES, SAMPLERS
 from xswin_fast.runs.config import BACKEND_CHOICES, FASHION_MNIST, ConfigError, parse_threads
 from xswin_fast.runs.distributed import resolve_device
@@ -63,8 +64,9 @@ MATCH_ABOVE = 1 / 0.95
 
 @dataclass
 class DatasetSpec:
-    """One dataset of the experiment: train.py settings, model overrides, the held-out images that
-    every cell is scored against, and the training images that score the guidance sweep."""
+    """One dataset of the experiment: train.py settings, a model variant's overrides (on top of each
+    family's geometry), the held-out images that every cell is scored against, and the training
+    images that score the guidance sweep."""
 
     name: str
     train_flags: Dict[str, Any]
@@ -189,8 +191,7 @@ def load_dataset(name: str, args: argparse.Namespace) -> DatasetSpec:
         full = DigitsDataset()
         train_ids, held_ids = stratified_split(full.all_targets, 0.2, DIGITS_SPLIT_SEED)
         held, train = DigitsDataset(held_ids), DigitsDataset(train_ids)
-        size, kwargs = geometry(name, args)
-        return DatasetSpec(name, dict(eval_fraction=0.2, split_seed=DIGITS_SPLIT_SEED), kwargs, size, _as_uint8(held.images),
+        return DatasetSpec(name, dict(eval_fraction=0.2, split_seed=DIGITS_SPLIT_SEED), {}, 8, _as_uint8(held.images),
                            held.targets, _as_uint8(train.images), train.targets, "digits", args.digits_extractor_weights)
     root = str(find_fashion_mnist(args.data_dir))
     held = FashionMNISTDataset(root, "test", image_size=args.fashion_size)
@@ -198,13 +199,17 @@ def load_dataset(name: str, args: argparse.Namespace) -> DatasetSpec:
     subset = np.sort(np.random.default_rng(0).permutation(n_train)[:SWEEP_REFERENCE])
     train = FashionMNISTDataset(root, "train", indices=subset.tolist(), image_size=args.fashion_size)
     return DatasetSpec(name, dict(data=FASHION_MNIST, data_dir=root, image_size=held.image_size),
-                       geometry(name, args)[1], held.image_size, held.uint8_images(), held.targets,
+                       {}, held.image_size, held.uint8_images(), held.targets,
                        train.uint8_images(), train.targets, "fashion", args.fashion_extractor_weights)
 
 
-def geometry(dataset: str, args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
-    """(image size, model overrides) of ``dataset``'s cells."""
-    return (8, {}) if dataset == "digits" else (args.fashion_size, dict(patch_size=args.fashion_patch))
+def geometry(dataset: str, model: str, args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
+    """(image size, constructor overrides) of ``model``'s cells on ``dataset``: --fashion-patch goes to
+    the families that patchify; the image-space ones (DiffiT) take the image at its size."""
+    if dataset == "digits":
+        return 8, {}
+    patchifies = "patch_size" in inspect.signature(PRESETS[model][0]).parameters
+    return args.fashion_size, dict(patch_size=args.fashion_patch) if patchifies else {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,7 +227,7 @@ def training_flops_per_image(model: str, image_size: int, patch_size: Optional[i
 
 
 def flops_of(model: str, dataset: str, args: argparse.Namespace) -> float:
-    size, kwargs = geometry(dataset, args)
+    size, kwargs = geometry(dataset, model, args)
     return training_flops_per_image(model, size, kwargs.get("patch_size"))
 
 
@@ -268,6 +273,7 @@ class Cell:
                  steps: Optional[int] = None):
         self.spec, self.model, self.seed, self.args, self.threads = spec, model, seed, args, threads
         self.name = cell_name(spec.name, model, seed) + (f"-{variant}" if variant else "")
+        self.model_kwargs = {**geometry(spec.name, model, args)[1], **spec.model_kwargs}
         # a compute-matched cell: ``steps`` (int) of its own, decayed to 0 there, the same checkpoint count
         self.steps = steps or args.steps
         self.eval_every = self.steps // (args.steps // args.eval_every)
@@ -295,7 +301,7 @@ class Cell:
 
     def train_and_score(self, flops_per_image: float) -> None:
         a, spec = self.args, self.spec
-        new = dict(model=self.model, model_kwargs=spec.model_kwargs, global_seed=self.seed, global_batch_size=a.batch_size,
+        new = dict(model=self.model, model_kwargs=self.model_kwargs, global_seed=self.seed, global_batch_size=a.batch_size,
                    lr=a.lr, lr_warmup_steps=a.warmup, lr_schedule=a.lr_schedule, lr_decay_steps=self.steps,
                    ema_decay=a.ema_decay, ema_warmup=True, max_grad_norm=1.0, objective=a.objective, device=a.device,
                    threads=self.threads, sample_every=0, sample_num=10, sample_steps=a.sample_steps, sample_sampler=a.sampler, **spec.train_flags)
@@ -364,9 +370,9 @@ class Cell:
         sweep = {float(k): v for k, v in self.progress["sweep"].items()}
         best = min(sweep, key=lambda s: (sweep[s], s))
         return dict(
-            dataset=self.spec.name, model=self.model, seed=self.seed, model_kwargs=self.spec.model_kwargs,
+            dataset=self.spec.name, model=self.model, seed=self.seed, model_kwargs=self.model_kwargs,
             params=common.count_parameters(self.model, dict(input_size=self.spec.image_size, in_channels=1, num_classes=10,
-                                                            **self.spec.model_kwargs)),
+                                                            **self.model_kwargs)),
             train_flops_per_image=flops_per_image, points=self.progress["points"],
             sweep_fid_train={f"{s:g}": sweep[s] for s in sorted(sweep)}, best_cfg=best,
             best_interior=min(sweep) < best < max(sweep), best=self.progress["best"],

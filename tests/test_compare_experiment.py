@@ -191,6 +191,18 @@ def test_recipe_flags_reproduce_a_recipe(compare):
     assert cb.recipe_of(cb.parse_args(cb.recipe_flags(recipe))) == recipe
 
 
+def test_only_the_patchifying_families_take_the_fashion_patch(compare, experiment, tmp_path, capsys):
+    cb = compare[0]
+    argv = [*experiment[0], "--datasets", "fashion-mnist", "--models", "DiT-digits,DiffiT-digits", "--fashion-patch", "4",
+            "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results")]
+    args = cb.parse_args(argv)
+    assert cb.geometry("fashion-mnist", "DiT-digits", args) == (16, {"patch_size": 4})
+    assert cb.geometry("fashion-mnist", "DiffiT-digits", args) == (16, {})  # image space: no patches
+    assert cb.geometry("digits", "DiffiT-digits", args) == (8, {})
+    assert cb.main([*argv, "--plan"]) == 0  # counts both families' FLOPs for the compute-matched cells
+    assert "fashion-mnist-DiffiT-digits-seed0" in capsys.readouterr().out
+
+
 def test_a_costlier_model_gets_a_compute_matched_cell(compare, experiment, tmp_path, capsys):
     argv = [*experiment[0], "--datasets", "digits", "--models", "USwin-digits,DiT-digits", "--out", str(tmp_path / "out"),
             "--results", str(tmp_path / "results")]
