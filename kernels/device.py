@@ -34,6 +34,13 @@ class Architecture(NamedTuple):
     # warps of the window attention's SMALL backward: the count that compiles without spill on
     # this target (ptxas allocates differently per target; docs/gpu_fitness.md)
     small_bwd_warps: int = 4
+    # tensor cores fed from each warp's registers (mma.sync), not from shared memory (wgmma on
+    # sm_90a, tcgen05 on sm_100a): the window attention's 16-bit cosine backward at head dim 64
+    # takes the blocked split there (docs/gpu_fitness.md)
+    warp_mma: bool = True
+    # the largest head dim at which the one-pass 16-bit backward of a 64-token window (no cosine,
+    # no bias gradient) compiles without spill; above it that backward takes the blocked split
+    fused_bwd_max_d: int = 64
 
 
 ARCHITECTURES = {
@@ -42,10 +49,10 @@ ARCHITECTURES = {
                          warps_sm=48, blocks_sm=16, small_bwd_warps=8),
     (8, 9): Architecture("sm_89", "RTX 4090, RTX 6000 Ada, L40S, L4", "RTX 4090", 128, 101376, 102400,
                          warps_sm=48, blocks_sm=24, small_bwd_warps=8),
-    (9, 0): Architecture("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472),
-    (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472),
+    (9, 0): Architecture("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472, warp_mma=False),
+    (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472, warp_mma=False),
     (12, 0): Architecture("sm_120", "RTX 5090, RTX PRO 6000 Blackwell", "RTX 5090", 170, 101376, 102400,
-                          warps_sm=48),
+                          warps_sm=48, fused_bwd_max_d=32),
 }
 # the architecture assumed under the interpreter
 INTERPRETED_CAPABILITY = (9, 0)

@@ -59,7 +59,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET, device
-from .window_attention_bwd import window_attention_bwd_kernel, window_attention_small_bwd_kernel
+from .window_attention_bwd import SoftmaxStats, window_attention_bwd_kernel, window_attention_small_bwd_kernel
 from .window_attention_fwd import (LOG_MAX_LOGIT_SCALE, MaskMode, window_attention_fwd_kernel,
                                    window_attention_small_fwd_kernel)
 
@@ -73,6 +73,8 @@ __all__ = [
     "BackwardPass",
     "FUSED_BACKWARD",
     "SPLIT_BACKWARD",
+    "BLOCKED_BACKWARD",
+    "SoftmaxStats",
     "backward_passes",
     "MAX_HEAD_DIM",
     "MAX_WINDOW_TOKENS",
@@ -278,28 +280,52 @@ def _num_splits(dev: torch.device, num_tiles: int, heads: int) -> int:
 
 
 class BackwardPass(NamedTuple):
-    """What one launch of the backward kernel writes: dq with the bias and logit-scale partials
-    (``dq``), dk and dv (``dkv``)."""
+    """What one launch of the backward kernel writes: dq (``dq``), dk and dv (``dkv``), the bias
+    partials (``dbias``, with dq) and the logit-scale partials (``dtemp``), and how it blocks a
+    64-token tile."""
 
     dq: bool
     dkv: bool
+    dbias: bool
+    dtemp: bool
+    # programs per range of tiles, each taking one block of BN / query_groups query rows
+    query_groups: int = 1
+    # blocks a tile's keys are taken in (one [BM, BN / key_blocks] tile of scores at a time)
+    key_blocks: int = 1
+    stats: SoftmaxStats = SoftmaxStats.NONE
 
 
-FUSED_BACKWARD = (BackwardPass(dq=True, dkv=True),)
+FUSED_BACKWARD = (BackwardPass(dq=True, dkv=True, dbias=True, dtemp=True),)
 # two walks over the tiles, each recomputing the scores, probabilities and ds
-SPLIT_BACKWARD = (BackwardPass(dq=True, dkv=False), BackwardPass(dq=False, dkv=True))
+SPLIT_BACKWARD = (BackwardPass(dq=True, dkv=False, dbias=True, dtemp=False),
+                  BackwardPass(dq=False, dkv=True, dbias=False, dtemp=True))
+# the split with smaller tiles: the dq pass in blocks of 16 query rows (4 programs per range of
+# tiles, launched side by side so that they share the tiles' k and v in L2), writing each row's
+# softmax statistics, with the logit-scale partials (their sum cancels over each row: it needs the
+# p that delta was taken from); the dk/dv pass in two blocks of 32 keys, from those statistics
+BLOCKED_BACKWARD = (
+    BackwardPass(dq=True, dkv=False, dbias=True, dtemp=True, query_groups=4, stats=SoftmaxStats.WRITE),
+    BackwardPass(dq=False, dkv=True, dbias=False, dtemp=False, key_blocks=2, stats=SoftmaxStats.READ),
+)
 
 
-def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool) -> Tuple[BackwardPass, ...]:
+def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool, cosine: bool = False,
+                    arch: Optional[device.Architecture] = None) -> Tuple[BackwardPass, ...]:
     """The backward launches for this plan at head dim ``d`` and input ``dtype``, with or without a
-    bias gradient."""
+    bias gradient, in cosine mode or not, on architecture ``arch`` (None: one without ``warp_mma``)."""
     # A [64, 64] fp32 tile of scores takes 32 registers per thread: one pass over 64-token tiles
     # that also holds the bias-gradient accumulator and the dk, dv and dq tiles does not fit in
-    # 255 registers from d = 32 on, each half of the split does (docs/gpu_fitness.md).
+    # 255 registers from d = 32 on, each half of the split does (docs/gpu_fitness.md). Where the
+    # warps hold their tensor-core fragments (mma.sync), the 16-bit cosine halves at d = 64 still
+    # spill, and on sm_120 the one-pass backward at d = 64: there the blocked split takes half- and
+    # quarter-size tiles.
     if plan.path is KernelPath.SMALL or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return FUSED_BACKWARD
+    tight = dtype != torch.float32 and arch is not None and plan.BN == 64 and _block_d(d) >= 64
     if need_dbias and plan.BN >= 64 and _block_d(d) >= 32:
-        return SPLIT_BACKWARD
+        return BLOCKED_BACKWARD if tight and cosine and arch.warp_mma else SPLIT_BACKWARD
+    if tight and (cosine and arch.warp_mma or _block_d(d) > arch.fused_bwd_max_d):
+        return BLOCKED_BACKWARD
     return FUSED_BACKWARD
 
 
@@ -321,9 +347,9 @@ def window_attention_bwd(
     """Backward launches: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
     dlogit_scale (heads,); the last two are empty tensors when not requested.
 
-    ``num_splits`` (programs per head) and ``passes`` (``FUSED_BACKWARD`` or ``SPLIT_BACKWARD``, for
-    the DOT path; the SMALL path has one pass) override the plan's choices; the gradients do not
-    depend on them.
+    ``num_splits`` (programs per head, per query group) and ``passes`` (``FUSED_BACKWARD``,
+    ``SPLIT_BACKWARD`` or ``BLOCKED_BACKWARD`` (tiles of up to 64 tokens), for the DOT path; the
+    SMALL path has one pass) override the plan's choices; the gradients do not depend on them.
     """
     B, H, W, nh, d = q.shape
     plan = _plan(B, H, W, tuple(window), tuple(shift), d)
@@ -333,41 +359,59 @@ def window_attention_bwd(
     splits = num_splits or _num_splits(q.device, plan.num_tiles, nh)
     tiles = _cdiv(plan.num_tiles, min(splits, plan.num_tiles))
     splits = _cdiv(plan.num_tiles, tiles)
+    arch = device.architecture(q.device)
+    small = plan.path is KernelPath.SMALL
+    passes = (FUSED_BACKWARD if small else passes or backward_passes(plan, d, q.dtype, need_dbias,
+                                                                     logit_scale is not None, arch))
+    if any(p.query_groups > 1 or p.key_blocks > 1 for p in passes) and plan.BN != 64:
+        raise ValueError(f"passes: the blocked passes take windows of 33 to 64 tokens (one 64-token tile), "
+                         f"got {plan.N} tokens")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    # per-program partial sums: [splits, heads, query rows, keys] and [splits, heads]
+    # per-program partial sums: [splits, heads, query rows, keys] and [programs, heads]
     if need_dbias:
         alloc = torch.zeros if plan.NUM_QB > 1 else torch.empty
         dbias_part = alloc((splits, nh, plan.NUM_QB * plan.BM, plan.BN), dtype=acc, device=q.device)
     else:
         dbias_part = q
-    dtemp_part = torch.empty((splits, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
+    programs = splits * max(p.query_groups for p in passes if p.dtemp) if need_dlogit_scale else 0
+    dtemp_part = torch.empty((programs, nh), dtype=acc, device=q.device) if need_dlogit_scale else q
+    # softmax statistics of the blocked passes: [tiles of every program, heads, (lse, delta), rows]
+    stats = (torch.empty((splits * tiles, nh, 2, plan.BN), dtype=acc, device=q.device)
+             if any(p.stats is not SoftmaxStats.NONE for p in passes) else q)
     do5 = do.unflatten(-1, (nh, d))
-    small = plan.path is KernelPath.SMALL
     args = dict(q=q, k=k, v=v, do=do5, dq=dq, dk=dk, dv=dv, **_bias_args(q, bias, logit_scale),
                 dbias_part=dbias_part, dtemp_part=dtemp_part, **_strides("q", q), **_strides("k", k),
                 **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
                 scale=float(scale), D=d, BD=_block_d(d), TILES=tiles, **plan.kernel_args(),
-                num_warps=device.architecture(q.device).small_bwd_warps if small else plan.num_warps,
-                num_stages=plan.num_stages)
+                num_warps=arch.small_bwd_warps if small else plan.num_warps, num_stages=plan.num_stages)
     if small:
         window_attention_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
                                                    ACC=_precision(q)["ACC"], **args)
     else:
-        for p in passes or backward_passes(plan, d, q.dtype, need_dbias):
-            window_attention_bwd_kernel[(splits, nh)](
-                HAS_DBIAS=need_dbias and p.dq, HAS_DTEMP=need_dlogit_scale and p.dkv, DQ=p.dq, DKV=p.dkv,
-                **_precision(q), **_register_cap(q), **args,
+        for p in passes:
+            blocking = dict(BM=plan.BN // p.query_groups, NUM_QB=1) if p.query_groups > 1 else {}
+            window_attention_bwd_kernel[(splits * p.query_groups, nh)](
+                **{**args, **blocking, **_pass_warps(p)}, stats=stats,
+                HAS_DBIAS=need_dbias and p.dbias, HAS_DTEMP=need_dlogit_scale and p.dtemp, DQ=p.dq, DKV=p.dkv,
+                QG=p.query_groups, KB=p.key_blocks, STATS=int(p.stats), **_precision(q),
+                **_register_cap(q, p.stats is not SoftmaxStats.NONE),
             )
     dbias = _bias_gradient(dbias_part, plan, bias) if need_dbias else q.new_empty(0)
     dls = _logit_scale_gradient(dtemp_part, logit_scale) if need_dlogit_scale else q.new_empty(0)
     return dq, dk, dv, dbias, dls
 
 
-def _register_cap(q: torch.Tensor) -> dict:
+def _pass_warps(p: BackwardPass) -> dict:
+    """Warps of a blocked dq pass: its [16, 64] tiles fill 4 warps' tensor-core fragments."""
+    return dict(num_warps=4) if p.query_groups > 1 else {}
+
+
+def _register_cap(q: torch.Tensor, blocked: bool = False) -> dict:
     """Launch options of the tensor-core kernels: an explicit 255-register cap for fp32, whose
     IEEE products keep more live values than ptxas's default budget holds without collapsing to
-    32 registers and heavy spill (docs/gpu_fitness.md)."""
-    return dict(maxnreg=255) if q.dtype == torch.float32 else {}
+    32 registers and heavy spill, and for the blocked passes, for some of whose 4-warp
+    configurations ptxas picks 128 registers and spills (docs/gpu_fitness.md)."""
+    return dict(maxnreg=255) if q.dtype == torch.float32 or blocked else {}
 
 
 def _bias_gradient(dbias_part: torch.Tensor, plan: TilePlan, bias: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,7 @@ def _temperature(logit_scale, i_hd, s_ls, scale, COSINE: tl.constexpr, ACC: tl.c
 
 
 @triton.jit
-def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
+def _logits(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
             m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
             N: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
             MASK_MODE: tl.constexpr, SHIFTED: tl.constexpr,
@@ -127,24 +127,44 @@ def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
         # a thread on a 64-token tile). o_qn, o_kn < N always: in bounds without a mask.
         b_s += tl.load(bias + o_qn[:, None] * N + o_kn[None, :]).to(ACC) * _LOG2E
     if MASK_MODE == _MASK_ALWAYS:
-        m_a = _allowed(m_q, m_k, o_qr, o_kr, SHIFTED)
-        b_s = tl.where(m_a, b_s, float("-inf"))
+        b_s = tl.where(_allowed(m_q, m_k, o_qr, o_kr, SHIFTED), b_s, float("-inf"))
     elif MASK_MODE == _MASK_EDGE_WINDOWS:
         # one window per tile: only windows of the last rows/columns need the mask
         i_w = i_tile % (NWH * NWW)
         if (i_w // NWW >= EDGE_WH) | (i_w % NWW >= EDGE_WW):
             b_s = tl.where(_allowed(m_q, m_k, o_qr, o_kr, SHIFTED), b_s, float("-inf"))
-    # [BM, BN] probabilities; a row without any allowed key (padded queries) becomes 0
+    return b_c, b_s
+
+
+@triton.jit
+def _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
+            m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+            N: tl.constexpr, COSINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            MASK_MODE: tl.constexpr, SHIFTED: tl.constexpr,
+            ACC: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    # [BM, BN] products c (see _logits) and probabilities over the tile's keys, and [BM] each row's
+    # log2-sum-exp2 of the scores (p = exp2(s - lse)); a row without any allowed key (padded
+    # queries) has p = 0 and lse = 0
+    b_c, b_s = _logits(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
+                       m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
+                       N, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
     b_m = tl.max(b_s, 1)
     b_m = tl.where(b_m == float("-inf"), 0.0, b_m)
     b_p = tl.exp2(b_s - b_m[:, None])
     b_l = tl.sum(b_p, 1)
     b_l = tl.where(b_l == 0.0, 1.0, b_l)
     b_p = b_p / b_l[:, None]
+    b_p = _isolated(b_p, m_q, m_k, o_qr, o_kr, MASK_MODE, SHIFTED)
+    return b_c, b_p, b_m + tl.log2(b_l)
+
+
+@triton.jit
+def _isolated(b_p, m_q, m_k, o_qr, o_kr, MASK_MODE: tl.constexpr, SHIFTED: tl.constexpr):
+    # [BM, BN] probabilities, exactly 0 at the pairs a full mask excludes, even in a row made NaN
+    # by its own window's Inf/NaN: it must not reach others
     if MASK_MODE == _MASK_ALWAYS:
-        # exactly 0 even in a row made NaN by its own window's Inf/NaN: it must not reach others
-        b_p = tl.where(m_a, b_p, 0.0)
-    return b_c, b_p
+        b_p = tl.where(_allowed(m_q, m_k, o_qr, o_kr, SHIFTED), b_p, 0.0)
+    return b_p
 
 
 @triton.jit(do_not_specialize=["NWIN"])
@@ -199,7 +219,7 @@ def window_attention_fwd_kernel(
             else:
                 b_rq = 1.0
             # [BM, BN]
-            b_c, b_p = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
+            b_c, b_p, b_lse = _scores(b_q, b_k, b_rq, b_rk, bias, o_qn, o_kn, i_tile, b_scale,
                           m_q, m_k, o_qr, o_kr, NWH, NWW, EDGE_WH, EDGE_WW,
                           N, COSINE, HAS_BIAS, MASK_MODE, SHIFTED, ACC, UPCAST, PREC)
             # [BM, BD]

@@ -25,6 +25,7 @@ CASES = {
     "w1-small-dot": (2, 3, 5, (1, 1), (0, 0), 1, 16, False, False),
     "w4-edge-masks-shift-cos": (2, 8, 8, (4, 4), (2, 2), 2, 16, True, True),
     "w7-empty-slots-pad-dot": (2, 9, 9, (7, 7), (3, 3), 1, 16, False, True),
+    "w8-edge-masks-shift-cos": (2, 16, 16, (8, 8), (4, 4), 1, 16, True, True),
 }
 # (tensor, value) planted at one token of sample 0
 POISONS = [("q", math.nan), ("k", math.inf), ("v", math.inf), ("v", math.nan), ("do", -math.inf)]
@@ -68,6 +69,15 @@ def test_a_non_finite_token_stays_in_its_window(case, name, value):
 def test_a_non_finite_token_stays_in_its_window_split_backward(case, name, value, monkeypatch):
     # the two-pass backward that 16-bit 64-token tiles take, here on fp32 inputs
     monkeypatch.setattr(wa, "backward_passes", lambda *args: wa.SPLIT_BACKWARD)
+    check_isolation(case, name, value)
+
+
+@pytest.mark.parametrize("name, value", POISONS, ids=[f"{n}-{v}" for n, v in POISONS])
+@pytest.mark.parametrize("case", ["w8-edge-masks-shift-cos", "w7-empty-slots-pad-dot"])
+def test_a_non_finite_token_stays_in_its_window_blocked_backward(case, name, value, monkeypatch):
+    # the blocked split that 16-bit cosine 64-token tiles take on mma.sync GPUs: the softmax
+    # statistics a query row's dq pass writes are its own window's, and so is what reads them
+    monkeypatch.setattr(wa, "backward_passes", lambda *args: wa.BLOCKED_BACKWARD)
     check_isolation(case, name, value)
 
 

@@ -13,6 +13,7 @@ import torch
 from families import tiny
 from helpers import LOG_100, assert_close, assert_compiles_like_eager, randomize_, swin_block_on_torch
 from xswin_fast import XSwin, ops
+from xswin_fast.kernels import device
 from xswin_fast.kernels import window_attention as wa
 from xswin_fast.layers.attention import WindowAttention, WindowCrossAttention
 
@@ -192,6 +193,51 @@ def test_split_backward_gives_the_fused_gradients(window, shift, d, mode, poison
     split = wa.window_attention_bwd(*args, passes=wa.SPLIT_BACKWARD)
     for name, g, r in zip(["dq", "dk", "dv", "dbias", "dlogit_scale"], split, fused):
         assert torch.equal(g, r), name
+
+
+@pytest.mark.parametrize(
+    "window, shift, d, mode",
+    [((8, 8), (4, 4), 64, "cos"), ((8, 8), (0, 0), 32, "cos"), ((7, 7), (3, 3), 16, "dot"), ((6, 7), (0, 0), 16, "cos")],
+    ids=["w8-edge-masks", "w8-unmasked", "w7-empty-slots", "w6x7-padded"],
+)
+def test_blocked_backward_gives_the_fused_gradients(window, shift, d, mode, poisoned):
+    # the dq pass in query blocks (writing each row's lse and delta) and the dk/dv pass in key
+    # blocks (reading them): the same gradients up to fp32 rounding (exp2(s - lse) against
+    # exp2(s - m) / l, and the logit-scale partials summed in another order)
+    B, H, W, nh = 2, 13, 12, 2
+    q, k, v, b, ls, scale = make_inputs(B, H, W, window, nh, d, False, mode, True, FP32)
+    do = torch.randn(B, H, W, nh * d)
+    args = (do, q, k, v, b, ls, list(window), list(shift), scale or d ** -0.5, True, True)
+    fused = wa.window_attention_bwd(*args, passes=wa.FUSED_BACKWARD)
+    for splits in (1, 3):
+        blocked = wa.window_attention_bwd(*args, num_splits=splits, passes=wa.BLOCKED_BACKWARD)
+        for name, g, r in zip(["dq", "dk", "dv", "dbias", "dlogit_scale"], blocked, fused):
+            assert_close(name, g, r)
+    assert torch.equal(wa.window_attention_bwd(*args, num_splits=3, passes=wa.BLOCKED_BACKWARD)[0], blocked[0])
+
+
+def test_blocked_backward_takes_one_64_token_tile():
+    q, k, v, b, ls, _ = make_inputs(1, 12, 12, (12, 12), 1, 16, False, "cos", True, FP32)
+    with pytest.raises(ValueError, match="passes: the blocked passes take windows of 33 to 64 tokens"):
+        wa.window_attention_bwd(torch.randn(1, 12, 12, 16), q, k, v, b, ls, [12, 12], [0, 0], 1.0, True, True,
+                                passes=wa.BLOCKED_BACKWARD)
+
+
+def test_the_16_bit_backward_is_blocked_where_its_tiles_spill():
+    wide, small = wa._plan(2, 16, 16, (8, 8), (4, 4), 64), wa._plan(2, 16, 16, (4, 4), (0, 0), 64)
+    arch = {c: device.ARCHITECTURES[c] for c in device.ARCHITECTURES}
+    for cap, a in arch.items():
+        expected = wa.BLOCKED_BACKWARD if a.name in ("sm_80", "sm_86", "sm_89", "sm_120") else wa.SPLIT_BACKWARD
+        for dtype in (BF16, FP16):
+            assert wa.backward_passes(wide, 64, dtype, True, cosine=True, arch=a) == expected, (a.name, dtype)
+        assert wa.backward_passes(wide, 64, FP32, True, cosine=True, arch=a) == wa.SPLIT_BACKWARD
+        assert wa.backward_passes(wide, 64, BF16, True, cosine=False, arch=a) == wa.SPLIT_BACKWARD
+        assert wa.backward_passes(wide, 32, BF16, True, cosine=True, arch=a) == wa.SPLIT_BACKWARD
+        assert wa.backward_passes(small, 64, BF16, True, cosine=True, arch=a) == wa.FUSED_BACKWARD
+        # the one-pass backward (no bias gradient) where it spills: on sm_120 at d = 64
+        one_pass = wa.BLOCKED_BACKWARD if a.name == "sm_120" else wa.FUSED_BACKWARD
+        assert wa.backward_passes(wide, 64, BF16, False, cosine=False, arch=a) == one_pass
+        assert wa.backward_passes(wide, 64, BF16, False, cosine=True, arch=a) == (expected if a.warp_mma else one_pass)
 
 
 def test_backward_passes_split_only_tiles_of_64_tokens_with_a_bias_gradient():
