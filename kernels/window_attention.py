@@ -37,7 +37,10 @@ registers (fp64 for fp64 inputs) and writes one partial, and the partials are su
 in a fixed order. No atomics: gradients are bitwise reproducible. DOT tiles of 64 tokens with a
 bias gradient at d >= 32 (fp16, bf16, fp32) take two such walks (``SPLIT_BACKWARD``,
 chosen by ``backward_passes``): a dq pass with the bias partials and a dk/dv pass with the
-logit-scale partials, so that neither holds more tiles than fit in 255 registers.
+logit-scale partials, so that neither holds more tiles than fit in 255 registers. Where even
+those spill (16-bit cosine tiles at d = 64 on the mma.sync GPUs), ``BLOCKED_BACKWARD`` takes the
+dq pass in blocks of 16 query rows, which writes each row's softmax statistics, and the dk/dv
+pass in blocks of 32 keys, which reads them.
 
 Isolation. A masked key contributes exactly nothing, forward and backward: probabilities, dp and
 ds are selected (``tl.where``), never multiplied by a 0 mask, and no product reduces over the
