@@ -15,6 +15,8 @@ from xswin_fast.kernels import device
 from xswin_fast.kernels import window_attention as wa
 from xswin_fast.ops import reference
 
+from helpers import assert_close
+
 ARCHS = {"sm_80": (8, 0), "sm_90": (9, 0)}
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -114,6 +116,34 @@ def test_the_tile_plan_is_the_same_on_every_target_and_the_backward_split_follow
     assert (plan.BN, plan.BM, plan.num_warps, plan.num_stages) == (64, 64, 8, 1)
     assert wa.backward_passes(plan, 64, torch.bfloat16, need_dbias=True) == wa.SPLIT_BACKWARD
     assert wa._num_splits(cpu, plan.num_tiles, 4) == min(plan.num_tiles, 4 * target.sms // 4)
+
+
+def test_the_16_bit_cosine_backward_of_64_token_windows_is_blocked_on_the_mma_sync_targets(target, monkeypatch):
+    # the launcher reads the emulated target: there the 8x8 head-dim-64 cosine backward with a
+    # bias gradient spilled in the split, and its blocked split gives the split's gradients
+    launches, real = [], wa.window_attention_bwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(**kwargs):
+                launches.append((grid, kwargs["QG"], kwargs["KB"], kwargs["STATS"]))
+                return real[grid](**kwargs)
+            return launch
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 8, 8, 1, 64, generator=g).to(torch.bfloat16) for _ in range(4))
+    bias, ls = torch.randn(1, 64, 64, generator=g), torch.full((1,), 2.0)
+    args = (do.flatten(-2), q, k, v, bias, ls, [8, 8], [0, 0], 1.0, True, True)
+    split = wa.window_attention_bwd(*args, passes=wa.SPLIT_BACKWARD)
+    monkeypatch.setattr(wa, "window_attention_bwd_kernel", Spy())
+    got = wa.window_attention_bwd(*args)
+    splits = wa._num_splits(torch.device("cpu"), 1, 1)
+    if target.warp_mma:
+        assert launches == [((splits * 4, 1), 4, 1, 1), ((splits, 1), 1, 2, 2)]
+    else:
+        assert launches == [((splits, 1), 1, 1, 0), ((splits, 1), 1, 1, 0)]
+    for name, a, b in zip(["dq", "dk", "dv", "dbias", "dlogit_scale"], got, split):
+        assert_close(name, a, b)
 
 
 def test_the_small_backward_takes_8_warps_on_sm_80_sm_86_and_sm_89(target):
