@@ -63,7 +63,8 @@ SESSION_BUDGET_S = 480
 XSWIN_CASES = "xswin-s2-s1 or xswin-b2-s1 or ((xswin-s2-s2 or xswin-b2-s2 or paper-s1) and (reference or triton))"
 COMPARISON_MODELS = "XSwin-digits,USwin-digits,UViT-digits,DiT-digits,DiffiT-digits,ASCEND-digits,IUViT-digits"
 COMPARISON_BUDGET_S = 3600
-# the least time a dry run's step gets (collection on a loaded 2-core CPU took up to 72 s)
+# the least time a dry run's step gets: it imports torch and collects on a CPU, which on a loaded
+# machine takes longer than some steps' GPU budgets (docs/benchmarks.md)
 DRY_RUN_TIMEOUT_S = 300
 
 

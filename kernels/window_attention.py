@@ -297,6 +297,11 @@ class BackwardPass(NamedTuple):
     key_blocks: int = 1
     stats: SoftmaxStats = SoftmaxStats.NONE
 
+    @property
+    def blocked(self) -> bool:
+        """Whether the pass takes a tile's queries or keys in blocks (one 64-token tile only)."""
+        return self.query_groups > 1 or self.key_blocks > 1
+
 
 FUSED_BACKWARD = (BackwardPass(dq=True, dkv=True, dbias=True, dtemp=True),)
 # two walks over the tiles, each recomputing the scores, probabilities and ds
@@ -366,7 +371,7 @@ def window_attention_bwd(
     small = plan.path is KernelPath.SMALL
     passes = (FUSED_BACKWARD if small else passes or backward_passes(plan, d, q.dtype, need_dbias,
                                                                      logit_scale is not None, arch))
-    if any(p.query_groups > 1 or p.key_blocks > 1 for p in passes) and plan.BN != 64:
+    if any(p.blocked for p in passes) and plan.BN != 64:
         raise ValueError(f"passes: the blocked passes take windows of 33 to 64 tokens (one 64-token tile), "
                          f"got {plan.N} tokens")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -397,7 +402,7 @@ def window_attention_bwd(
                 **{**args, **blocking, **_pass_warps(p)}, stats=stats,
                 HAS_DBIAS=need_dbias and p.dbias, HAS_DTEMP=need_dlogit_scale and p.dtemp, DQ=p.dq, DKV=p.dkv,
                 QG=p.query_groups, KB=p.key_blocks, STATS=int(p.stats), **_precision(q),
-                **_register_cap(q, p.stats is not SoftmaxStats.NONE),
+                **_register_cap(q, p.blocked),
             )
     dbias = _bias_gradient(dbias_part, plan, bias) if need_dbias else q.new_empty(0)
     dls = _logit_scale_gradient(dtemp_part, logit_scale) if need_dlogit_scale else q.new_empty(0)
