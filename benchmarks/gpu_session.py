@@ -11,8 +11,8 @@ the session goes on):
    bf16 cases included.
 2. ``window-attention``: the benchmark suite's window attention at the XSwin-S/2 and XSwin-B/2
    stage shapes, forward and forward+backward: reference, ``torch.compile``, FlexAttention, Triton;
-   reference vs Triton at the paper preset's 2x2 windows; the backward alone through the split
-   and the blocked split at the two 16x16 stages.
+   reference vs Triton at the paper preset's 2x2 windows; the backward alone through the split,
+   the split at two pipelining stages and the blocked split at the two 16x16 stages.
    Bytes and the ideal speedup come from the traffic model (``xswin_fast.traffic``).
 3. ``adaln``: the adaLN forms at XSwin-S/2's first stage, eager vs ``torch.compile`` vs Triton.
 4. ``models``: XSwin-S/2 vs DiT-S/2 training steps (images/s) at 256 and 512 px.

@@ -301,13 +301,18 @@ def test_window_attention(benchmark, bench_env, kind, mode, case, impl):
     )
 
 
-@pytest.mark.parametrize("passes", ["split", "blocked"])
+# (passes, software-pipelining stages of the tile loop)
+BACKWARD_VARIANTS = {"split": ("split", 1), "split-2stages": ("split", 2), "blocked": ("blocked", 1)}
+
+
+@pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
 @pytest.mark.parametrize("case", ["xswin-s2-s1", "xswin-b2-s1"])
-def test_window_attention_backward_passes(benchmark, bench_env, case, passes):
+def test_window_attention_backward_passes(benchmark, bench_env, case, variant):
     """The Triton backward alone (self-attention with bias and logit-scale gradients), through the
-    split (two walks over 64-token tiles) or the blocked split (its smaller tiles, which the
-    mma.sync GPUs take for 16-bit cosine d64): what the blocked split costs where it is not needed
-    (sm_90a) and what it gains where it is (docs/gpu_fitness.md)."""
+    split (two walks over 64-token tiles), the split with the next tile's loads double-buffered
+    (two stages: whether prefetch lifts the latency-bound 12.5%-occupancy passes), or the blocked
+    split (its smaller tiles, which the mma.sync GPUs take for 16-bit cosine d64): what the blocked
+    split costs where it is not needed (sm_90a) and what it gains where it is (docs/gpu_fitness.md)."""
     from xswin_fast.kernels import window_attention as wa
 
     env, cfg = bench_env, CASES[case]
@@ -317,6 +322,7 @@ def test_window_attention_backward_passes(benchmark, bench_env, case, passes):
     benchmark.group = "window-attn-backward-passes"
     B = cfg["B"][0] if env.on_gpu else cfg["B"][1]
     H, W, C, nh, win, shift = cfg["H"], cfg["W"], cfg["C"], cfg["heads"], cfg["window"], cfg["shift"]
+    passes, stages = BACKWARD_VARIANTS[variant]
     chosen = dict(split=wa.SPLIT_BACKWARD, blocked=wa.BLOCKED_BACKWARD)[passes]
     arg_sets = []
     for _ in range(bu.rotation_count(env, 7 * B * H * W * C * torch.finfo(env.dtype).bits // 8)):
@@ -325,16 +331,17 @@ def test_window_attention_backward_passes(benchmark, bench_env, case, passes):
         arg_sets.append((bu.randn((B, H, W, C), env), q, k, v, bias, ls))
 
     def step(do, q, k, v, bias, ls):
-        return wa.window_attention_bwd(do, q, k, v, bias, ls, (win, win), (shift, shift), 1.0, True, True, passes=chosen)
+        return wa.window_attention_bwd(do, q, k, v, bias, ls, (win, win), (shift, shift), 1.0, True, True,
+                                       passes=chosen, num_stages=stages)
 
     split = wa.window_attention_bwd(*arg_sets[0], (win, win), (shift, shift), 1.0, True, True, passes=wa.SPLIT_BACKWARD)
-    err = bu.check_close(f"{passes} backward {case}", step(*arg_sets[0]), split, bu.KERNEL_TOL[env.dtype])
+    err = bu.check_close(f"{variant} backward {case}", step(*arg_sets[0]), split, bu.KERNEL_TOL[env.dtype])
     median = bu.run_benchmark(benchmark, env, step, arg_sets, rounds=bu.KERNEL_ROUNDS)
     do, q, k, v, bias, ls = arg_sets[0]
     call = OpCall.of("window_attention", (q, k, v, (win, win), (shift, shift)), dict(bias=bias, logit_scale=ls), grad=do)
     Hp, Wp = -(-H // win) * win, -(-W // win) * win
     bu.record(
         benchmark, env, median, bytes_=traffic.kernel_traffic(call).bwd, flops=2.5 * 4.0 * B * Hp * Wp * win * win * C,
-        op="window_attention_bwd", passes=passes, case=case, impl="triton", dtype=bu.dtype_name(env.dtype),
+        op="window_attention_bwd", passes=passes, num_stages=stages, case=case, impl="triton", dtype=bu.dtype_name(env.dtype),
         shape=dict(B=B, H=H, W=W, C=C, heads=nh, head_dim=C // nh, window=win, shift=shift), check_err=err,
     )

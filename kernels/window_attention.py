@@ -351,14 +351,19 @@ def window_attention_bwd(
     need_dlogit_scale: bool,
     num_splits: Optional[int] = None,
     passes: Optional[Sequence[BackwardPass]] = None,
+    num_stages: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward launches: dq, dk, dv (contiguous (B, H, W, heads, d)), dbias (heads, N, N) and
     dlogit_scale (heads,); the last two are empty tensors when not requested.
 
     ``num_splits`` (programs per head, per query group) and ``passes`` (``FUSED_BACKWARD``,
     ``SPLIT_BACKWARD`` or ``BLOCKED_BACKWARD`` (tiles of up to 64 tokens), for the DOT path; the
-    SMALL path has one pass) override the plan's choices; the gradients do not depend on them.
+    SMALL path has one pass) and ``num_stages`` (software-pipelining stages of the tile loop: 2
+    double-buffers the next tile's loads in shared memory) override the plan's choices; the
+    gradients do not depend on them.
     """
+    if num_stages is not None and (isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1):
+        raise ValueError(f"num_stages: expected a positive int, got {num_stages!r}")
     B, H, W, nh, d = q.shape
     plan = _plan(B, H, W, tuple(window), tuple(shift), d)
     need_dbias = need_dbias and bias is not None
@@ -391,7 +396,7 @@ def window_attention_bwd(
                 dbias_part=dbias_part, dtemp_part=dtemp_part, **_strides("q", q), **_strides("k", k),
                 **_strides("v", v), **_strides("o", do5), **_strides("g", dq),
                 scale=float(scale), D=d, BD=_block_d(d), TILES=tiles, **plan.kernel_args(),
-                num_warps=arch.small_bwd_warps if small else plan.num_warps, num_stages=plan.num_stages)
+                num_warps=arch.small_bwd_warps if small else plan.num_warps, num_stages=num_stages or plan.num_stages)
     if small:
         window_attention_small_bwd_kernel[(splits, nh)](HAS_DBIAS=need_dbias, HAS_DTEMP=need_dlogit_scale,
                                                    ACC=_precision(q)["ACC"], **args)

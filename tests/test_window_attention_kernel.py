@@ -193,6 +193,18 @@ def test_split_backward_gives_the_fused_gradients(window, shift, d, mode, poison
     split = wa.window_attention_bwd(*args, passes=wa.SPLIT_BACKWARD)
     for name, g, r in zip(["dq", "dk", "dv", "dbias", "dlogit_scale"], split, fused):
         assert torch.equal(g, r), name
+    # two pipelining stages move the loads, not the arithmetic
+    prefetched = wa.window_attention_bwd(*args, passes=wa.SPLIT_BACKWARD, num_stages=2)
+    for name, g, r in zip(["dq", "dk", "dv", "dbias", "dlogit_scale"], prefetched, split):
+        assert torch.equal(g, r), name
+
+
+@pytest.mark.parametrize("num_stages", [0, 1.5, True])
+def test_backward_num_stages_must_be_a_positive_int(num_stages):
+    q, k, v, b, ls, _ = make_inputs(1, 8, 8, (8, 8), 1, 16, False, "cos", True, FP32)
+    with pytest.raises(ValueError, match="num_stages: expected a positive int"):
+        wa.window_attention_bwd(torch.randn(1, 8, 8, 16), q, k, v, b, ls, [8, 8], [0, 0], 1.0, True, True,
+                                num_stages=num_stages)
 
 
 @pytest.mark.parametrize(
