@@ -73,6 +73,13 @@ class RowPlan(NamedTuple):
     BT: int
     BC: int
     num_warps: int
+    # explicit register cap (None: ptxas's own budget)
+    maxnreg: Optional[int] = None
+
+    @property
+    def options(self) -> dict:
+        """Launch options: the warps, and the register cap where the target needs one."""
+        return dict(num_warps=self.num_warps, **({"maxnreg": self.maxnreg} if self.maxnreg else {}))
 
 
 def _programs_per_sample(B: int, n_tiles: int, dev: torch.device) -> int:
@@ -92,7 +99,8 @@ def _plan(B: int, T: int, C: int, dev: torch.device) -> RowPlan:
     TPP = triton.cdiv(n_tiles, P) * BT
     P = triton.cdiv(T, TPP)
     # 4 warps up to 2048 elements, 16 for 8192-wide rows (the backward holds ~7 tiles live)
-    return RowPlan(grid=(B, P), TPP=TPP, BT=BT, BC=BC, num_warps=min(16, max(4, BT * BC // 512)))
+    return RowPlan(grid=(B, P), TPP=TPP, BT=BT, BC=BC, num_warps=min(16, max(4, BT * BC // 512)),
+                   maxnreg=device.architecture(dev).token_maxnreg)
 
 
 # launchers
@@ -186,7 +194,7 @@ def modulate_fwd(x, shift, scale, eps: float = 0.0, norm: bool = False) -> torch
     shift, scale = _rows(shift), _rows(scale)
     modulate_fwd_kernel[plan.grid](
         x=x, shift=shift, scale=scale, o=o, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_o,
-        s_shift=shift.stride(0), s_scale=scale.stride(0), NORM=norm, BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        s_shift=shift.stride(0), s_scale=scale.stride(0), NORM=norm, BT=plan.BT, BC=plan.BC, **plan.options,
     )
     return o
 
@@ -204,7 +212,7 @@ def modulate_bwd(x, shift, scale, do, eps: float = 0.0, norm: bool = False) -> L
     scale_rows = _rows(scale)
     modulate_bwd_kernel[plan.grid](
         x=x, scale=scale_rows, do=do, dx=dx, part=part, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_do, **s_dx,
-        s_scale=scale_rows.stride(0), NORM=norm, BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        s_scale=scale_rows.stride(0), NORM=norm, BT=plan.BT, BC=plan.BC, **plan.options,
     )
     return [dx, *_reduce_per_sample(part, [shift, scale])]
 
@@ -221,7 +229,7 @@ def gated_residual_fwd(x, y, gate) -> torch.Tensor:
     gate = _rows(gate)
     gated_residual_fwd_kernel[plan.grid](
         x=x, y=y, gate=gate, o=o, T=T, C=C, TPP=plan.TPP, **s_x, **s_y, **s_o, s_gate=gate.stride(0),
-        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        BT=plan.BT, BC=plan.BC, **plan.options,
     )
     return o
 
@@ -239,7 +247,7 @@ def gated_residual_bwd(y, gate, do) -> List[torch.Tensor]:
     gate_rows = _rows(gate)
     gated_residual_bwd_kernel[plan.grid](
         y=y, gate=gate_rows, do=do, dy=dy, part=part, T=T, C=C, TPP=plan.TPP, **s_y, **s_do, **s_dy,
-        s_gate=gate_rows.stride(0), BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        s_gate=gate_rows.stride(0), BT=plan.BT, BC=plan.BC, **plan.options,
     )
     return [dy, *_reduce_per_sample(part, [gate])]
 
@@ -257,7 +265,7 @@ def modulate_layernorm_fwd(x, shift, scale, weight, bias, eps: float) -> torch.T
         x=x, shift=shift, scale=scale, w=_rows(weight) if weight is not None else x,
         b=_rows(bias) if bias is not None else x, o=o, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_o,
         s_shift=shift.stride(0), s_scale=scale.stride(0), HAS_W=weight is not None, HAS_B=bias is not None,
-        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        BT=plan.BT, BC=plan.BC, **plan.options,
     )
     return o
 
@@ -278,7 +286,7 @@ def modulate_layernorm_bwd(x, shift, scale, weight, bias, do, eps: float) -> Lis
         x=x, shift=shift_rows, scale=scale_rows, w=_rows(weight) if weight is not None else x, do=do, dx=dx,
         part=part, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_do, **s_dx,
         s_shift=shift_rows.stride(0), s_scale=scale_rows.stride(0), HAS_W=weight is not None,
-        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        BT=plan.BT, BC=plan.BC, **plan.options,
     )
     grads = [dx, *_reduce_per_sample(part[:2], [shift, scale])]
     return grads + (_reduce_affine(part[2:], weight, bias) if affine else [])
@@ -298,7 +306,7 @@ def residual_layernorm_fwd(x, y, weight, bias, keep, eps: float) -> torch.Tensor
         x=x, y=y, w=_rows(weight) if weight is not None else x, b=_rows(bias) if bias is not None else x,
         keep=k, o=o, T=T, C=C, eps=eps, TPP=plan.TPP, **s_x, **s_y, **s_o, s_keep=k.stride(0),
         HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None,
-        BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        BT=plan.BT, BC=plan.BC, **plan.options,
     )
     return o
 
@@ -322,7 +330,7 @@ def residual_layernorm_bwd(y, weight, bias, keep, do, eps: float, keep_grad: boo
         y=y, w=_rows(weight) if weight is not None else y, b=_rows(bias) if bias is not None else y, keep=k,
         do=do, dy=dy, part=part, part_keep=part_keep, T=T, C=C, eps=eps, TPP=plan.TPP, **s_y, **s_do, **s_dy,
         s_keep=k.stride(0), HAS_W=weight is not None, HAS_B=bias is not None, HAS_KEEP=keep is not None,
-        KEEP_GRAD=keep_grad, BT=plan.BT, BC=plan.BC, num_warps=plan.num_warps,
+        KEEP_GRAD=keep_grad, BT=plan.BT, BC=plan.BC, **plan.options,
     )
     grads = [dy] + (_reduce_affine(part, weight, bias) if weight is not None or bias is not None else [])
     if keep_grad:

@@ -41,6 +41,17 @@ class Architecture(NamedTuple):
     # the largest head dim at which the one-pass 16-bit backward of a 64-token window (no cosine,
     # no bias gradient) compiles without spill; above it that backward takes the blocked split
     fused_bwd_max_d: int = 64
+    # on the ``warp_mma`` targets, the largest head dim at which the split's 16-bit cosine passes
+    # over a 64-token window compile without spill; above it they take the blocked split
+    split_cosine_max_d: int = 32
+    # the largest key tile of the one-pass 16-bit backward: on sm_100a its accumulators live in
+    # tensor memory (512 columns), which 256-key tiles overflow (Triton then compiles the kernel to
+    # a trap); larger tiles take the split
+    fused_bwd_max_keys: int = 256
+    # register cap of the adaLN token kernels: given none, ptxas-blackwell (sm_100a, sm_120) picks a
+    # budget below what some of them hold and spills 4-36 B; an explicit cap lets it allocate what
+    # they need (docs/gpu_fitness.md)
+    token_maxnreg: Optional[int] = None
 
 
 ARCHITECTURES = {
@@ -50,9 +61,10 @@ ARCHITECTURES = {
     (8, 9): Architecture("sm_89", "RTX 4090, RTX 6000 Ada, L40S, L4", "RTX 4090", 128, 101376, 102400,
                          warps_sm=48, blocks_sm=24, small_bwd_warps=8),
     (9, 0): Architecture("sm_90a", "H100, H200, GH200", "H100 SXM5", 132, 232448, 233472, warp_mma=False),
-    (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472, warp_mma=False),
+    (10, 0): Architecture("sm_100a", "B200, GB200", "B200", 148, 232448, 233472, warp_mma=False,
+                          fused_bwd_max_keys=128, token_maxnreg=255),
     (12, 0): Architecture("sm_120", "RTX 5090, RTX PRO 6000 Blackwell", "RTX 5090", 170, 101376, 102400,
-                          warps_sm=48, fused_bwd_max_d=32),
+                          warps_sm=48, fused_bwd_max_d=32, split_cosine_max_d=16, token_maxnreg=255),
 }
 # the architecture assumed under the interpreter
 INTERPRETED_CAPABILITY = (9, 0)

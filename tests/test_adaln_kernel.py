@@ -274,3 +274,13 @@ def test_torch_compile_fullgraph_traces_the_fused_ops():
         model.zero_grad()
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cap, maxnreg", [((9, 0), None), ((8, 0), None), ((10, 0), 255), ((12, 0), 255)])
+def test_token_kernels_carry_the_register_cap_where_ptxas_blackwell_spills_without(monkeypatch, cap, maxnreg):
+    # sm_100a / sm_120: without a cap ptxas-blackwell budgets some token kernels below their need
+    from xswin_fast.kernels import adaln, device
+
+    monkeypatch.setattr(device, "capability", lambda dev: cap)
+    plan = adaln._plan(2, 64, 96, torch.device("cpu"))
+    assert plan.options == dict(num_warps=plan.num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))

@@ -244,12 +244,29 @@ def test_the_16_bit_backward_is_blocked_where_its_tiles_spill():
             assert wa.backward_passes(wide, 64, dtype, True, cosine=True, arch=a) == expected, (a.name, dtype)
         assert wa.backward_passes(wide, 64, FP32, True, cosine=True, arch=a) == wa.SPLIT_BACKWARD
         assert wa.backward_passes(wide, 64, BF16, True, cosine=False, arch=a) == wa.SPLIT_BACKWARD
-        assert wa.backward_passes(wide, 32, BF16, True, cosine=True, arch=a) == wa.SPLIT_BACKWARD
+        # the split's cosine passes at d = 32 spill on sm_120 only
+        at_32 = wa.BLOCKED_BACKWARD if a.name == "sm_120" else wa.SPLIT_BACKWARD
+        assert wa.backward_passes(wide, 32, BF16, True, cosine=True, arch=a) == at_32
+        assert wa.backward_passes(wide, 16, BF16, True, cosine=True, arch=a) == wa.FUSED_BACKWARD
         assert wa.backward_passes(small, 64, BF16, True, cosine=True, arch=a) == wa.FUSED_BACKWARD
         # the one-pass backward (no bias gradient) where it spills: on sm_120 at d = 64
         one_pass = wa.BLOCKED_BACKWARD if a.name == "sm_120" else wa.FUSED_BACKWARD
         assert wa.backward_passes(wide, 64, BF16, False, cosine=False, arch=a) == one_pass
         assert wa.backward_passes(wide, 64, BF16, False, cosine=True, arch=a) == (expected if a.warp_mma else one_pass)
+
+
+def test_the_one_pass_backward_of_256_key_tiles_is_split_on_sm_100a():
+    # its accumulators overflow sm_100a's tensor memory: Triton compiles that kernel to a trap
+    wide = wa._plan(2, 16, 16, (16, 16), (0, 0), 64)
+    assert wide.BN == 256
+    for cap, a in device.ARCHITECTURES.items():
+        one_pass = wa.SPLIT_BACKWARD if a.name == "sm_100a" else wa.FUSED_BACKWARD
+        for d in (16, 64):
+            assert wa.backward_passes(wide, d, BF16, False, cosine=False, arch=a) == one_pass, (a.name, d)
+        assert wa.backward_passes(wide, 64, FP32, False, cosine=False, arch=a) == wa.FUSED_BACKWARD
+    mid = wa._plan(2, 20, 20, (10, 10), (0, 0), 64)
+    assert mid.BN == 128
+    assert wa.backward_passes(mid, 64, BF16, False, arch=device.ARCHITECTURES[(10, 0)]) == wa.FUSED_BACKWARD
 
 
 def test_backward_passes_split_only_tiles_of_64_tokens_with_a_bias_gradient():
