@@ -94,11 +94,12 @@ def test_merge_specializations_keeps_the_most_launched_one_with_every_source():
     assert merged_sources[config_key(aligned)] == {(0, 64), (1, 64), (2, 64)}
 
 
-def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",), precisions=("bf16",), dots=0, mma=None):
+def _row(target=90, status="OK", regs=128, spill=0, preset_precisions=("bf16",), precisions=("bf16",), dots=0, mma=None,
+         loads=(("128", 4),)):
     return dict(kernel="k", config="BN=64", pointers="bf16", num_warps=4, target=TARGETS[target].name, status=status,
                 regs=regs, spill_stores=spill, spill_loads=spill, error="too big" if status != "OK" else None,
                 preset_precisions=list(preset_precisions), precisions=list(precisions), tensor_core_dots=dots,
-                mma=mma or {}, occupancy=0.25)
+                mma=mma or {}, loads=dict(loads), occupancy=0.25)
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))
@@ -129,6 +130,14 @@ def test_rules_require_the_targets_tensor_core_instructions_for_tensor_core_dots
     # wgmma / tcgen05 are not the tensor cores of the other targets
     if target not in (90, 100):
         assert [rule for rule, *_ in problems([_row(target, dots=2, mma={"HGMMA": 8, "UTCHMMA": 2})])] == ["tensor-cores"]
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_rules_flag_a_binary_without_a_global_load(target):
+    # what Triton left of the sm_100a one-pass backward of 256-key tiles: 4 registers and a trap
+    found = problems([_row(target, regs=4, dots=5, loads=())])
+    assert [rule for rule, *_ in found] == ["fit"]
+    assert "compiled to no global load" in found[0][2]
 
 
 def test_a_rule_may_be_enforced_on_one_target():

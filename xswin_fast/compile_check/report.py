@@ -42,6 +42,10 @@ def _finding(r: dict) -> Optional[Tuple[str, str, str]]:
     spilled = f"spills {r.get('spill_stores')} B / {r.get('spill_loads')} B at {r.get('regs')} registers"
     if r["status"] != "OK":
         return "fit", r["target"], f"{where}: {r['status']}: {r.get('error')}"
+    if not r.get("loads"):
+        # every kernel here reads its inputs from global memory: a binary without a global load
+        # is a body Triton replaced (on sm_100a, a tensor-memory overflow compiles to a trap)
+        return "fit", r["target"], f"{where}: compiled to no global load ({r.get('regs')} registers): a trap or empty body"
     if spill and {"bf16", "fp16"} & set(r["preset_precisions"]):
         return "half-spills", r["target"], f"{where}: {spilled} (a 16-bit preset configuration must not spill)"
     if spill and r["regs"] < 64:
@@ -55,7 +59,8 @@ def _finding(r: dict) -> Optional[Tuple[str, str, str]]:
 
 def problems(rows: Sequence[dict], errors: Sequence[tuple] = ()) -> List[Tuple[str, str, str]]:
     """The rules (docs/gpu_fitness.md) as (rule, target, finding), on every target: "fit": every
-    launched configuration compiles and fits, and no replayed launch fails; "half-spills": no
+    launched configuration compiles to a body that loads its inputs and fits, and no replayed
+    launch fails; "half-spills": no
     bf16/fp16 configuration of a preset spills; "collapse": no configuration spills below 64
     registers; "tensor-cores": every ``tl.dot`` that a tensor core can run (16-bit or tf32
     operands) compiles to the target's tensor-core instructions."""
