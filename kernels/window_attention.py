@@ -331,11 +331,11 @@ def backward_passes(plan: TilePlan, d: int, dtype: torch.dtype, need_dbias: bool
     if plan.path is KernelPath.SMALL or dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return FUSED_BACKWARD
     half = dtype != torch.float32 and arch is not None
-    tight = half and plan.BN == 64 and _block_d(d) >= 64
-    blocked_cosine = half and plan.BN == 64 and cosine and arch.warp_mma and _block_d(d) > arch.split_cosine_max_d
+    one_tile = half and plan.BN == 64
+    blocked_cosine = one_tile and cosine and arch.warp_mma and _block_d(d) > arch.split_cosine_max_d
     if need_dbias and plan.BN >= 64 and _block_d(d) >= 32:
         return BLOCKED_BACKWARD if blocked_cosine else SPLIT_BACKWARD
-    if blocked_cosine or tight and _block_d(d) > arch.fused_bwd_max_d:
+    if blocked_cosine or one_tile and _block_d(d) > arch.fused_bwd_max_d:
         return BLOCKED_BACKWARD
     if half and plan.BN > arch.fused_bwd_max_keys:
         return SPLIT_BACKWARD
@@ -412,7 +412,7 @@ def window_attention_bwd(
                 **{**args, **blocking, **_pass_warps(p)}, stats=stats,
                 HAS_DBIAS=need_dbias and p.dbias, HAS_DTEMP=need_dlogit_scale and p.dtemp, DQ=p.dq, DKV=p.dkv,
                 QG=p.query_groups, KB=p.key_blocks, STATS=int(p.stats), **_precision(q),
-                **_register_cap(q, p.blocked, plan.BN > 64),
+                **_register_cap(q, capped=p.blocked or plan.BN > 64),
             )
     dbias = _bias_gradient(dbias_part, plan, bias) if need_dbias else q.new_empty(0)
     dls = _logit_scale_gradient(dtemp_part, logit_scale) if need_dlogit_scale else q.new_empty(0)
@@ -424,14 +424,14 @@ def _pass_warps(p: BackwardPass) -> dict:
     return dict(num_warps=4) if p.query_groups > 1 else {}
 
 
-def _register_cap(q: torch.Tensor, blocked: bool = False, wide: bool = False) -> dict:
+def _register_cap(q: torch.Tensor, capped: bool = False) -> dict:
     """Launch options of the tensor-core kernels: an explicit 255-register cap for fp32, whose
     IEEE products keep more live values than ptxas's default budget holds without collapsing to
-    32 registers and heavy spill, for tiles of over 64 keys (``wide``: the one-pass 16-bit
-    backward of 12x12 and 16x16 windows collapses the same way on sm_80), and for the blocked
-    passes, for some of whose 4-warp configurations ptxas picks 128 registers and spills
-    (docs/gpu_fitness.md)."""
-    return dict(maxnreg=255) if q.dtype == torch.float32 or blocked or wide else {}
+    32 registers and heavy spill, and where ``capped``: the blocked passes (for some of whose
+    4-warp configurations ptxas picks 128 registers and spills) and tiles of over 64 keys (the
+    one-pass 16-bit backward of 12x12 and 16x16 windows collapses like fp32 on sm_80;
+    docs/gpu_fitness.md)."""
+    return dict(maxnreg=255) if q.dtype == torch.float32 or capped else {}
 
 
 def _bias_gradient(dbias_part: torch.Tensor, plan: TilePlan, bias: torch.Tensor) -> torch.Tensor:
