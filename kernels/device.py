@@ -49,8 +49,8 @@ class Architecture(NamedTuple):
     # a trap); larger tiles take the split
     fused_bwd_max_keys: int = 256
     # register cap of the adaLN token kernels: given none, ptxas-blackwell (sm_100a, sm_120) picks a
-    # budget below what some of them hold and spills 4-36 B; an explicit cap lets it allocate what
-    # they need (docs/gpu_fitness.md)
+    # budget below what some of them hold and spills; an explicit cap lets it allocate what they
+    # need (docs/gpu_fitness.md)
     token_maxnreg: Optional[int] = None
 
 
